@@ -1,0 +1,1 @@
+//! Placeholder: the popup is built by the extension work.
