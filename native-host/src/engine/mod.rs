@@ -17,13 +17,23 @@ pub mod segments;
 pub mod state;
 pub mod transfer;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::{
-    AddRequest, DownloadId, DownloadInfo, ErrorBody, ErrorCode, Event, HistoryResult, ListResult,
-    PageRequest, Settings, SettingsPatch,
+    AddRequest, DownloadId, DownloadInfo, ErrorBody, ErrorCode, Event, HistoryItem, HistoryResult,
+    ListResult, PageRequest, Progress, Settings, SettingsPatch, Status,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use ratelimit::RateLimiter;
+use state::DownloadRecord;
+use transfer::{Dest, Live, Options, Plan, SpeedMeter, Transfer, TransferError};
 
 /// Where the engine keeps its files.
 #[derive(Debug, Clone)]
@@ -63,73 +73,875 @@ impl From<ApiError> for ErrorBody {
 /// The queue of downloads. Cheap to clone; every clone drives the same queue.
 #[derive(Clone)]
 pub struct Engine {
-    inner: std::sync::Arc<()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    client: reqwest::Client,
+    core: Mutex<Core>,
+    events: broadcast::Sender<Event>,
+    /// The cap over all downloads.
+    global: Arc<RateLimiter>,
+    /// Something changed that must reach disk soon (progress: within a second).
+    dirty: AtomicBool,
+    /// A status changed: write state now.
+    save_now: Notify,
+    /// One state write at a time, so an older snapshot never lands after a newer one.
+    save_lock: tokio::sync::Mutex<()>,
+    stopping: CancellationToken,
+    warnings: Vec<String>,
+}
+
+struct Core {
+    settings: Settings,
+    next_id: DownloadId,
+    downloads: BTreeMap<DownloadId, Entry>,
+    /// Oldest first.
+    history: Vec<HistoryItem>,
+}
+
+struct Entry {
+    rec: DownloadRecord,
+    live: Arc<Live>,
+    limiter: Arc<RateLimiter>,
+    /// Set while a transfer task runs; cancelling it stops the task, which then reports back.
+    task: Option<CancellationToken>,
+    /// `remove` was asked while the task ran: forget the download (deleting its file if `true`) when it stops.
+    removing: Option<bool>,
+    meter: SpeedMeter,
+    speed: u64,
+}
+
+/// Progress events go out at most this often.
+const TICK: Duration = Duration::from_millis(200);
+/// Running downloads' progress is saved at most this often.
+const CHECKPOINT: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn not_found(id: DownloadId) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("no download with id {id}"))
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, message)
+}
+
+impl Entry {
+    fn new(rec: DownloadRecord) -> Entry {
+        Entry {
+            live: Live::new(rec.plan.clone()),
+            limiter: Arc::new(RateLimiter::new(rec.bandwidth_limit)),
+            rec,
+            task: None,
+            removing: None,
+            meter: SpeedMeter::default(),
+            speed: 0,
+        }
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        self.live
+            .snapshot()
+            .map(|p| p.path)
+            .or_else(|| self.rec.path.clone())
+    }
+
+    fn info(&self) -> DownloadInfo {
+        let plan = self.live.snapshot();
+        let path = self.path();
+        let running = self.rec.status == Status::Downloading;
+        let total =
+            plan.as_ref()
+                .and_then(|p| p.total)
+                .or(self.rec.plan.as_ref().and_then(|p| p.total));
+        let downloaded = self.live.downloaded.load(Ordering::Relaxed);
+        let total = total.or((self.rec.status == Status::Completed).then_some(downloaded));
+        let speed = if running { self.speed } else { 0 };
+        DownloadInfo {
+            id: self.rec.id,
+            url: self.rec.url.clone(),
+            filename: path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.rec.filename.clone()),
+            path: path.map(|p| p.display().to_string()).unwrap_or_default(),
+            status: self.rec.status,
+            total,
+            downloaded,
+            speed,
+            eta: if running {
+                transfer::eta(total, downloaded, speed)
+            } else {
+                None
+            },
+            threads: self.rec.threads,
+            connections: if running {
+                self.live.connections.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            retries: self.rec.retries,
+            bandwidth_limit: self.rec.bandwidth_limit,
+            error: self.rec.error.clone(),
+            created_at: self.rec.created_at,
+            finished_at: self.rec.finished_at,
+        }
+    }
+
+    fn history_item(&self) -> HistoryItem {
+        let info = self.info();
+        HistoryItem {
+            id: info.id,
+            url: info.url,
+            filename: info.filename,
+            path: info.path,
+            status: info.status,
+            total: info.total,
+            downloaded: info.downloaded,
+            error: info.error,
+            created_at: info.created_at,
+            finished_at: info.finished_at.unwrap_or_else(now_ms),
+        }
+    }
 }
 
 impl Engine {
     /// Load state from `config.data_dir` and start: downloads that were running resume by themselves.
     pub async fn start(config: EngineConfig) -> anyhow::Result<Engine> {
-        todo!("{config:?}")
+        state::ensure_dir(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let mut warnings = Vec::new();
+        let settings = state::load_settings(&config.data_dir, &mut warnings);
+        let loaded = state::load_state(&config.data_dir, &mut warnings);
+        let history = state::load_history(&config.data_dir, &mut warnings);
+        for w in &warnings {
+            warn!("{w}");
+        }
+        let mut downloads = BTreeMap::new();
+        for mut rec in loaded.downloads {
+            // Downloads that were running when the service stopped go back to the queue, in their order.
+            if rec.status == Status::Downloading {
+                rec.status = Status::Queued;
+            }
+            downloads.insert(rec.id, Entry::new(rec));
+        }
+        let (events, _) = broadcast::channel(1024);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                client: probe::client()?,
+                global: Arc::new(RateLimiter::new(settings.bandwidth_limit)),
+                core: Mutex::new(Core {
+                    settings,
+                    next_id: loaded.next_id,
+                    downloads,
+                    history,
+                }),
+                config,
+                events,
+                dirty: AtomicBool::new(false),
+                save_now: Notify::new(),
+                save_lock: tokio::sync::Mutex::new(()),
+                stopping: CancellationToken::new(),
+                warnings,
+            }),
+        };
+        engine.schedule(&mut lock(&engine.inner.core));
+        tokio::spawn(engine.clone().ticker());
+        tokio::spawn(engine.clone().checkpointer());
+        Ok(engine)
     }
 
     /// What start-up found wrong and set aside (a damaged state file, say), for the service to report.
     pub fn warnings(&self) -> Vec<String> {
-        todo!()
+        self.inner.warnings.clone()
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscriber is not an error.
+        let _ = self.inner.events.send(event);
+    }
+
+    fn changed(&self, entry: &Entry) {
+        self.emit(Event::State {
+            download: entry.info(),
+        });
+        self.inner.save_now.notify_one();
     }
 
     pub fn add(&self, req: AddRequest) -> Result<DownloadId, ApiError> {
-        todo!("{req:?}")
+        let url = validate_url(&req.url)?;
+        let mut core = lock(&self.inner.core);
+        let threads = req.threads.unwrap_or(core.settings.default_threads);
+        if !protocol::THREADS_RANGE.contains(&threads) {
+            return Err(invalid(format!(
+                "threads must be {} to {}, not {threads}",
+                protocol::THREADS_RANGE.start(),
+                protocol::THREADS_RANGE.end()
+            )));
+        }
+        let retries = req.retries.unwrap_or(core.settings.default_retries);
+        if retries > protocol::MAX_RETRIES {
+            return Err(invalid(format!(
+                "retries must be at most {}, not {retries}",
+                protocol::MAX_RETRIES
+            )));
+        }
+        if let Some(name) = &req.filename {
+            filename::validate_user_name(name).map_err(invalid)?;
+        }
+        if req.headers.len() > 64 {
+            return Err(invalid("at most 64 headers"));
+        }
+        let mut headers: Vec<(String, String)> = req.headers.into_iter().collect();
+        if let Some(referrer) = req.referrer.filter(|r| !r.is_empty()) {
+            url::Url::parse(&referrer)
+                .map_err(|e| invalid(format!("referrer is not a URL: {e}")))?;
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("referer"))
+            {
+                headers.push(("Referer".into(), referrer));
+            }
+        }
+        transfer::header_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(invalid)?;
+        let dir = self.download_dir(&core.settings);
+        let id = core.next_id;
+        core.next_id += 1;
+        let shown = req
+            .filename
+            .clone()
+            .or_else(|| filename::from_url(&url).map(|n| filename::sanitize(&n)));
+        let rec = DownloadRecord {
+            id,
+            url: url.to_string(),
+            headers,
+            filename: shown.unwrap_or_else(|| "download".into()),
+            dest: Dest::Dir {
+                dir,
+                name: req.filename,
+            },
+            status: Status::Queued,
+            threads,
+            retries,
+            bandwidth_limit: req.bandwidth_limit.unwrap_or(0),
+            error: None,
+            created_at: now_ms(),
+            finished_at: None,
+            plan: None,
+            path: None,
+        };
+        info!(id, "added");
+        let entry = Entry::new(rec);
+        self.changed(&entry);
+        core.downloads.insert(id, entry);
+        self.schedule(&mut core);
+        Ok(id)
+    }
+
+    fn download_dir(&self, settings: &Settings) -> PathBuf {
+        if settings.download_dir.is_empty() {
+            self.inner.config.default_download_dir.clone()
+        } else {
+            PathBuf::from(&settings.download_dir)
+        }
     }
 
     pub fn list(&self, page: PageRequest) -> ListResult {
-        todo!("{page:?}")
+        let core = lock(&self.inner.core);
+        let limit = page
+            .limit
+            .unwrap_or(protocol::MAX_PAGE)
+            .min(protocol::MAX_PAGE);
+        ListResult {
+            downloads: core
+                .downloads
+                .values()
+                .skip(page.offset)
+                .take(limit)
+                .map(Entry::info)
+                .collect(),
+            total: core.downloads.len(),
+        }
     }
 
     pub fn get(&self, id: DownloadId) -> Result<DownloadInfo, ApiError> {
-        todo!("{id}")
+        lock(&self.inner.core)
+            .downloads
+            .get(&id)
+            .map(Entry::info)
+            .ok_or_else(|| not_found(id))
     }
 
     pub fn pause(&self, id: DownloadId) -> Result<(), ApiError> {
-        todo!("{id}")
+        let mut core = lock(&self.inner.core);
+        let e = core.downloads.get_mut(&id).ok_or_else(|| not_found(id))?;
+        match e.rec.status {
+            Status::Paused => return Ok(()),
+            Status::Queued | Status::Downloading => {}
+            s => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!("download {id} is {}: nothing to pause", s.as_str()),
+                ));
+            }
+        }
+        e.rec.status = Status::Paused;
+        if let Some(t) = &e.task {
+            t.cancel();
+        }
+        self.changed(e);
+        self.schedule(&mut core);
+        Ok(())
     }
 
     pub fn resume(&self, id: DownloadId) -> Result<(), ApiError> {
-        todo!("{id}")
+        let mut core = lock(&self.inner.core);
+        let e = core.downloads.get_mut(&id).ok_or_else(|| not_found(id))?;
+        match e.rec.status {
+            Status::Queued | Status::Downloading => return Ok(()),
+            Status::Paused | Status::Failed => {}
+            s => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!("download {id} is {}: it cannot be resumed", s.as_str()),
+                ));
+            }
+        }
+        e.rec.status = Status::Queued;
+        e.rec.error = None;
+        e.rec.finished_at = None;
+        self.changed(e);
+        self.schedule(&mut core);
+        Ok(())
     }
 
     pub fn cancel(&self, id: DownloadId) -> Result<(), ApiError> {
-        todo!("{id}")
+        let mut core = lock(&self.inner.core);
+        let e = core.downloads.get_mut(&id).ok_or_else(|| not_found(id))?;
+        if e.rec.status.is_finished() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!("download {id} is already {}", e.rec.status.as_str()),
+            ));
+        }
+        e.rec.status = Status::Cancelled;
+        e.rec.finished_at = Some(now_ms());
+        match &e.task {
+            Some(t) => t.cancel(),
+            None => {
+                delete_part(e);
+                let item = e.history_item();
+                self.changed(e);
+                self.record_history(&mut core, item);
+            }
+        }
+        self.schedule(&mut core);
+        Ok(())
     }
 
-    /// Forget a download (cancelling it if it runs); `delete_file` also deletes its file or `.part` file.
+    /// Forget a download (cancelling it if it runs); `delete_file` also deletes its completed file.
     pub fn remove(&self, id: DownloadId, delete_file: bool) -> Result<(), ApiError> {
-        todo!("{id}{delete_file}")
+        let mut core = lock(&self.inner.core);
+        let e = core.downloads.get_mut(&id).ok_or_else(|| not_found(id))?;
+        if let Some(t) = &e.task {
+            t.cancel();
+            e.removing = Some(delete_file);
+            return Ok(());
+        }
+        let e = core.downloads.remove(&id).expect("present");
+        forget_files(&e, delete_file);
+        self.emit(Event::Removed { id });
+        self.inner.save_now.notify_one();
+        self.schedule(&mut core);
+        Ok(())
+    }
+
+    /// The final path of a completed download.
+    pub fn completed_path(&self, id: DownloadId) -> Result<PathBuf, ApiError> {
+        let core = lock(&self.inner.core);
+        let e = core.downloads.get(&id).ok_or_else(|| not_found(id))?;
+        match (e.rec.status, e.path()) {
+            (Status::Completed, Some(p)) => Ok(p),
+            (s, _) => Err(ApiError::new(
+                ErrorCode::InvalidState,
+                format!("download {id} is {}, not completed", s.as_str()),
+            )),
+        }
     }
 
     pub fn history(&self, page: PageRequest) -> Result<HistoryResult, ApiError> {
-        todo!("{page:?}")
+        let core = lock(&self.inner.core);
+        let limit = page
+            .limit
+            .unwrap_or(protocol::MAX_PAGE)
+            .min(protocol::MAX_PAGE);
+        Ok(HistoryResult {
+            items: core
+                .history
+                .iter()
+                .rev()
+                .skip(page.offset)
+                .take(limit)
+                .cloned()
+                .collect(),
+            total: core.history.len(),
+        })
     }
 
     pub fn clear_history(&self) -> Result<(), ApiError> {
-        todo!()
+        let mut core = lock(&self.inner.core);
+        state::clear_history(&self.inner.config.data_dir)
+            .map_err(|e| ApiError::new(ErrorCode::Io, format!("cannot clear history: {e}")))?;
+        core.history.clear();
+        self.emit(Event::History { total: 0 });
+        Ok(())
+    }
+
+    fn record_history(&self, core: &mut Core, item: HistoryItem) {
+        if let Err(e) = state::append_history(&self.inner.config.data_dir, &item) {
+            warn!(cause = %e, "cannot append to history");
+        }
+        core.history.push(item);
+        self.emit(Event::History {
+            total: core.history.len(),
+        });
     }
 
     pub fn settings(&self) -> Settings {
-        todo!()
+        lock(&self.inner.core).settings.clone()
     }
 
     /// Validate and apply a settings change at once (running downloads see new caps and limits live).
     pub fn set_settings(&self, patch: SettingsPatch) -> Result<Settings, ApiError> {
-        todo!("{patch:?}")
+        let mut core = lock(&self.inner.core);
+        let mut s = core.settings.clone();
+        if let Some(v) = patch.max_concurrent {
+            if !protocol::MAX_CONCURRENT_RANGE.contains(&v) {
+                return Err(invalid(format!(
+                    "max_concurrent must be 1 to {}, not {v}",
+                    protocol::MAX_CONCURRENT_RANGE.end()
+                )));
+            }
+            s.max_concurrent = v;
+        }
+        if let Some(v) = patch.bandwidth_limit {
+            s.bandwidth_limit = v;
+        }
+        if let Some(v) = patch.download_dir {
+            if !v.is_empty() {
+                let p = Path::new(&v);
+                if !p.is_absolute() {
+                    return Err(invalid(format!(
+                        "download_dir must be an absolute path, not {v:?}"
+                    )));
+                }
+                std::fs::create_dir_all(p)
+                    .map_err(|e| invalid(format!("cannot use {v:?} as download folder: {e}")))?;
+            }
+            s.download_dir = v;
+        }
+        if let Some(v) = patch.default_threads {
+            if !protocol::THREADS_RANGE.contains(&v) {
+                return Err(invalid(format!(
+                    "default_threads must be 1 to {}, not {v}",
+                    protocol::THREADS_RANGE.end()
+                )));
+            }
+            s.default_threads = v;
+        }
+        if let Some(v) = patch.default_retries {
+            if v > protocol::MAX_RETRIES {
+                return Err(invalid(format!(
+                    "default_retries must be at most {}",
+                    protocol::MAX_RETRIES
+                )));
+            }
+            s.default_retries = v;
+        }
+        if let Some(v) = patch.stall_timeout_secs {
+            if !(1..=3600).contains(&v) {
+                return Err(invalid("stall_timeout_secs must be 1 to 3600"));
+            }
+            s.stall_timeout_secs = v;
+        }
+        if let Some(v) = patch.capture_enabled {
+            s.capture_enabled = v;
+        }
+        if let Some(v) = patch.capture_min_size {
+            s.capture_min_size = v;
+        }
+        if let Some(v) = patch.capture_exclude {
+            if v.len() > 1000 || v.iter().any(|h| h.len() > 253) {
+                return Err(invalid("capture_exclude takes at most 1000 host names"));
+            }
+            s.capture_exclude = v;
+        }
+        state::save_settings(&self.inner.config.data_dir, &s)
+            .map_err(|e| ApiError::new(ErrorCode::Io, format!("cannot save settings: {e}")))?;
+        self.inner.global.set_rate(s.bandwidth_limit);
+        core.settings = s.clone();
+        self.emit(Event::Settings {
+            settings: s.clone(),
+        });
+        self.schedule(&mut core);
+        Ok(s)
     }
 
     /// Events from now on: `state` on every change of status, `progress` at most 5 times a second.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        todo!()
+        self.inner.events.subscribe()
     }
 
     /// Stop every transfer and write state; running downloads resume at the next start.
     pub async fn shutdown(&self) {
-        todo!()
+        self.inner.stopping.cancel();
+        let tasks: Vec<CancellationToken> = lock(&self.inner.core)
+            .downloads
+            .values()
+            .filter_map(|e| e.task.clone())
+            .collect();
+        for t in &tasks {
+            t.cancel();
+        }
+        // Each task reports back (and its progress is synced) before it clears `task`.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while lock(&self.inner.core)
+            .downloads
+            .values()
+            .any(|e| e.task.is_some())
+        {
+            if tokio::time::Instant::now() > deadline {
+                warn!("transfers did not stop within 10 s; saving what is known");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.save().await;
+    }
+
+    /// Start queued downloads, oldest first, up to `max_concurrent`; send the newest back to the queue when there
+    /// are more running than that (after the setting was lowered).
+    fn schedule(&self, core: &mut Core) {
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
+        let max = core.settings.max_concurrent as usize;
+        let running: Vec<DownloadId> = core
+            .downloads
+            .values()
+            .filter(|e| e.rec.status == Status::Downloading)
+            .map(|e| e.rec.id)
+            .collect();
+        for id in running.iter().skip(max).rev() {
+            let e = core.downloads.get_mut(id).expect("listed");
+            e.rec.status = Status::Queued;
+            if let Some(t) = &e.task {
+                t.cancel();
+            }
+            self.changed(e);
+        }
+        let mut slots = max.saturating_sub(running.len());
+        let stall = Duration::from_secs(core.settings.stall_timeout_secs);
+        let ids: Vec<DownloadId> = core
+            .downloads
+            .values()
+            .filter(|e| e.rec.status == Status::Queued && e.task.is_none())
+            .map(|e| e.rec.id)
+            .collect();
+        for id in ids {
+            if slots == 0 {
+                break;
+            }
+            slots -= 1;
+            let e = core.downloads.get_mut(&id).expect("listed");
+            self.spawn(e, stall);
+        }
+    }
+
+    fn spawn(&self, e: &mut Entry, stall: Duration) {
+        let id = e.rec.id;
+        e.rec.status = Status::Downloading;
+        e.rec.error = None;
+        e.meter.reset();
+        e.live = Live::new(e.rec.plan.clone());
+        let cancel = CancellationToken::new();
+        e.task = Some(cancel.clone());
+        let headers =
+            transfer::header_map(e.rec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .unwrap_or_default();
+        let weak = Arc::downgrade(&self.inner);
+        let transfer = Transfer {
+            client: self.inner.client.clone(),
+            url: e.rec.url.clone(),
+            headers,
+            dest: e.rec.dest.clone(),
+            options: Options {
+                threads: e.rec.threads,
+                retries: e.rec.retries,
+                stall_timeout: stall,
+                sha256: None,
+            },
+            limiters: vec![e.limiter.clone(), self.inner.global.clone()],
+            cancel,
+            live: e.live.clone(),
+            on_plan: Some(Box::new(move |plan: &Plan| {
+                if let Some(inner) = weak.upgrade() {
+                    let engine = Engine { inner };
+                    let mut core = lock(&engine.inner.core);
+                    if let Some(e) = core.downloads.get_mut(&id) {
+                        e.rec.path = Some(plan.path.clone());
+                        e.rec.plan = Some(plan.clone());
+                        engine.changed(e);
+                    }
+                }
+            })),
+        };
+        info!(id, "starting");
+        self.changed(e);
+        let engine = self.clone();
+        let live = e.live.clone();
+        tokio::spawn(async move {
+            let result = transfer.run().await;
+            let plan = tokio::task::spawn_blocking(move || live.durable_plan())
+                .await
+                .ok()
+                .flatten();
+            engine.finished(id, result, plan);
+        });
+    }
+
+    /// A transfer task ended: record why, and start the next download.
+    fn finished(&self, id: DownloadId, result: Result<PathBuf, TransferError>, plan: Option<Plan>) {
+        let mut core = lock(&self.inner.core);
+        let Some(e) = core.downloads.get_mut(&id) else {
+            return;
+        };
+        e.task = None;
+        if plan.is_some() {
+            e.rec.plan = plan;
+        }
+        if let Some(delete_file) = e.removing {
+            let e = core.downloads.remove(&id).expect("present");
+            forget_files(&e, delete_file);
+            self.emit(Event::Removed { id });
+            self.inner.save_now.notify_one();
+            self.schedule(&mut core);
+            return;
+        }
+        let mut history = false;
+        match result {
+            Ok(path) => {
+                info!(id, "completed");
+                e.rec.status = Status::Completed;
+                e.rec.path = Some(path);
+                e.rec.finished_at = Some(now_ms());
+                e.rec.error = None;
+                history = true;
+            }
+            Err(TransferError::Cancelled) => match e.rec.status {
+                Status::Cancelled => {
+                    delete_part(e);
+                    history = true;
+                }
+                // Shut down, paused, or sent back to the queue: the plan keeps the progress.
+                Status::Downloading if self.inner.stopping.is_cancelled() => {}
+                Status::Downloading => e.rec.status = Status::Queued,
+                _ => {}
+            },
+            Err(err) if err.is_disk_full() => {
+                warn!(id, cause = %err, "pausing");
+                e.rec.status = Status::Paused;
+                e.rec.error = Some(err.to_string());
+            }
+            Err(err) => {
+                warn!(id, cause = %err, "failed");
+                e.rec.status = Status::Failed;
+                e.rec.error = Some(err.to_string());
+                e.rec.finished_at = Some(now_ms());
+                history = true;
+            }
+        }
+        if e.rec.status == Status::Completed {
+            e.rec.plan = None;
+        }
+        let item = history.then(|| e.history_item());
+        self.changed(e);
+        if let Some(item) = item {
+            self.record_history(&mut core, item);
+        }
+        self.schedule(&mut core);
+    }
+
+    /// Every 200 ms: speeds, a `progress` event while anything runs, and a checkpoint mark.
+    async fn ticker(self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.inner.stopping.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut core = lock(&self.inner.core);
+            let mut progress = Vec::new();
+            for e in core
+                .downloads
+                .values_mut()
+                .filter(|e| e.rec.status == Status::Downloading)
+            {
+                e.speed = e.meter.sample(e.live.downloaded.load(Ordering::Relaxed));
+                let info = e.info();
+                progress.push(Progress {
+                    id: info.id,
+                    status: info.status,
+                    total: info.total,
+                    downloaded: info.downloaded,
+                    speed: info.speed,
+                    eta: info.eta,
+                    connections: info.connections,
+                });
+            }
+            drop(core);
+            if !progress.is_empty() {
+                self.inner.dirty.store(true, Ordering::Relaxed);
+                self.emit(Event::Progress {
+                    downloads: progress,
+                });
+            }
+        }
+    }
+
+    /// Write state at every status change, and at most once a second while downloads make progress.
+    async fn checkpointer(self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.stopping.cancelled() => return,
+                _ = self.inner.save_now.notified() => {}
+                _ = tokio::time::sleep(CHECKPOINT) => {
+                    if !self.inner.dirty.swap(false, Ordering::Relaxed) {
+                        continue;
+                    }
+                }
+            }
+            self.save().await;
+            // Rate-limit writes: a burst of status changes is one write a second at most after the first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Write `state.json`: running downloads' plans only count bytes that are synced to disk.
+    async fn save(&self) {
+        let _one = self.inner.save_lock.lock().await;
+        let (next_id, records, lives) = {
+            let core = lock(&self.inner.core);
+            let records: Vec<DownloadRecord> =
+                core.downloads.values().map(|e| e.rec.clone()).collect();
+            let lives: Vec<Option<Arc<Live>>> = core
+                .downloads
+                .values()
+                .map(|e| e.task.as_ref().map(|_| e.live.clone()))
+                .collect();
+            (core.next_id, records, lives)
+        };
+        let dir = self.inner.config.data_dir.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut records = records;
+            for (rec, live) in records.iter_mut().zip(lives) {
+                if let Some(plan) = live.and_then(|l| l.durable_plan()) {
+                    rec.plan = Some(plan);
+                }
+            }
+            state::save_state(&dir, next_id, &records)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(cause = %e, "cannot write state"),
+            Err(e) => warn!(cause = %e, "state writer failed"),
+        }
+    }
+}
+
+/// Delete the `.part` file of a download that will not go on.
+fn delete_part(e: &Entry) {
+    if let Some(path) = e.path() {
+        let _ = std::fs::remove_file(filename::part_path(&path));
+    }
+}
+
+/// Delete what a removed download leaves: its `.part` file always, its completed file when asked.
+fn forget_files(e: &Entry, delete_file: bool) {
+    if e.rec.status != Status::Completed {
+        delete_part(e);
+    } else if delete_file {
+        if let Some(path) = e.path() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Accept http and https URLs of sane length, without credentials in them.
+pub fn validate_url(text: &str) -> Result<url::Url, ApiError> {
+    if text.len() > protocol::MAX_URL_LEN {
+        return Err(invalid(format!(
+            "URL is {} bytes long; at most {} are allowed",
+            text.len(),
+            protocol::MAX_URL_LEN
+        )));
+    }
+    let url = url::Url::parse(text.trim()).map_err(|e| invalid(format!("not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "only http and https URLs can be downloaded, not {}:",
+            url.scheme()
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "URL must not contain a user name or password; send an Authorization header instead",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("URL has no host"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(validate_url("http://127.0.0.1/a").is_ok());
+        assert!(validate_url("https://example.org/a?b=c").is_ok());
+        for bad in [
+            "ftp://x/a",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "http://u:p@x/a",
+            "nope",
+            "data:,x",
+        ] {
+            let err = validate_url(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidArgument, "{bad}");
+        }
+        let long = format!("http://x/{}", "a".repeat(protocol::MAX_URL_LEN));
+        assert!(validate_url(&long).unwrap_err().message.contains("at most"));
     }
 }

@@ -1,1 +1,382 @@
-//! TODO
+//! The engine's files in the data directory, all JSON, all private to the user (0600 in a 0700 folder):
+//! - `state.json`: the queue, each download with its plan (segment progress and validators). Replaced atomically.
+//! - `settings.json`: [`protocol::Settings`]. Replaced atomically.
+//! - `history.jsonl`: finished downloads, one JSON object a line, appended.
+//!
+//! A file that cannot be read is never dropped silently: it is renamed `<name>.damaged-<unix time>`, what can be
+//! recovered from it is kept, and the loader says what it did.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use protocol::{DownloadId, HistoryItem, Settings, Status};
+use serde::{Deserialize, Serialize};
+
+use super::transfer::{Dest, Plan};
+
+const STATE: &str = "state.json";
+const SETTINGS: &str = "settings.json";
+const HISTORY: &str = "history.jsonl";
+
+/// One download as saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    pub id: DownloadId,
+    pub url: String,
+    /// Request headers to send (cookies among them): kept here so a resume after restart is still authorized, and
+    /// never copied into history or logs.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The name shown until the server's is known.
+    pub filename: String,
+    pub dest: Dest,
+    pub status: Status,
+    pub threads: u32,
+    pub retries: u32,
+    pub bandwidth_limit: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub created_at: u64,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    /// Where the transfer stands; `None` before the first probe and after completion.
+    #[serde(default)]
+    pub plan: Option<Plan>,
+    /// The final path, once known.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct StateOut<'a> {
+    version: u32,
+    next_id: DownloadId,
+    downloads: &'a [DownloadRecord],
+}
+
+/// What was loaded from `state.json`.
+#[derive(Debug, Default)]
+pub struct LoadedState {
+    pub next_id: DownloadId,
+    pub downloads: Vec<DownloadRecord>,
+}
+
+/// Create the data directory, private to the user.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Load the queue. A damaged file is set aside and every download in it that still parses is kept.
+pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
+    let path = dir.join(STATE);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return LoadedState {
+                next_id: 1,
+                downloads: Vec::new(),
+            };
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "cannot read {}: {e}; starting with an empty queue",
+                path.display()
+            ));
+            return LoadedState {
+                next_id: 1,
+                downloads: Vec::new(),
+            };
+        }
+    };
+    let mut lost = 0usize;
+    let mut loaded = LoadedState {
+        next_id: 1,
+        downloads: Vec::new(),
+    };
+    let damaged = match serde_json::from_slice::<serde_json::Value>(&text) {
+        Ok(v) => {
+            loaded.next_id = v.get("next_id").and_then(|n| n.as_u64()).unwrap_or(1);
+            match v.get("downloads").and_then(|d| d.as_array()) {
+                Some(items) => {
+                    for item in items {
+                        match serde_json::from_value::<DownloadRecord>(item.clone()) {
+                            Ok(r) => loaded.downloads.push(r),
+                            Err(_) => lost += 1,
+                        }
+                    }
+                    lost > 0
+                }
+                None => true,
+            }
+        }
+        Err(_) => true,
+    };
+    let max_id = loaded.downloads.iter().map(|d| d.id).max().unwrap_or(0);
+    loaded.next_id = loaded.next_id.max(max_id + 1);
+    if damaged {
+        let aside = set_aside(&path);
+        warnings.push(format!(
+            "{} was damaged: kept {} downloads, could not read {lost}; the damaged file is kept as {}",
+            path.display(),
+            loaded.downloads.len(),
+            aside.display()
+        ));
+    }
+    loaded
+}
+
+/// Replace `state.json` atomically.
+pub fn save_state(dir: &Path, next_id: DownloadId, downloads: &[DownloadRecord]) -> io::Result<()> {
+    let body = serde_json::to_vec(&StateOut {
+        version: 1,
+        next_id,
+        downloads,
+    })
+    .map_err(io::Error::other)?;
+    write_atomic(&dir.join(STATE), &body)
+}
+
+pub fn load_settings(dir: &Path, warnings: &mut Vec<String>) -> Settings {
+    let path = dir.join(SETTINGS);
+    match fs::read(&path) {
+        Ok(t) => match serde_json::from_slice(&t) {
+            Ok(s) => s,
+            Err(e) => {
+                let aside = set_aside(&path);
+                warnings.push(format!(
+                    "{} was damaged ({e}): using defaults; kept as {}",
+                    path.display(),
+                    aside.display()
+                ));
+                Settings::default()
+            }
+        },
+        Err(_) => Settings::default(),
+    }
+}
+
+pub fn save_settings(dir: &Path, settings: &Settings) -> io::Result<()> {
+    let body = serde_json::to_vec_pretty(settings).map_err(io::Error::other)?;
+    write_atomic(&dir.join(SETTINGS), &body)
+}
+
+/// Load history, oldest first. Damaged lines are dropped from the live file after the whole file is set aside.
+pub fn load_history(dir: &Path, warnings: &mut Vec<String>) -> Vec<HistoryItem> {
+    let path = dir.join(HISTORY);
+    let Ok(text) = fs::read(&path) else {
+        return Vec::new();
+    };
+    let mut items = Vec::new();
+    let mut bad = 0usize;
+    for line in text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+    {
+        match serde_json::from_slice::<HistoryItem>(line) {
+            Ok(item) => items.push(item),
+            Err(_) => bad += 1,
+        }
+    }
+    if bad > 0 {
+        let aside = set_aside(&path);
+        let mut body = Vec::new();
+        for item in &items {
+            if let Ok(line) = serde_json::to_vec(item) {
+                body.extend_from_slice(&line);
+                body.push(b'\n');
+            }
+        }
+        if let Err(e) = write_atomic(&path, &body) {
+            warnings.push(format!("cannot rewrite {}: {e}", path.display()));
+        }
+        warnings.push(format!(
+            "{} had {bad} damaged lines: kept {} items; the damaged file is kept as {}",
+            path.display(),
+            items.len(),
+            aside.display()
+        ));
+    }
+    items
+}
+
+pub fn append_history(dir: &Path, item: &HistoryItem) -> io::Result<()> {
+    let mut line = serde_json::to_vec(item).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join(HISTORY))?;
+    f.write_all(&line)
+}
+
+pub fn clear_history(dir: &Path) -> io::Result<()> {
+    write_atomic(&dir.join(HISTORY), b"")
+}
+
+/// Write to a temp file, fsync it, rename it over `path`, fsync the folder: after a crash, `path` is the old or
+/// the new content, never a mix.
+pub fn write_atomic(path: &Path, body: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Rename a damaged file out of the way and return its new name.
+fn set_aside(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{secs}"));
+    let aside = PathBuf::from(name);
+    match fs::rename(path, &aside) {
+        Ok(()) => aside,
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: DownloadId) -> DownloadRecord {
+        DownloadRecord {
+            id,
+            url: format!("http://127.0.0.1/{id}"),
+            headers: vec![],
+            filename: format!("{id}"),
+            dest: Dest::Dir {
+                dir: "/tmp".into(),
+                name: None,
+            },
+            status: Status::Queued,
+            threads: 8,
+            retries: 5,
+            bandwidth_limit: 0,
+            error: None,
+            created_at: 0,
+            finished_at: None,
+            plan: None,
+            path: None,
+        }
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        save_state(dir.path(), 3, &[record(1), record(2)]).unwrap();
+        let mut w = vec![];
+        let s = load_state(dir.path(), &mut w);
+        assert!(w.is_empty());
+        assert_eq!(s.next_id, 3);
+        assert_eq!(s.downloads, vec![record(1), record(2)]);
+    }
+
+    #[test]
+    fn garbage_state_is_set_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STATE), b"\0\0garbage").unwrap();
+        let mut w = vec![];
+        let s = load_state(dir.path(), &mut w);
+        assert!(s.downloads.is_empty());
+        assert_eq!(w.len(), 1, "{w:?}");
+        let kept = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.json.damaged-")
+            });
+        assert!(kept);
+    }
+
+    #[test]
+    fn one_bad_download_does_not_lose_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = serde_json::to_value(record(4)).unwrap();
+        let text =
+            serde_json::json!({"version": 1, "next_id": 2, "downloads": [good, {"id": "nope"}]});
+        fs::write(dir.path().join(STATE), text.to_string()).unwrap();
+        let mut w = vec![];
+        let s = load_state(dir.path(), &mut w);
+        assert_eq!(s.downloads, vec![record(4)]);
+        assert_eq!(s.next_id, 5, "ids never go back");
+        assert!(w[0].contains("could not read 1"), "{w:?}");
+    }
+
+    #[test]
+    fn truncated_history_keeps_good_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let item = HistoryItem {
+            id: 1,
+            url: "u".into(),
+            filename: "f".into(),
+            path: "/p".into(),
+            status: Status::Completed,
+            total: Some(1),
+            downloaded: 1,
+            error: None,
+            created_at: 0,
+            finished_at: 1,
+        };
+        append_history(dir.path(), &item).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(HISTORY))
+            .unwrap();
+        f.write_all(b"{\"id\":2,\"url\":").unwrap();
+        let mut w = vec![];
+        assert_eq!(load_history(dir.path(), &mut w), vec![item.clone()]);
+        assert_eq!(w.len(), 1);
+        let mut w = vec![];
+        assert_eq!(
+            load_history(dir.path(), &mut w),
+            vec![item],
+            "the rewritten file is clean"
+        );
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ensure_dir(&data).unwrap();
+        save_settings(&data, &Settings::default()).unwrap();
+        assert_eq!(
+            fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(data.join(SETTINGS))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+}
