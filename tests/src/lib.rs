@@ -1,1 +1,11 @@
-//! Placeholder.
+//! Support code for SDM's integration tests.
+//!
+//! # Layout
+//! - [`server`]: a hand-written HTTP/1.1 server on loopback that serves generated files and injects faults on demand
+//!   (cut bodies, stalls, lying headers, changing ETags...), and records every request for assertions.
+//!
+//! The tests themselves live in `tests/tests/` (one binary, `tests/tests/main.rs`).
+
+pub mod server;
+
+pub use server::{ALWAYS, FileSpec, NoLength, ServedFile, TestServer, sha256_file, sha256_hex};
