@@ -1,1 +1,268 @@
-//! TODO
+//! Where SDM keeps its data, its socket and its downloads.
+//!
+//! Each lookup has a pure form that takes the environment as an argument (so tests need not touch the process
+//! environment) and a convenience form that reads it.
+//!
+//! - Data directory: `$SDM_HOME` when set, else `$XDG_DATA_HOME/sdm`, else `~/.local/share/sdm`. Everything the
+//!   service owns lives here: the socket, the lock, the engine's state and the logs.
+//! - Downloads: `$XDG_DOWNLOAD_DIR`, else the `XDG_DOWNLOAD_DIR` line of `~/.config/user-dirs.dirs`, else
+//!   `~/Downloads`.
+
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The service's socket, inside the data directory.
+pub const SOCKET_FILE: &str = "sdm.sock";
+/// Held (with an exclusive file lock) by the one service of a data directory; holds its pid.
+pub const LOCK_FILE: &str = "service.lock";
+/// The detached service's stderr, when a relay or the CLI started it.
+pub const SERVICE_LOG: &str = "service.log";
+/// The relay's log: a browser shows nobody the relay's stderr.
+pub const RELAY_LOG: &str = "relay.log";
+
+/// A path SDM cannot do without could not be worked out.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("cannot find the home directory: set HOME or SDM_HOME")]
+    NoHome,
+    #[error("cannot create the data directory {}: {source}", dir.display())]
+    CreateDataDir { dir: PathBuf, source: io::Error },
+}
+
+/// The environment variables the lookups read, captured once.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub sdm_home: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+    pub xdg_data_home: Option<PathBuf>,
+    pub xdg_config_home: Option<PathBuf>,
+    pub xdg_download_dir: Option<PathBuf>,
+}
+
+impl Env {
+    /// Read the process environment. Empty values count as unset, as the XDG spec says.
+    pub fn current() -> Env {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Env {
+            sdm_home: var("SDM_HOME"),
+            home: var("HOME").or_else(std::env::home_dir),
+            xdg_data_home: var("XDG_DATA_HOME"),
+            xdg_config_home: var("XDG_CONFIG_HOME"),
+            xdg_download_dir: var("XDG_DOWNLOAD_DIR"),
+        }
+    }
+
+    fn home(&self) -> Result<&Path, PathError> {
+        self.home.as_deref().ok_or(PathError::NoHome)
+    }
+
+    /// An XDG base directory variable is only honoured when it is absolute (XDG Base Directory spec).
+    fn xdg(value: &Option<PathBuf>) -> Option<&Path> {
+        value.as_deref().filter(|p| p.is_absolute())
+    }
+
+    /// `$XDG_CONFIG_HOME`, else `~/.config`.
+    pub fn config_home(&self) -> Result<PathBuf, PathError> {
+        match Env::xdg(&self.xdg_config_home) {
+            Some(dir) => Ok(dir.to_path_buf()),
+            None => Ok(self.home()?.join(".config")),
+        }
+    }
+
+    pub fn data_dir(&self) -> Result<PathBuf, PathError> {
+        if let Some(dir) = &self.sdm_home {
+            return Ok(absolute(dir));
+        }
+        match Env::xdg(&self.xdg_data_home) {
+            Some(dir) => Ok(dir.join("sdm")),
+            None => Ok(self.home()?.join(".local/share/sdm")),
+        }
+    }
+
+    pub fn default_download_dir(&self) -> Result<PathBuf, PathError> {
+        if let Some(dir) = Env::xdg(&self.xdg_download_dir) {
+            return Ok(dir.to_path_buf());
+        }
+        let home = self.home()?;
+        let from_file = self
+            .config_home()
+            .ok()
+            .and_then(|config| std::fs::read_to_string(config.join("user-dirs.dirs")).ok())
+            .and_then(|text| parse_user_dirs(&text, "XDG_DOWNLOAD_DIR", home));
+        Ok(from_file.unwrap_or_else(|| home.join("Downloads")))
+    }
+}
+
+/// Make a relative `$SDM_HOME` absolute, so the service started from another directory finds the same place.
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Read one `KEY="$HOME/..."` line of `user-dirs.dirs` (xdg-user-dirs format: only `$HOME/` or an absolute path).
+pub fn parse_user_dirs(text: &str, key: &str, home: &Path) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        let line = line.trim();
+        if line.starts_with('#') {
+            return None;
+        }
+        let value = line
+            .strip_prefix(key)?
+            .trim_start()
+            .strip_prefix('=')?
+            .trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        let path = if let Some(rest) = value.strip_prefix("$HOME") {
+            let rest = rest.trim_start_matches('/');
+            // `XDG_DOWNLOAD_DIR="$HOME/"` means the user turned the folder off: the home directory itself.
+            if rest.is_empty() {
+                home.to_path_buf()
+            } else {
+                home.join(rest)
+            }
+        } else {
+            PathBuf::from(value)
+        };
+        path.is_absolute().then_some(path)
+    })
+}
+
+/// The data directory for the current environment.
+pub fn data_dir() -> Result<PathBuf, PathError> {
+    Env::current().data_dir()
+}
+
+/// The service's socket for the current environment: `<data dir>/sdm.sock`.
+pub fn socket_path() -> Result<PathBuf, PathError> {
+    Ok(data_dir()?.join(SOCKET_FILE))
+}
+
+/// The default download folder for the current environment.
+pub fn default_download_dir() -> Result<PathBuf, PathError> {
+    Env::current().default_download_dir()
+}
+
+/// Create the data directory if needed, readable by its owner only (it holds the socket and cookies in state).
+///
+/// An existing directory is left as it is: `$SDM_HOME` may name a folder the user set up on purpose.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), PathError> {
+    let created = !dir.exists();
+    let wrap = |source| PathError::CreateDataDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(wrap)?;
+    if created {
+        // The umask may have taken bits off 0700 but never adds any; set it exactly anyway.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(wrap)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Env {
+        Env {
+            home: Some("/home/u".into()),
+            ..Env::default()
+        }
+    }
+
+    #[test]
+    fn data_dir_prefers_sdm_home_then_xdg_then_home() {
+        let mut e = env();
+        assert_eq!(
+            e.data_dir().unwrap(),
+            PathBuf::from("/home/u/.local/share/sdm")
+        );
+        e.xdg_data_home = Some("relative/data".into());
+        assert_eq!(
+            e.data_dir().unwrap(),
+            PathBuf::from("/home/u/.local/share/sdm")
+        );
+        e.xdg_data_home = Some("/xdg/data".into());
+        assert_eq!(e.data_dir().unwrap(), PathBuf::from("/xdg/data/sdm"));
+        e.sdm_home = Some("/srv/sdm".into());
+        assert_eq!(e.data_dir().unwrap(), PathBuf::from("/srv/sdm"));
+    }
+
+    #[test]
+    fn no_home_is_a_clear_error() {
+        let err = Env::default().data_dir().unwrap_err();
+        assert!(err.to_string().contains("set HOME or SDM_HOME"));
+    }
+
+    #[test]
+    fn user_dirs_lines_are_read_like_xdg_user_dirs_writes_them() {
+        let home = Path::new("/home/u");
+        let text = "# comment\nXDG_DESKTOP_DIR=\"$HOME/Desktop\"\nXDG_DOWNLOAD_DIR=\"$HOME/Téléchargements\"\n";
+        assert_eq!(
+            parse_user_dirs(text, "XDG_DOWNLOAD_DIR", home),
+            Some(PathBuf::from("/home/u/Téléchargements"))
+        );
+        assert_eq!(
+            parse_user_dirs("XDG_DOWNLOAD_DIR=\"/data/dl\"", "XDG_DOWNLOAD_DIR", home),
+            Some(PathBuf::from("/data/dl"))
+        );
+        assert_eq!(
+            parse_user_dirs("XDG_DOWNLOAD_DIR=\"$HOME/\"", "XDG_DOWNLOAD_DIR", home),
+            Some(PathBuf::from("/home/u"))
+        );
+        assert_eq!(
+            parse_user_dirs("XDG_DOWNLOAD_DIR=\"dl\"", "XDG_DOWNLOAD_DIR", home),
+            None
+        );
+        assert_eq!(
+            parse_user_dirs("XDG_DOWNLOAD_DIRX=\"/x\"", "XDG_DOWNLOAD_DIR", home),
+            None
+        );
+    }
+
+    #[test]
+    fn download_dir_falls_back_to_home_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Env {
+            home: Some(dir.path().to_path_buf()),
+            ..Env::default()
+        };
+        assert_eq!(
+            e.default_download_dir().unwrap(),
+            dir.path().join("Downloads")
+        );
+        std::fs::create_dir(dir.path().join(".config")).unwrap();
+        std::fs::write(
+            dir.path().join(".config/user-dirs.dirs"),
+            "XDG_DOWNLOAD_DIR=\"$HOME/dl\"\n",
+        )
+        .unwrap();
+        assert_eq!(e.default_download_dir().unwrap(), dir.path().join("dl"));
+        e.xdg_download_dir = Some("/explicit".into());
+        assert_eq!(
+            e.default_download_dir().unwrap(),
+            PathBuf::from("/explicit")
+        );
+    }
+
+    #[test]
+    fn a_new_data_dir_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b/sdm");
+        ensure_data_dir(&data).unwrap();
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

@@ -1,1 +1,444 @@
-//! TODO
+//! `sdm serve`: the one process per data directory that owns the [`Engine`] and answers protocol frames on a Unix
+//! socket.
+//!
+//! **Invariant:** one service per data directory. It holds an exclusive lock on `service.lock` for its whole life and
+//! only touches the socket file (removing a stale one, binding, unlinking at exit) while holding it.
+//!
+//! **Invariant:** no frame over [`MAX_OUTGOING_FRAME`] leaves the service, because the relay passes frames to a
+//! browser that refuses them. `list` and `history` pages shrink until they fit; anything else that does not fit is
+//! replaced by a `too_large` error (or dropped, for an event).
+//!
+//! Each connection has a reader (this module's dispatch) and a writer task; replies and events reach the writer
+//! through one channel, so frames never interleave.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::{
+    AddResult, Command, ErrorCode, HistoryResult, MAX_INCOMING_FRAME, MAX_OUTGOING_FRAME,
+    PingResult, Reply, SettingsResult, Status,
+};
+use serde::Serialize;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::engine::{ApiError, Engine, EngineConfig};
+use crate::paths::{self, LOCK_FILE, SOCKET_FILE};
+
+/// Frames queued for one connection's writer. Replies wait for room; a subscriber that falls behind skips events.
+const WRITE_QUEUE: usize = 64;
+
+/// What the service needs to know about where it lives.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    /// Passed to the engine: where downloads go while the settings name no folder.
+    pub default_download_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Path(#[from] paths::PathError),
+    #[error("another sdm service is already running for {}{}", dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning { dir: PathBuf, pid: Option<u32> },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {}: {source}", path.display())]
+    Listen { path: PathBuf, source: io::Error },
+    #[error("the engine did not start: {0:#}")]
+    Engine(anyhow::Error),
+    #[error("cannot watch for signals: {0}")]
+    Signal(io::Error),
+}
+
+/// Run the service until SIGTERM or SIGINT, then shut the engine down (state is written) and return.
+pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
+    let dir = &config.data_dir;
+    paths::ensure_data_dir(dir)?;
+    let _lock = take_lock(dir)?;
+    let socket = dir.join(SOCKET_FILE);
+    let listener = bind(&socket)?;
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "listening");
+
+    // Bound before the engine starts: a client that connects now waits in the backlog instead of failing.
+    let engine = Engine::start(EngineConfig {
+        data_dir: dir.clone(),
+        default_download_dir: config.default_download_dir.clone(),
+    })
+    .await
+    .map_err(|e| {
+        let _ = std::fs::remove_file(&socket);
+        ServiceError::Engine(e)
+    })?;
+    for warning in engine.warnings() {
+        tracing::warn!(%warning, "engine start-up");
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let engine = engine.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_connection(engine, stream).await {
+                            tracing::debug!(cause = %e, "connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+        }
+    }
+    drop(listener);
+    // Unlinked while the lock is still held, so a new service cannot have bound it in the meantime.
+    let _ = std::fs::remove_file(&socket);
+    engine.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Take the data directory's lock, recording our pid in it. The lock lasts as long as the returned file is open.
+fn take_lock(dir: &Path) -> Result<File, ServiceError> {
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |source| ServiceError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(ServiceError::AlreadyRunning {
+                dir: dir.to_path_buf(),
+                pid: crate::client::service_pid(dir),
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(file)
+}
+
+/// Bind the socket, replacing a stale file (the caller holds the lock, so no live service owns it), owner-only.
+fn bind(socket: &Path) -> Result<UnixListener, ServiceError> {
+    let listen_err = |source| ServiceError::Listen {
+        path: socket.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(socket) {
+        Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_err(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(listen_err)?;
+    // The data directory is already 0700; this keeps the socket private even where it is not.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    Ok(listener)
+}
+
+/// Read requests from one connection and answer them in order, until it closes.
+async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> {
+    let (read, write) = stream.into_split();
+    let mut frames = FramedRead::new(read, protocol::codec::codec(MAX_INCOMING_FRAME));
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writer = tokio::spawn(async move {
+        let mut sink = FramedWrite::new(write, protocol::codec::codec(MAX_OUTGOING_FRAME));
+        while let Some(frame) = rx.recv().await {
+            if sink.send(bytes::Bytes::from(frame)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
+    let result = loop {
+        let frame = match frames.next().await {
+            None => break Ok(()),
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                // An oversize length prefix: nothing after it can be framed, so answer and hang up.
+                let reply = Reply::err(None, ErrorCode::TooLarge, format!("{e}"));
+                let _ = tx.send(encode_reply(&reply)).await;
+                break Err(e);
+            }
+        };
+        let reply = match protocol::parse_request(&frame) {
+            Err(reply) => encode_reply(&reply),
+            Ok(request) => {
+                if matches!(request.command, Command::Subscribe) && forwarder.is_none() {
+                    forwarder = Some(forward_events(engine.subscribe(), tx.clone()));
+                }
+                dispatch(&engine, request.id, request.command).await
+            }
+        };
+        if tx.send(reply).await.is_err() {
+            break Ok(());
+        }
+    };
+    if let Some(forwarder) = forwarder {
+        forwarder.abort();
+    }
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// Pass engine events to a connection's writer; a connection too slow to keep up misses some.
+fn forward_events(
+    mut events: broadcast::Receiver<protocol::Event>,
+    tx: mpsc::Sender<Vec<u8>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "subscriber lagging");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            match protocol::to_frame(&event, MAX_OUTGOING_FRAME) {
+                Ok(frame) => {
+                    if tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(cause = %e, "dropping an oversize event"),
+            }
+        }
+    })
+}
+
+/// Run one command and encode its reply (at most [`MAX_OUTGOING_FRAME`] bytes).
+pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
+    let empty = serde_json::json!({});
+    let reply = match command {
+        Command::Ping => Reply::ok(
+            id,
+            PingResult {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        ),
+        Command::Add(add) => result(id, engine.add(add).map(|id| AddResult { id })),
+        Command::List(page) => {
+            let list = engine.list(page);
+            return encode_page(id, list, |l| &mut l.downloads);
+        }
+        Command::History(page) => match engine.history(page) {
+            Ok(history) => return encode_page(id, history, |h: &mut HistoryResult| &mut h.items),
+            Err(e) => error(id, e),
+        },
+        Command::Pause { download_id } => result(id, engine.pause(download_id).map(|()| &empty)),
+        Command::Resume { download_id } => result(id, engine.resume(download_id).map(|()| &empty)),
+        Command::Cancel { download_id } => result(id, engine.cancel(download_id).map(|()| &empty)),
+        Command::Remove {
+            download_id,
+            delete_file,
+        } => result(id, engine.remove(download_id, delete_file).map(|()| &empty)),
+        Command::Open {
+            download_id,
+            folder,
+        } => result(id, open(engine, download_id, folder).map(|()| &empty)),
+        Command::ClearHistory => result(id, engine.clear_history().map(|()| &empty)),
+        Command::GetSettings => Reply::ok(
+            id,
+            SettingsResult {
+                settings: engine.settings(),
+            },
+        ),
+        Command::SetSettings { settings } => result(
+            id,
+            engine
+                .set_settings(settings)
+                .map(|settings| SettingsResult { settings }),
+        ),
+        // The forwarder was started by the caller, which owns the connection.
+        Command::Subscribe => Reply::ok(id, &empty),
+    };
+    encode_reply(&reply)
+}
+
+fn result<T: Serialize>(id: u64, r: Result<T, ApiError>) -> Reply {
+    match r {
+        Ok(value) => Reply::ok(id, value),
+        Err(e) => error(id, e),
+    }
+}
+
+fn error(id: u64, e: ApiError) -> Reply {
+    Reply::err(Some(id), e.code, e.message)
+}
+
+/// Encode a reply, replacing one that would be too large with a `too_large` error.
+pub fn encode_reply(reply: &Reply) -> Vec<u8> {
+    match protocol::to_frame(reply, MAX_OUTGOING_FRAME) {
+        Ok(frame) => frame,
+        Err(e) => {
+            tracing::warn!(id = ?reply.id, cause = %e, "reply too large");
+            let err = Reply::err(reply.id, ErrorCode::TooLarge, format!("{e}: ask for less"));
+            protocol::to_frame(&err, MAX_OUTGOING_FRAME).expect("an error reply is small")
+        }
+    }
+}
+
+/// Encode a page of a list, halving it until the reply fits in a frame; its `total` still counts every item, so
+/// the client pages on from `offset + items.len()`.
+fn encode_page<P: Serialize, T>(
+    id: u64,
+    mut page: P,
+    items: impl Fn(&mut P) -> &mut Vec<T>,
+) -> Vec<u8> {
+    loop {
+        let reply = Reply::ok(id, &page);
+        match protocol::to_frame(&reply, MAX_OUTGOING_FRAME) {
+            Ok(frame) => return frame,
+            Err(e) => {
+                let list = items(&mut page);
+                if list.len() <= 1 {
+                    return encode_reply(&Reply::err(
+                        Some(id),
+                        ErrorCode::TooLarge,
+                        format!("{e}: one item does not fit in a reply"),
+                    ));
+                }
+                let half = list.len() / 2;
+                list.truncate(half);
+            }
+        }
+    }
+}
+
+/// Open a completed download's file or folder with the desktop's handler.
+fn open(engine: &Engine, id: protocol::DownloadId, folder: bool) -> Result<(), ApiError> {
+    let info = engine.get(id)?;
+    if info.status != Status::Completed {
+        return Err(ApiError::new(
+            ErrorCode::InvalidState,
+            format!(
+                "download {id} is {}: only a completed download can be opened",
+                info.status.as_str()
+            ),
+        ));
+    }
+    let file = PathBuf::from(&info.path);
+    let target = if folder {
+        file.parent().map(Path::to_path_buf).unwrap_or(file)
+    } else {
+        file
+    };
+    if !target.exists() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("{} no longer exists", target.display()),
+        ));
+    }
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let child = tokio::process::Command::new(opener)
+        .arg(&target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Io,
+                format!("cannot run {opener}: {e}; install xdg-utils"),
+            )
+        })?;
+    // Reap the opener when it is done; it may keep running for as long as the application it started.
+    tokio::spawn(async move {
+        let mut child = child;
+        let _ = child.wait().await;
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{DownloadInfo, ListResult};
+
+    fn info(id: u64, url_len: usize) -> DownloadInfo {
+        DownloadInfo {
+            id,
+            url: format!("http://127.0.0.1:1/{}", "a".repeat(url_len)),
+            filename: "f".into(),
+            path: "/tmp/f".into(),
+            status: Status::Failed,
+            total: None,
+            downloaded: 0,
+            speed: 0,
+            eta: None,
+            threads: 8,
+            connections: 0,
+            retries: 5,
+            bandwidth_limit: 0,
+            error: None,
+            created_at: 0,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn a_page_too_large_for_a_frame_is_halved_until_it_fits() {
+        let list = ListResult {
+            downloads: (0..300).map(|i| info(i, 8 * 1024)).collect(),
+            total: 300,
+        };
+        let frame = encode_page(9, list, |l| &mut l.downloads);
+        assert!(frame.len() <= MAX_OUTGOING_FRAME);
+        let reply: Reply = serde_json::from_slice(&frame).unwrap();
+        let result: ListResult = reply.into_result().unwrap();
+        assert_eq!(result.total, 300);
+        assert!(!result.downloads.is_empty() && result.downloads.len() < 300);
+    }
+
+    #[test]
+    fn a_page_that_fits_is_untouched() {
+        let list = ListResult {
+            downloads: (0..3).map(|i| info(i, 10)).collect(),
+            total: 3,
+        };
+        let frame = encode_page(1, list.clone(), |l| &mut l.downloads);
+        let reply: Reply = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(reply.into_result::<ListResult>().unwrap(), list);
+    }
+
+    #[test]
+    fn an_item_that_cannot_fit_becomes_a_too_large_error() {
+        let list = ListResult {
+            downloads: vec![info(1, MAX_OUTGOING_FRAME)],
+            total: 1,
+        };
+        let frame = encode_page(4, list, |l| &mut l.downloads);
+        let reply: Reply = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(reply.id, Some(4));
+        assert_eq!(reply.error.unwrap().code, ErrorCode::TooLarge);
+    }
+}
