@@ -84,9 +84,9 @@ fn read(resp: &Response, partial: bool) -> ProbeResult {
         (total, total.is_some())
     } else {
         let identity = h.get(header::CONTENT_ENCODING).is_none();
+        // The header itself: for a HEAD response the body's length (`content_length()`) is zero.
         let total = if identity {
-            resp.content_length()
-                .filter(|_| h.contains_key(header::CONTENT_LENGTH))
+            text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
         } else {
             None
         };
