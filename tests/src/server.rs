@@ -353,6 +353,8 @@ pub struct Request {
     pub status: u16,
     /// Body bytes written to the socket for this request so far.
     pub body_bytes: u64,
+    /// When the response ended (sent whole, cut, or given up on by the client); `None` while it runs.
+    pub done_at: Option<Instant>,
 }
 
 impl Request {
@@ -610,6 +612,32 @@ impl ServedFile {
     pub fn peak_active(&self) -> u32 {
         self.state.peak_active.load(Ordering::SeqCst)
     }
+
+    /// The most responses that each carried at least `min_bytes` of body and overlapped in time: the connections
+    /// that really moved data, leaving out a probe the client dropped just as it opened the next connection.
+    pub fn peak_data_connections(&self, min_bytes: u64) -> usize {
+        let now = Instant::now();
+        let spans: Vec<(Instant, Instant)> = self
+            .requests()
+            .iter()
+            .filter(|r| r.body_bytes >= min_bytes)
+            .map(|r| (r.at, r.done_at.unwrap_or(now)))
+            .collect();
+        spans
+            .iter()
+            .map(|&(at, _)| spans.iter().filter(|&&(a, b)| a <= at && at < b).count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Body bytes sent in answer to requests that arrived at or after `since`.
+    pub fn bytes_sent_since(&self, since: Instant) -> u64 {
+        self.requests()
+            .iter()
+            .filter(|r| r.at >= since)
+            .map(|r| r.body_bytes)
+            .sum()
+    }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -651,6 +679,7 @@ async fn connection(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
                 at: Instant::now(),
                 status: 0,
                 body_bytes: 0,
+                done_at: None,
             });
             log.len() - 1
         };
@@ -673,6 +702,7 @@ async fn connection(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
             idx,
         };
         let after = respond(&shared, &head, &mut out, &mut rd).await;
+        lock(&shared.log)[idx].done_at = Some(Instant::now());
         let close = head
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -1511,6 +1541,8 @@ mod tests {
         );
         assert_eq!([a.body, b.body].concat(), file.bytes());
         assert_eq!(file.peak_active(), 2);
+        assert_eq!(file.peak_data_connections(100_000), 2);
+        assert_eq!(file.peak_data_connections(200_000), 0);
         assert_eq!(file.active(), 0);
         assert_eq!(server.peak_files_at_once(), 1);
         assert_eq!(server.requests()[0].path, "/from");

@@ -1,1 +1,22 @@
-//! Integration tests.
+//! SDM's integration tests: one binary, one module per subject (ripgrep's layout).
+//!
+//! Every test runs the real engine against `sdm_tests::TestServer` on loopback, in its own temporary folders, under a
+//! timeout so a hang fails instead of blocking the run.
+
+// Helpers shared by the modules below: specs with test defaults, timeouts, polling, file checks.
+mod support;
+
+// `transfer::get` against a well-behaved server: segmented, no ranges, no length, small files, redirects, headers.
+mod get_basic;
+// `transfer::get` against a failing server: 503/429, cut bodies, stalls, 404/410, lying headers.
+mod get_faults;
+// A file that changes mid-download (new ETag) is never spliced from two versions.
+mod get_validators;
+// Hostile Content-Disposition names stay inside the output folder; existing files are never overwritten.
+mod get_names;
+// Expected sha256 and the bandwidth cap.
+mod get_checks;
+// The `Engine` queue: concurrency cap, pause/resume/cancel/remove, live settings.
+mod queue;
+// A restarted `Engine` resumes an interrupted download from where it stopped.
+mod restart;

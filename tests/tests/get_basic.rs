@@ -1,0 +1,265 @@
+//! `transfer::get` against a well-behaved server.
+
+use std::collections::BTreeSet;
+
+use sdm_tests::{FileSpec, NoLength, TestServer};
+
+use crate::support::{assert_exact, bounded, get, spec, tempdir};
+
+const MIB: u64 = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_comes_down_over_several_ranged_connections() {
+    bounded(60, async {
+        let server = TestServer::start().await;
+        // A per-connection cap, so one connection alone could not finish quickly and splitting pays.
+        let file = server.serve("/big.bin", FileSpec::new(20 * MIB).seed(1).rate(8 * MIB));
+        let dir = tempdir();
+
+        let mut snapshots = 0;
+        let mut last_seen = 0;
+        let path = sdm::engine::transfer::get(spec(file.url(), dir.path()), |s| {
+            snapshots += 1;
+            last_seen = s.downloaded;
+        })
+        .await
+        .expect("download succeeds");
+
+        assert_eq!(path, dir.path().join("big.bin"));
+        assert_exact(&path, &file);
+        assert!(last_seen <= file.len());
+        let gets = file.gets();
+        let starts: BTreeSet<u64> = gets.iter().filter_map(|r| r.range_start()).collect();
+        assert!(
+            starts.len() >= 2,
+            "expected several ranged requests, saw ranges starting at {starts:?}"
+        );
+        for r in &gets {
+            assert_eq!(
+                r.header("accept-encoding"),
+                Some("identity"),
+                "a GET without `Accept-Encoding: identity`: {r:?}"
+            );
+        }
+        assert!(
+            file.peak_data_connections(256 * 1024) >= 2,
+            "the ranged requests never overlapped: one connection at a time"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_ranges_gets_one_connection() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/plain.bin",
+            FileSpec::new(3 * MIB).seed(2).no_ranges().rate(4 * MIB),
+        );
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+        assert_eq!(
+            file.peak_data_connections(256 * 1024),
+            1,
+            "several connections pulled the whole file from a server without ranges"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_without_length_is_exact() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/chunked.bin",
+            FileSpec::new(3 * MIB + 17)
+                .seed(3)
+                .no_length(NoLength::Chunked),
+        );
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_body_without_length_is_exact() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/eof.bin",
+            FileSpec::new(2 * MIB + 5)
+                .seed(4)
+                .no_length(NoLength::CloseDelimited),
+        );
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_is_not_split() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/small.txt", FileSpec::new(10_000).seed(5));
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+        assert_eq!(
+            file.peak_active(),
+            1,
+            "a 10 kB file was fetched over several connections"
+        );
+        let split: Vec<_> = file
+            .gets()
+            .into_iter()
+            .filter(|r| r.range_start() > Some(0))
+            .collect();
+        assert!(split.is_empty(), "a 10 kB file was split: {split:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_is_created_empty() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/empty.txt", FileSpec::new(0));
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_followed_and_a_loop_is_an_error() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/real.bin", FileSpec::new(2 * MIB).seed(6));
+        server.redirect("/go", "/real.bin");
+        server.redirect("/ping", "/pong");
+        server.redirect("/pong", "/ping");
+        let dir = tempdir();
+
+        let path = get(spec(&server.url("/go"), dir.path()))
+            .await
+            .expect("download succeeds");
+        assert_exact(&path, &file);
+
+        let looped = tempdir();
+        let err = get(spec(&server.url("/ping"), looped.path()))
+            .await
+            .expect_err("a redirect loop cannot succeed");
+        assert!(
+            crate::support::finished_files_in(looped.path()).is_empty(),
+            "a redirect loop left a file: {err:#}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_referrer_and_user_agent_reach_every_request() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/private.bin",
+            FileSpec::new(4 * MIB)
+                .seed(7)
+                .require_cookie("session=s3cr3t"),
+        );
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.headers = vec![
+            ("Cookie".into(), "session=s3cr3t".into()),
+            ("Referer".into(), "http://example.test/page".into()),
+            ("User-Agent".into(), "Browser/1.0".into()),
+        ];
+
+        let path = get(s).await.expect("download succeeds");
+
+        assert_exact(&path, &file);
+        for r in file.requests() {
+            assert_eq!(r.header("cookie"), Some("session=s3cr3t"), "{r:?}");
+            assert_eq!(
+                r.header("referer"),
+                Some("http://example.test/page"),
+                "{r:?}"
+            );
+            assert_eq!(r.header("user-agent"), Some("Browser/1.0"), "{r:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cookie_is_a_clean_error() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        server.serve(
+            "/private.bin",
+            FileSpec::new(MIB).require_cookie("session=s3cr3t"),
+        );
+        let dir = tempdir();
+
+        let err = get(spec(&server.url("/private.bin"), dir.path()))
+            .await
+            .expect_err("a 403 cannot succeed");
+
+        assert!(
+            crate::support::finished_files_in(dir.path()).is_empty(),
+            "a 403 left a file: {err:#}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_output_path_is_used_as_is() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/named.bin",
+            FileSpec::new(MIB)
+                .seed(8)
+                .content_disposition("attachment; filename=\"server.bin\""),
+        );
+        let dir = tempdir();
+        let out = dir.path().join("chosen.dat");
+
+        let path = get(spec(file.url(), &out))
+            .await
+            .expect("download succeeds");
+
+        assert_eq!(path, out);
+        assert_exact(&out, &file);
+    })
+    .await;
+}

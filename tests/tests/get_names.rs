@@ -1,0 +1,139 @@
+//! File names from the server are hostile input: whatever `Content-Disposition` says, the file lands inside the
+//! output folder under a harmless name, and an existing file is never overwritten.
+
+use std::path::Path;
+
+use sdm_tests::{FileSpec, TestServer};
+
+use crate::support::{assert_exact, bounded, get, names_in, spec, tempdir};
+
+/// Download a file served with `Content-Disposition: <disposition>` into `root/out` and check where it landed.
+/// Returns the name it got.
+async fn land(server: &TestServer, case: usize, disposition: Vec<u8>) -> String {
+    let url_path = format!("/download{case}.php");
+    let file = server.serve(
+        &url_path,
+        FileSpec::new(50_000)
+            .seed(40 + case as u64)
+            .content_disposition(disposition),
+    );
+    let root = tempdir();
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+
+    let path = get(spec(file.url(), &out))
+        .await
+        .unwrap_or_else(|e| panic!("case {case}: download fails: {e:#}"));
+
+    assert_exact(&path, &file);
+    assert_eq!(
+        path.parent().map(Path::canonicalize).transpose().unwrap(),
+        Some(out.canonicalize().unwrap()),
+        "case {case}: landed outside the output folder at {}",
+        path.display()
+    );
+    assert_eq!(
+        names_in(root.path()),
+        ["out"],
+        "case {case}: wrote next to the output folder"
+    );
+    let names = names_in(&out);
+    assert_eq!(names.len(), 1, "case {case}: {names:?}");
+    let name = names[0].clone();
+    assert_eq!(
+        Some(name.as_str()),
+        path.file_name().and_then(|n| n.to_str())
+    );
+    assert_harmless(case, &name);
+    name
+}
+
+fn assert_harmless(case: usize, name: &str) {
+    assert!(
+        !name.is_empty() && name != "." && name != "..",
+        "case {case}: name {name:?}"
+    );
+    assert!(
+        name.len() <= 255,
+        "case {case}: a name of {} bytes",
+        name.len()
+    );
+    for c in name.chars() {
+        assert!(
+            !c.is_control() && c != '/' && c != '\\',
+            "case {case}: name {name:?} holds {c:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_content_disposition_names_stay_inside_the_folder() {
+    bounded(60, async {
+        let server = TestServer::start().await;
+        let long = format!("attachment; filename=\"{}.bin\"", "A".repeat(10_000));
+        let cases: Vec<Vec<u8>> = vec![
+            b"attachment; filename=\"../../etc/passwd\"".to_vec(),
+            b"attachment; filename*=UTF-8''%2e%2e%2fevil%00.txt".to_vec(),
+            b"attachment; filename=\"a\x01b\x1b[31mc\x7f.txt\"".to_vec(),
+            long.into_bytes(),
+            b"attachment; filename=\"/etc/shadow\"".to_vec(),
+            b"attachment; filename=\"..\\\\..\\\\windows\\\\evil.exe\"".to_vec(),
+            b"attachment; filename=\"..\"".to_vec(),
+            b"attachment; filename=\"\"".to_vec(),
+            b"attachment; filename*=UTF-8''%2F%2Fserver%2Fshare%0D%0Ax.txt".to_vec(),
+            b"attachment; filename=\"caf\xe9.txt\"".to_vec(),
+        ];
+        for (case, disposition) in cases.into_iter().enumerate() {
+            land(&server, case, disposition).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filename_star_wins_over_filename() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let name = land(
+            &server,
+            0,
+            b"attachment; filename=\"fallback.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
+                .to_vec(),
+        )
+        .await;
+        assert_eq!(name, "résumé.pdf");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_file_is_never_overwritten() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/get?id=7",
+            FileSpec::new(100_000)
+                .seed(50)
+                .content_disposition("attachment; filename=\"report.pdf\""),
+        );
+        let dir = tempdir();
+        std::fs::write(dir.path().join("report.pdf"), b"the user's own report").unwrap();
+
+        let first = get(spec(file.url(), dir.path()))
+            .await
+            .expect("first download succeeds");
+        let second = get(spec(file.url(), dir.path()))
+            .await
+            .expect("second download succeeds");
+
+        assert_eq!(first, dir.path().join("report (1).pdf"));
+        assert_eq!(second, dir.path().join("report (2).pdf"));
+        assert_exact(&first, &file);
+        assert_exact(&second, &file);
+        assert_eq!(
+            std::fs::read(dir.path().join("report.pdf")).unwrap(),
+            b"the user's own report"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,94 @@
+//! A file that changes on the server mid-download: the result is the whole new file or an error, never a splice.
+
+use sdm_tests::{ALWAYS, FileSpec, ServedFile, TestServer, sha256_file};
+
+use crate::support::{bounded, finished_files_in, spec, tempdir, until};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Check a finished download against both versions; on a mismatch, say how much of each it holds.
+fn assert_not_spliced(
+    result: &anyhow::Result<std::path::PathBuf>,
+    dir: &std::path::Path,
+    file: &ServedFile,
+) {
+    match result {
+        Ok(path) => {
+            let got = std::fs::read(path).expect("read the result");
+            let new = file.bytes_of_version(1);
+            if got != new {
+                let old = file.bytes_of_version(0);
+                let from_old = got.iter().zip(&old).filter(|(a, b)| a == b).count();
+                let from_new = got.iter().zip(&new).filter(|(a, b)| a == b).count();
+                panic!(
+                    "the file changed mid-download and the result is not the new version: {} bytes, {from_old} \
+                     match the old version, {from_new} the new one (sha256 {})",
+                    got.len(),
+                    sha256_file(path)
+                );
+            }
+        }
+        Err(e) => assert!(
+            finished_files_in(dir).is_empty(),
+            "failed with `{e:#}` but left a file behind"
+        ),
+    }
+}
+
+/// Start a download, change the file once `at` bytes have been sent, and return the result.
+async fn change_midway(
+    file: &ServedFile,
+    at: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let mut s = spec(file.url(), dir);
+    s.threads = 4;
+    s.retries = 10;
+    let download = tokio::spawn(sdm::engine::transfer::get(s, |_| {}));
+    until(10, "the download to get going", || file.bytes_sent() >= at).await;
+    file.change_content();
+    download.await.expect("the download task does not panic")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_etag_mid_download_is_never_spliced() {
+    bounded(60, async {
+        let server = TestServer::start().await;
+        // Every response is cut at 1 MiB, so the download must come back for more after the change.
+        let file = server.serve(
+            "/moving.bin",
+            FileSpec::new(8 * MIB)
+                .seed(31)
+                .etag()
+                .rate(2 * MIB)
+                .cut_after(MIB, ALWAYS),
+        );
+        let dir = tempdir();
+
+        let result = change_midway(&file, MIB + MIB / 2, dir.path()).await;
+
+        assert_not_spliced(&result, dir.path(), &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_last_modified_mid_download_is_never_spliced() {
+    bounded(60, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/dated.bin",
+            FileSpec::new(8 * MIB)
+                .seed(32)
+                .last_modified()
+                .rate(2 * MIB)
+                .cut_after(MIB, ALWAYS),
+        );
+        let dir = tempdir();
+
+        let result = change_midway(&file, MIB + MIB / 2, dir.path()).await;
+
+        assert_not_spliced(&result, dir.path(), &file);
+    })
+    .await;
+}

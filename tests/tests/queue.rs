@@ -1,0 +1,316 @@
+//! The `Engine` queue, driven through its Rust API as the service drives it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protocol::{AddRequest, ErrorCode, Event, SettingsPatch, Status};
+use sdm::engine::Engine;
+use sdm_tests::{FileSpec, ServedFile, TestServer};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::support::{
+    assert_exact, bounded, finished_files_in, names_in, start_engine, tempdir, until, wait_for,
+    wait_status,
+};
+
+const MIB: u64 = 1024 * 1024;
+const KIB: u64 = 1024;
+
+fn add(engine: &Engine, file: &ServedFile, threads: u32) -> u64 {
+    engine
+        .add(AddRequest {
+            url: file.url().to_string(),
+            threads: Some(threads),
+            ..AddRequest::default()
+        })
+        .expect("add is accepted")
+}
+
+fn assert_completed_exact(engine: &Engine, id: u64, file: &ServedFile) {
+    let info = engine.get(id).expect("download exists");
+    assert_eq!(info.status, Status::Completed, "{info:?}");
+    assert_exact(Path::new(&info.path), file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_downloads_run_two_at_a_time_and_all_complete() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        engine
+            .set_settings(SettingsPatch {
+                max_concurrent: Some(2),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        assert_eq!(engine.settings().max_concurrent, 2);
+        let server = TestServer::start().await;
+        // Capped per connection so each takes about half a second and the downloads overlap.
+        let files: Vec<ServedFile> = (0..5)
+            .map(|i| {
+                server.serve(
+                    &format!("/q{i}.bin"),
+                    FileSpec::new(MIB).seed(70 + i).rate(MIB),
+                )
+            })
+            .collect();
+        let mut events = engine.subscribe();
+        let ids: Vec<u64> = files.iter().map(|f| add(&engine, f, 2)).collect();
+
+        let mut status: HashMap<u64, Status> = ids.iter().map(|&id| (id, Status::Queued)).collect();
+        let mut most_downloading = 0;
+        while !status.values().all(|s| s.is_finished()) {
+            match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+                Ok(Ok(Event::State { download })) => {
+                    if let Some(s) = status.get_mut(&download.id) {
+                        *s = download.status;
+                    }
+                }
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(RecvError::Lagged(_))) => {
+                    for &id in &ids {
+                        status.insert(id, engine.get(id).expect("download exists").status);
+                    }
+                }
+                Ok(Err(RecvError::Closed)) => panic!("the event channel closed"),
+            }
+            let downloading = status
+                .values()
+                .filter(|&&s| s == Status::Downloading)
+                .count();
+            most_downloading = most_downloading.max(downloading);
+            assert!(
+                downloading <= 2,
+                "{downloading} downloads running at once: {status:?}"
+            );
+        }
+
+        for (id, file) in ids.iter().zip(&files) {
+            assert_completed_exact(&engine, *id, file);
+        }
+        assert!(
+            server.peak_files_at_once() <= 2,
+            "the server sent {} files at once",
+            server.peak_files_at_once()
+        );
+        assert_eq!(
+            most_downloading, 2,
+            "the queue never ran two downloads together"
+        );
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_the_transfer_and_resume_continues_it() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/pause.bin", FileSpec::new(4 * MIB).seed(80).rate(MIB));
+        let id = add(&engine, &file, 2);
+
+        wait_for(&engine, id, "512 KiB downloaded", |d| {
+            d.downloaded >= 512 * KIB
+        })
+        .await;
+        engine.pause(id).expect("pause is accepted");
+        let paused = wait_status(&engine, id, Status::Paused).await;
+        until(5, "the paused download's connections to close", || {
+            file.active() == 0
+        })
+        .await;
+        let sent = file.bytes_sent();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let still = engine.get(id).expect("download exists");
+        assert_eq!(still.status, Status::Paused);
+        assert_eq!(file.bytes_sent(), sent, "bytes flowed while paused");
+        assert!(still.downloaded >= paused.downloaded.min(512 * KIB));
+
+        let resumed_at = Instant::now();
+        engine.resume(id).expect("resume is accepted");
+        wait_status(&engine, id, Status::Completed).await;
+
+        assert_completed_exact(&engine, id, &file);
+        let after: Vec<_> = file
+            .gets()
+            .into_iter()
+            .filter(|r| r.at >= resumed_at)
+            .collect();
+        assert!(
+            after.iter().any(|r| r.range_start() > Some(0)),
+            "no ranged request from a non-zero offset after resume: {after:?}"
+        );
+        let refetched = file.bytes_sent_since(resumed_at);
+        assert!(
+            refetched + still.downloaded / 2 < file.len(),
+            "resume fetched {refetched} bytes although {} of {} were already there",
+            still.downloaded,
+            file.len()
+        );
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_transfer_and_leaves_no_file() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/cancel.bin", FileSpec::new(4 * MIB).seed(81).rate(MIB));
+        let id = add(&engine, &file, 2);
+
+        wait_for(&engine, id, "256 KiB downloaded", |d| {
+            d.downloaded >= 256 * KIB
+        })
+        .await;
+        engine.cancel(id).expect("cancel is accepted");
+        let info = wait_status(&engine, id, Status::Cancelled).await;
+        until(5, "the cancelled download's connections to close", || {
+            file.active() == 0
+        })
+        .await;
+
+        assert!(
+            !Path::new(&info.path).exists(),
+            "a cancelled download left {}",
+            info.path
+        );
+        assert!(finished_files_in(&root.path().join("downloads")).is_empty());
+        let err = engine.resume(id).err();
+        assert!(
+            err.is_none()
+                || err
+                    .as_ref()
+                    .is_some_and(|e| e.code == ErrorCode::InvalidState),
+            "resume of a cancelled download: {err:?}"
+        );
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_forgets_a_running_download_and_deletes_its_files() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/remove.bin", FileSpec::new(4 * MIB).seed(82).rate(MIB));
+        let mut events = engine.subscribe();
+        let id = add(&engine, &file, 2);
+
+        wait_for(&engine, id, "256 KiB downloaded", |d| {
+            d.downloaded >= 256 * KIB
+        })
+        .await;
+        engine.remove(id, true).expect("remove is accepted");
+
+        let err = engine.get(id).expect_err("a removed download is gone");
+        assert_eq!(err.code, ErrorCode::NotFound);
+        let removed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::Removed { id: gone }) if gone == id => return,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => panic!("the event channel closed"),
+                }
+            }
+        })
+        .await;
+        assert!(removed.is_ok(), "no `removed` event");
+        until(5, "the removed download's connections to close", || {
+            file.active() == 0
+        })
+        .await;
+        let downloads = root.path().join("downloads");
+        until(5, "the removed download's files to go", || {
+            names_in(&downloads).is_empty()
+        })
+        .await;
+        assert!(
+            engine
+                .list(Default::default())
+                .downloads
+                .iter()
+                .all(|d| d.id != id)
+        );
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_of_a_completed_download_can_keep_its_file() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/keep.bin", FileSpec::new(MIB).seed(83));
+        let id = add(&engine, &file, 2);
+        let info = wait_status(&engine, id, Status::Completed).await;
+
+        engine.remove(id, false).expect("remove is accepted");
+
+        assert!(engine.get(id).is_err());
+        assert_exact(Path::new(&info.path), &file);
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_bandwidth_limit_applies_to_a_running_download() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let limit = 512 * KIB;
+        engine
+            .set_settings(SettingsPatch {
+                bandwidth_limit: Some(limit),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        let server = TestServer::start().await;
+        let file = server.serve("/live.bin", FileSpec::new(8 * MIB).seed(84));
+        let id = add(&engine, &file, 4);
+
+        wait_for(&engine, id, "some progress", |d| d.downloaded > 0).await;
+        let (t0, d0) = (Instant::now(), engine.get(id).unwrap().downloaded);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (t1, d1) = (Instant::now(), engine.get(id).unwrap().downloaded);
+        let rate = (d1 - d0) as f64 / (t1 - t0).as_secs_f64();
+        assert!(
+            rate <= limit as f64 * 1.3,
+            "the global cap of {limit} B/s let {rate:.0} B/s through"
+        );
+        assert!(d1 > d0, "no progress under the cap");
+        assert!(
+            d1 < file.len() / 2,
+            "downloaded {d1} bytes in 2 s under a 512 KiB/s cap"
+        );
+
+        let settings = engine
+            .set_settings(SettingsPatch {
+                bandwidth_limit: Some(0),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        assert_eq!(settings.bandwidth_limit, 0);
+        // Uncapped, the remaining ~7 MiB over loopback takes well under the 10 s allowed here; capped it would take 14.
+        let info = tokio::time::timeout(
+            Duration::from_secs(10),
+            wait_status(&engine, id, Status::Completed),
+        )
+        .await
+        .expect("the download sped up once the cap was lifted");
+        assert_eq!(info.status, Status::Completed);
+        assert_completed_exact(&engine, id, &file);
+        engine.shutdown().await;
+    })
+    .await;
+}

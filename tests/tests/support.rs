@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::{DownloadId, DownloadInfo, Status};
+use sdm::engine::transfer::{self, GetSpec};
+use sdm::engine::{Engine, EngineConfig};
+use sdm_tests::{ServedFile, sha256_file};
+
+/// Run `fut`, failing the test if it takes longer than `secs`.
+pub async fn bounded<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("test timed out after {secs} s"))
+}
+
+/// A `sdm get` spec with test defaults: 8 connections, 5 retries, no cap, a 5 s stall timeout.
+pub fn spec(url: &str, output: &Path) -> GetSpec {
+    GetSpec {
+        url: url.to_string(),
+        output: output.to_path_buf(),
+        threads: 8,
+        retries: 5,
+        headers: Vec::new(),
+        limit: 0,
+        stall_timeout: Duration::from_secs(5),
+        sha256: None,
+    }
+}
+
+/// `transfer::get` without a progress bar.
+pub async fn get(spec: GetSpec) -> anyhow::Result<PathBuf> {
+    transfer::get(spec, |_| {}).await
+}
+
+/// A fresh temporary folder.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create a temporary folder")
+}
+
+/// The names of the entries in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The entries of `dir` that are not `.part` (or other in-progress) files: what a user would take for a download.
+pub fn finished_files_in(dir: &Path) -> Vec<String> {
+    names_in(dir)
+        .into_iter()
+        .filter(|n| !n.ends_with(".part"))
+        .collect()
+}
+
+/// The file at `path` is exactly the current content of `file`.
+pub fn assert_exact(path: &Path, file: &ServedFile) {
+    let got = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("no file at {}: {e}", path.display()))
+        .len();
+    assert_eq!(got, file.len(), "size of {}", path.display());
+    assert_eq!(
+        sha256_file(path),
+        file.sha256(),
+        "content of {}",
+        path.display()
+    );
+}
+
+/// The result of a download that may fail but must never leave wrong bytes: either the exact file, or an error and
+/// no finished file in `dir`.
+pub fn assert_exact_or_clean_error(
+    result: &anyhow::Result<PathBuf>,
+    dir: &Path,
+    file: &ServedFile,
+) {
+    match result {
+        Ok(path) => assert_exact(path, file),
+        Err(e) => assert_eq!(
+            finished_files_in(dir),
+            Vec::<String>::new(),
+            "failed with `{e:#}` but left a file behind"
+        ),
+    }
+}
+
+/// Start an engine whose data and download folders are inside `root`.
+pub async fn start_engine(root: &Path) -> Engine {
+    let config = EngineConfig {
+        data_dir: root.join("data"),
+        default_download_dir: root.join("downloads"),
+    };
+    std::fs::create_dir_all(&config.default_download_dir).expect("create download folder");
+    Engine::start(config).await.expect("engine starts")
+}
+
+/// Poll `engine.get(id)` every 20 ms until `pred` holds, and return that state.
+pub async fn wait_for(
+    engine: &Engine,
+    id: DownloadId,
+    what: &str,
+    pred: impl Fn(&DownloadInfo) -> bool,
+) -> DownloadInfo {
+    let mut last = None;
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let info = engine.get(id).expect("download exists");
+            if pred(&info) {
+                return info;
+            }
+            last = Some(info);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("download {id} never reached `{what}`; last seen: {last:?}"))
+}
+
+/// Wait until download `id` has the status `status` (and fail at once if it reaches another finished status).
+pub async fn wait_status(engine: &Engine, id: DownloadId, status: Status) -> DownloadInfo {
+    let info = wait_for(engine, id, status.as_str(), |d| {
+        d.status == status || (d.status.is_finished() && d.status != status)
+    })
+    .await;
+    assert_eq!(
+        info.status, status,
+        "download {id} ended as {:?} (error: {:?})",
+        info.status, info.error
+    );
+    info
+}
+
+/// Wait until `cond` holds, polling every 10 ms for up to `secs`.
+pub async fn until(secs: u64, what: &str, cond: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(secs), async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "waited {secs} s for {what}");
+}
