@@ -252,7 +252,8 @@ fn run_relay(args: &[String]) -> ExitCode {
         paths::ensure_data_dir(dir).ok()?;
         Some(dir.join(paths::RELAY_LOG))
     });
-    init_logging(log, "warn");
+    // The relay's log is a file of its own, and its argv is worth having: each browser passes different ones.
+    init_logging(log, "info");
     tracing::info!(argv = ?args, caller = %relay::caller(args), pid = std::process::id(), "relay started");
     let data_dir = match data_dir {
         Ok(dir) => dir,
