@@ -1,1 +1,29 @@
-//! Placeholder: the popup is built by the extension work.
+//! SDM's popup, written in Rust and compiled to WebAssembly; `popup.js` only loads it.
+//!
+//! # Layout
+//! - [`format`]: sizes, speeds, times left and percentages as text (pure, unit-tested).
+//! - [`model`]: the popup's mirror of the host's download list, updated by events; the text of each row (pure).
+//! - [`forms`]: the add and settings forms read into protocol requests (pure).
+//! - [`view_state`]: small view text from numbers (pure).
+//! - [`host`]: the popup's own native messaging port to the host.
+//! - [`dom`]: a few web-sys helpers.
+//! - [`app`]: the state, the `Message` enum and the one `update` match that drives the page.
+//!
+//! **Invariant:** the popup shows what the host says. It keeps no download state of its own beyond a mirror that a
+//! `list` reply rebuilds, and it reads and writes frames only through the `protocol` types.
+
+pub mod app;
+pub mod dom;
+pub mod format;
+pub mod forms;
+pub mod host;
+pub mod model;
+pub mod view_state;
+
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(start)]
+pub fn main() {
+    console_error_panic_hook::set_once();
+    app::start();
+}

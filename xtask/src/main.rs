@@ -1,1 +1,54 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>` (the alias is in `.cargo/config.toml`).
+//!
+//! # Layout
+//! - [`tools`]: finding and, when missing, installing what the tasks need (wasm target, wasm-bindgen CLI, npm
+//!   packages, Chromium), always saying what was installed.
+//! - [`build`]: `cargo xtask build`: the release `sdm`, the popup's wasm and the unpacked extension in
+//!   `target/extension/`.
+//! - [`test`]: `cargo xtask test`: every Rust test, then the browser tests, with one summary.
+//! - [`run`]: `cargo xtask run`: build, register the host, start the service, open Chromium with the extension.
+//! - [`bench`]: `cargo xtask bench`: the download benchmark.
+//!
+//! xtask is a developer tool that talks to a person, so it prints to stdout.
+#![allow(clippy::print_stdout)]
+
+mod bench;
+mod build;
+mod run;
+mod test;
+mod tools;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  build              release `sdm`, the popup (wasm) and the unpacked extension in target/extension/
+  test [--rust-only | --browser-only]
+                     install what is missing, run `cargo test --workspace` and the browser tests
+  run                build, register the host, start `sdm serve`, open Chromium with the extension loaded
+  bench [args]       download benchmark
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => build::run().map(|_| ()),
+        Some("test") => test::run(&args[1..]),
+        Some("run") => run::run(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("help" | "-h" | "--help") | None => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,53 @@
+// The toolbar badge (how many downloads are transferring) and notifications when one completes or fails.
+// The set below is a display cache rebuilt from the host's `list` on every connection, not download state.
+
+const downloading = new Set();
+
+function show() {
+  const n = downloading.size;
+  chrome.action.setBadgeText({ text: n > 0 ? String(n) : "" }).catch(() => {});
+}
+
+export function notify(id, title, message) {
+  chrome.notifications
+    .create(id, { type: "basic", iconUrl: chrome.runtime.getURL("icons/128.png"), title, message })
+    .catch?.(() => {});
+}
+
+/** Rebuild from a full `list` (paged by the caller). */
+export function resetBadge(downloads) {
+  downloading.clear();
+  for (const d of downloads) if (d.status === "downloading") downloading.add(d.id);
+  show();
+}
+
+/** Fold one host event into the badge, and notify finished downloads. */
+export function onHostEvent(ev) {
+  switch (ev.event) {
+    case "progress":
+      for (const p of ev.downloads) {
+        if (p.status === "downloading") downloading.add(p.id);
+        else downloading.delete(p.id);
+      }
+      break;
+    case "state": {
+      const d = ev.download;
+      if (d.status === "downloading") downloading.add(d.id);
+      else downloading.delete(d.id);
+      const name = d.filename || d.url;
+      if (d.status === "completed") notify(`sdm-${d.id}`, "Download complete", name);
+      if (d.status === "failed") notify(`sdm-${d.id}`, "Download failed", `${name}: ${d.error ?? "unknown error"}`);
+      break;
+    }
+    case "removed":
+      downloading.delete(ev.id);
+      break;
+    default:
+      return;
+  }
+  show();
+}
+
+export function initBadge() {
+  chrome.action.setBadgeBackgroundColor({ color: "#2563eb" }).catch(() => {});
+}

@@ -1,0 +1,742 @@
+//! The popup: one [`App`] owns all state, every input becomes a [`Message`], and [`App::update`] is the one `match`
+//! that handles them (the wasm-bindgen TodoMVC shape).
+//!
+//! Rows are created once per download and then updated in place by id; an event touches only the text that changed.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+
+use protocol::{
+    Command, DownloadId, DownloadInfo, Event, HistoryResult, Incoming, ListResult, MAX_PAGE,
+    PageRequest, Reply, Settings, SettingsResult, Status,
+};
+use wasm_bindgen::JsCast;
+use web_sys::{Document, Element, HtmlTemplateElement, KeyboardEvent};
+
+use crate::dom::{self, by_id, child, input, set_attr, set_hidden, textarea};
+use crate::forms::{AddForm, SettingsForm};
+use crate::host::Host;
+use crate::model::{Change, Model, RowText};
+use crate::{format, view_state};
+
+/// History rows per page.
+const HISTORY_PAGE: usize = 50;
+/// How long the host has to answer the first `ping` before the popup says it is not answering.
+const PING_TIMEOUT_MS: i32 = 5000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Downloads,
+    History,
+    Settings,
+}
+
+impl Tab {
+    const ALL: [Tab; 3] = [Tab::Downloads, Tab::History, Tab::Settings];
+
+    fn name(self) -> &'static str {
+        match self {
+            Tab::Downloads => "downloads",
+            Tab::History => "history",
+            Tab::Settings => "settings",
+        }
+    }
+}
+
+/// A button in a download's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+    Remove,
+    OpenFile,
+    OpenFolder,
+}
+
+impl Action {
+    fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            "cancel" => Action::Cancel,
+            "remove" => Action::Remove,
+            "open" => Action::OpenFile,
+            "folder" => Action::OpenFolder,
+            _ => return None,
+        })
+    }
+
+    fn command(self, download_id: DownloadId) -> Command {
+        match self {
+            Action::Pause => Command::Pause { download_id },
+            Action::Resume => Command::Resume { download_id },
+            Action::Cancel => Command::Cancel { download_id },
+            Action::Remove => Command::Remove {
+                download_id,
+                delete_file: false,
+            },
+            Action::OpenFile => Command::Open {
+                download_id,
+                folder: false,
+            },
+            Action::OpenFolder => Command::Open {
+                download_id,
+                folder: true,
+            },
+        }
+    }
+}
+
+/// Everything that can happen to the popup.
+#[derive(Debug)]
+pub enum Message {
+    /// Open (or reopen) the port to the host.
+    Connect,
+    /// A frame from the port opened as connection `generation`.
+    Frame {
+        generation: u64,
+        text: String,
+    },
+    /// The port of connection `generation` closed.
+    Disconnected {
+        generation: u64,
+        reason: String,
+    },
+    /// The first ping of connection `generation` may have gone unanswered.
+    PingDeadline {
+        generation: u64,
+    },
+    ShowTab(Tab),
+    /// Arrow keys, Home and End on the tab list.
+    TabKey(String),
+    SubmitAdd,
+    Row(DownloadId, Action),
+    /// Move through history by this many pages.
+    HistoryPage(i64),
+    ClearHistory,
+    SaveSettings,
+}
+
+/// What a request in flight was for, so its reply can be handled.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Ping,
+    Subscribe,
+    List { offset: usize },
+    Add,
+    Row,
+    History,
+    ClearHistory,
+    GetSettings,
+    SetSettings,
+}
+
+/// The live parts of one download's row.
+struct Row {
+    li: Element,
+    name: Element,
+    status: Element,
+    bar: Element,
+    fill: Element,
+    percent: Element,
+    detail: Element,
+    speed: Element,
+    eta: Element,
+    connections: Element,
+    /// What is on screen now, so an update writes only what changed.
+    shown: Option<(Status, RowText)>,
+}
+
+pub struct App {
+    doc: Document,
+    host: Option<Host>,
+    /// Counts connections, so callbacks from an old port are ignored.
+    generation: u64,
+    online: bool,
+    pending: HashMap<u64, Pending>,
+    model: Model,
+    rows: HashMap<DownloadId, Row>,
+    template: Element,
+    list: Element,
+    tab: Tab,
+    history_offset: usize,
+    history_total: usize,
+    /// History changed while its tab was hidden: reload when shown.
+    history_stale: bool,
+    first_row_marked: bool,
+}
+
+thread_local! {
+    static APP: RefCell<Option<App>> = const { RefCell::new(None) };
+    static QUEUE: RefCell<VecDeque<Message>> = const { RefCell::new(VecDeque::new()) };
+    static RUNNING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Queue a message and run the queue, unless a message is being handled already (then it runs right after).
+pub fn dispatch(msg: Message) {
+    QUEUE.with(|q| q.borrow_mut().push_back(msg));
+    if RUNNING.with(|r| r.replace(true)) {
+        return;
+    }
+    while let Some(msg) = QUEUE.with(|q| q.borrow_mut().pop_front()) {
+        APP.with(|app| {
+            if let Some(app) = app.borrow_mut().as_mut() {
+                app.update(msg);
+            }
+        });
+    }
+    RUNNING.with(|r| r.set(false));
+}
+
+/// Build the app over `popup.html`, wire its inputs to messages and connect to the host.
+pub fn start() {
+    let doc = dom::document();
+    let template: HtmlTemplateElement = by_id(&doc, "row-template")
+        .dyn_into()
+        .expect("#row-template is a <template>");
+    let template = template
+        .content()
+        .first_element_child()
+        .expect("the row template has an element");
+    let app = App {
+        list: by_id(&doc, "downloads"),
+        template,
+        doc: doc.clone(),
+        host: None,
+        generation: 0,
+        online: false,
+        pending: HashMap::new(),
+        model: Model::default(),
+        rows: HashMap::new(),
+        tab: Tab::Downloads,
+        history_offset: 0,
+        history_total: 0,
+        history_stale: true,
+        first_row_marked: false,
+    };
+    APP.with(|a| *a.borrow_mut() = Some(app));
+    wire(&doc);
+    dispatch(Message::Connect);
+}
+
+fn wire(doc: &Document) {
+    for tab in Tab::ALL {
+        dom::listen(
+            &by_id(doc, &format!("tab-{}", tab.name())),
+            "click",
+            move |_| dispatch(Message::ShowTab(tab)),
+        );
+    }
+    dom::listen(&by_id(doc, "tabs"), "keydown", |e| {
+        if let Some(k) = e.dyn_ref::<KeyboardEvent>() {
+            let key = k.key();
+            if matches!(key.as_str(), "ArrowLeft" | "ArrowRight" | "Home" | "End") {
+                e.prevent_default();
+                dispatch(Message::TabKey(key));
+            }
+        }
+    });
+    dom::listen(&by_id(doc, "add-form"), "submit", |e| {
+        e.prevent_default();
+        dispatch(Message::SubmitAdd);
+    });
+    dom::listen(&by_id(doc, "settings-form"), "submit", |e| {
+        e.prevent_default();
+        dispatch(Message::SaveSettings);
+    });
+    // One listener for every row's buttons: rows come and go, the list stays.
+    dom::listen(&by_id(doc, "downloads"), "click", |e| {
+        let Some(target) = e.target().and_then(|t| t.dyn_into::<Element>().ok()) else {
+            return;
+        };
+        let Some(button) = target.closest("button[data-action]").ok().flatten() else {
+            return;
+        };
+        let action = button
+            .get_attribute("data-action")
+            .and_then(|a| Action::parse(&a));
+        let id = button
+            .closest("li[data-id]")
+            .ok()
+            .flatten()
+            .and_then(|li| li.get_attribute("data-id"))
+            .and_then(|id| id.parse().ok());
+        if let (Some(action), Some(id)) = (action, id) {
+            dispatch(Message::Row(id, action));
+        }
+    });
+    dom::listen(&by_id(doc, "history-prev"), "click", |_| {
+        dispatch(Message::HistoryPage(-1))
+    });
+    dom::listen(&by_id(doc, "history-next"), "click", |_| {
+        dispatch(Message::HistoryPage(1))
+    });
+    dom::listen(&by_id(doc, "history-clear"), "click", |_| {
+        dispatch(Message::ClearHistory)
+    });
+    dom::listen(&by_id(doc, "retry"), "click", |_| {
+        dispatch(Message::Connect)
+    });
+}
+
+impl App {
+    fn update(&mut self, msg: Message) {
+        match msg {
+            Message::Connect => self.connect(),
+            Message::Frame { generation, text } if generation == self.generation => {
+                self.frame(&text)
+            }
+            Message::Disconnected { generation, reason } if generation == self.generation => {
+                self.host = None;
+                self.pending.clear();
+                self.go_offline(&reason);
+            }
+            Message::PingDeadline { generation }
+                if generation == self.generation && !self.online =>
+            {
+                self.go_offline("it did not answer within 5 seconds");
+            }
+            Message::Frame { .. } | Message::Disconnected { .. } | Message::PingDeadline { .. } => {
+            }
+            Message::ShowTab(tab) => self.show_tab(tab, false),
+            Message::TabKey(key) => {
+                let i = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
+                let next = match key.as_str() {
+                    "ArrowLeft" => (i + Tab::ALL.len() - 1) % Tab::ALL.len(),
+                    "ArrowRight" => (i + 1) % Tab::ALL.len(),
+                    "Home" => 0,
+                    _ => Tab::ALL.len() - 1,
+                };
+                self.show_tab(Tab::ALL[next], true);
+            }
+            Message::SubmitAdd => self.submit_add(),
+            Message::Row(id, action) => self.send(action.command(id), Pending::Row),
+            Message::HistoryPage(delta) => {
+                let offset = self.history_offset as i64 + delta * HISTORY_PAGE as i64;
+                if offset >= 0 && (offset as usize) < self.history_total.max(1) {
+                    self.history_offset = offset as usize;
+                    self.load_history();
+                }
+            }
+            Message::ClearHistory => self.send(Command::ClearHistory, Pending::ClearHistory),
+            Message::SaveSettings => self.save_settings(),
+        }
+    }
+
+    fn connect(&mut self) {
+        if let Some(old) = self.host.take() {
+            old.close();
+        }
+        self.generation += 1;
+        self.online = false;
+        self.pending.clear();
+        let generation = self.generation;
+        let host = Host::connect(
+            move |text| dispatch(Message::Frame { generation, text }),
+            move |reason| dispatch(Message::Disconnected { generation, reason }),
+        );
+        match host {
+            Ok(host) => {
+                self.host = Some(host);
+                self.send(Command::Ping, Pending::Ping);
+                self.send(Command::Subscribe, Pending::Subscribe);
+                self.send(Command::GetSettings, Pending::GetSettings);
+                self.request_list(0);
+                if self.tab == Tab::History {
+                    self.load_history();
+                }
+                dom::after(PING_TIMEOUT_MS, move || {
+                    dispatch(Message::PingDeadline { generation })
+                });
+            }
+            Err(reason) => self.go_offline(&reason),
+        }
+    }
+
+    fn go_offline(&mut self, reason: &str) {
+        self.online = false;
+        set_attr(&by_id(&self.doc, "offline-reason"), "data-reason", reason);
+        by_id(&self.doc, "offline-reason").set_text_content(Some(&format!("({reason})")));
+        set_hidden(&by_id(&self.doc, "offline"), false);
+        self.render_summary();
+    }
+
+    fn send(&mut self, command: Command, what: Pending) {
+        let Some(host) = self.host.as_mut() else {
+            self.notice("not connected to SDM: press Retry above");
+            return;
+        };
+        match host.send(command) {
+            Ok(id) => {
+                self.pending.insert(id, what);
+            }
+            Err(e) => self.notice(&format!("could not send to SDM: {e}")),
+        }
+    }
+
+    fn request_list(&mut self, offset: usize) {
+        let page = PageRequest {
+            offset,
+            limit: Some(MAX_PAGE),
+        };
+        self.send(Command::List(page), Pending::List { offset });
+    }
+
+    fn load_history(&mut self) {
+        self.history_stale = false;
+        let page = PageRequest {
+            offset: self.history_offset,
+            limit: Some(HISTORY_PAGE),
+        };
+        self.send(Command::History(page), Pending::History);
+    }
+
+    fn frame(&mut self, text: &str) {
+        match serde_json::from_str::<Incoming>(text) {
+            Ok(Incoming::Event(ev)) => self.event(ev),
+            Ok(Incoming::Reply(reply)) => self.reply(reply),
+            Err(e) => self.notice(&format!("unreadable message from SDM: {e}")),
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        let Some(what) = reply.id.and_then(|id| self.pending.remove(&id)) else {
+            if let Some(e) = reply.error {
+                self.notice(&e.message);
+            }
+            return;
+        };
+        if !reply.ok {
+            let message = reply.error.map(|e| e.message).unwrap_or_default();
+            match what {
+                Pending::Ping => self.go_offline(&message),
+                _ => self.notice(&message),
+            }
+            return;
+        }
+        match what {
+            Pending::Ping => {
+                self.online = true;
+                set_hidden(&by_id(&self.doc, "offline"), true);
+                self.render_summary();
+            }
+            Pending::Subscribe | Pending::Row => {}
+            Pending::List { offset } => match reply.into_result::<ListResult>() {
+                Ok(page) => self.loaded_list(offset, page),
+                Err(e) => self.notice(&e.message),
+            },
+            Pending::Add => {
+                input(&self.doc, "add-url").set_value("");
+                input(&self.doc, "add-filename").set_value("");
+                self.notice("Added");
+            }
+            Pending::History => match reply.into_result::<HistoryResult>() {
+                Ok(page) => self.render_history(page),
+                Err(e) => self.notice(&e.message),
+            },
+            Pending::ClearHistory => {
+                self.history_offset = 0;
+                self.load_history();
+            }
+            Pending::GetSettings => match reply.into_result::<SettingsResult>() {
+                Ok(r) => self.fill_settings(&r.settings),
+                Err(e) => self.notice(&e.message),
+            },
+            Pending::SetSettings => self.notice("Settings saved"),
+        }
+    }
+
+    fn loaded_list(&mut self, offset: usize, page: ListResult) {
+        let received = page.downloads.len();
+        self.model.load(page.downloads, offset > 0);
+        if offset == 0 {
+            self.rebuild_rows();
+        } else {
+            let ids: Vec<DownloadId> = self.model.downloads.keys().copied().collect();
+            for id in ids {
+                self.upsert_row(id);
+            }
+        }
+        if received > 0 && offset + received < page.total {
+            self.request_list(offset + received);
+        }
+        self.render_summary();
+    }
+
+    fn event(&mut self, ev: Event) {
+        match &ev {
+            Event::Settings { settings } => self.fill_settings(settings),
+            Event::History { total } => {
+                self.history_total = *total;
+                if self.tab == Tab::History {
+                    self.load_history();
+                } else {
+                    self.history_stale = true;
+                }
+            }
+            Event::Progress { .. } | Event::State { .. } | Event::Removed { .. } => {}
+        }
+        let changes = self.model.apply(&ev);
+        for change in &changes {
+            match *change {
+                Change::Upsert(id) => self.upsert_row(id),
+                Change::Removed(id) => {
+                    if let Some(row) = self.rows.remove(&id) {
+                        row.li.remove();
+                    }
+                }
+            }
+        }
+        if !changes.is_empty() {
+            self.render_summary();
+        }
+    }
+
+    /// Replace every row (after a fresh `list`): build them off-screen and attach them at once.
+    fn rebuild_rows(&mut self) {
+        self.rows.clear();
+        let fragment = self.doc.create_document_fragment();
+        let ids: Vec<DownloadId> = self.model.downloads.keys().rev().copied().collect();
+        for id in ids {
+            let mut row = self.new_row(id);
+            if let Some(d) = self.model.downloads.get(&id) {
+                render_row(&mut row, d);
+            }
+            let _ = fragment.append_child(&row.li);
+            self.rows.insert(id, row);
+        }
+        self.list.set_text_content(None);
+        let _ = self.list.append_child(&fragment);
+        self.mark_first_row();
+    }
+
+    fn upsert_row(&mut self, id: DownloadId) {
+        let Some(d) = self.model.downloads.get(&id) else {
+            return;
+        };
+        if let Some(row) = self.rows.get_mut(&id) {
+            render_row(row, d);
+            return;
+        }
+        let mut row = self.new_row(id);
+        render_row(&mut row, d);
+        // Newest first: the new row goes before the next older one that is on screen.
+        let mut older = self.model.next_older(id);
+        while let Some(o) = older {
+            if self.rows.contains_key(&o) {
+                break;
+            }
+            older = self.model.next_older(o);
+        }
+        let before = older.and_then(|o| self.rows.get(&o)).map(|r| r.li.clone());
+        let _ = self
+            .list
+            .insert_before(&row.li, before.as_ref().map(|e| e.as_ref()));
+        self.rows.insert(id, row);
+        self.mark_first_row();
+    }
+
+    fn new_row(&self, id: DownloadId) -> Row {
+        let li: Element = self
+            .template
+            .clone_node_with_deep(true)
+            .ok()
+            .and_then(|n| n.dyn_into().ok())
+            .expect("the row template clones");
+        set_attr(&li, "data-id", &id.to_string());
+        Row {
+            name: child(&li, ".name"),
+            status: child(&li, ".status"),
+            bar: child(&li, ".bar"),
+            fill: child(&li, ".fill"),
+            percent: child(&li, ".pct"),
+            detail: child(&li, ".detail"),
+            speed: child(&li, ".speed"),
+            eta: child(&li, ".eta"),
+            connections: child(&li, ".conns"),
+            li,
+            shown: None,
+        }
+    }
+
+    /// Record when the first row reached the screen (read by the browser tests' timing).
+    fn mark_first_row(&mut self) {
+        if self.first_row_marked || self.rows.is_empty() {
+            return;
+        }
+        self.first_row_marked = true;
+        if let Some(perf) = web_sys::window().and_then(|w| w.performance()) {
+            let _ = perf.mark("sdm-first-row");
+        }
+    }
+
+    fn render_summary(&self) {
+        let text = if !self.online {
+            String::from("offline")
+        } else {
+            view_state::summary(self.model.active(), self.model.downloads.len())
+        };
+        by_id(&self.doc, "summary").set_text_content(Some(&text));
+        set_hidden(&by_id(&self.doc, "empty"), !self.model.downloads.is_empty());
+    }
+
+    fn show_tab(&mut self, tab: Tab, focus: bool) {
+        self.tab = tab;
+        for t in Tab::ALL {
+            let button = by_id(&self.doc, &format!("tab-{}", t.name()));
+            let selected = t == tab;
+            set_attr(
+                &button,
+                "aria-selected",
+                if selected { "true" } else { "false" },
+            );
+            set_attr(&button, "tabindex", if selected { "0" } else { "-1" });
+            set_hidden(&by_id(&self.doc, &format!("panel-{}", t.name())), !selected);
+            if selected
+                && focus
+                && let Some(b) = button.dyn_ref::<web_sys::HtmlElement>()
+            {
+                let _ = b.focus();
+            }
+        }
+        if tab == Tab::History && (self.history_stale || self.history_total == 0) {
+            self.load_history();
+        }
+    }
+
+    fn submit_add(&mut self) {
+        let form = AddForm {
+            url: input(&self.doc, "add-url").value(),
+            filename: input(&self.doc, "add-filename").value(),
+            threads: input(&self.doc, "add-threads").value(),
+            retries: input(&self.doc, "add-retries").value(),
+            speed_kib: input(&self.doc, "add-speed").value(),
+        };
+        match form.to_request() {
+            Ok(req) => self.send(Command::Add(req), Pending::Add),
+            Err(e) => self.notice(&e),
+        }
+    }
+
+    fn render_history(&mut self, page: HistoryResult) {
+        self.history_total = page.total;
+        let list = by_id(&self.doc, "history");
+        list.set_text_content(None);
+        let fragment = self.doc.create_document_fragment();
+        for item in &page.items {
+            let li = self.doc.create_element("li").expect("create <li>");
+            set_attr(&li, "class", "hist");
+            set_attr(&li, "data-status", item.status.as_str());
+            set_attr(&li, "title", &item.url);
+            let name = if item.filename.is_empty() {
+                format::url_basename(&item.url)
+            } else {
+                &item.filename
+            };
+            let size = item.total.unwrap_or(item.downloaded);
+            for (class, text) in [
+                ("name", name.to_owned()),
+                ("status", crate::model::status_label(item.status).to_owned()),
+                ("detail", format::bytes(size)),
+                ("when", dom::local_time(item.finished_at)),
+            ] {
+                let span = self.doc.create_element("span").expect("create <span>");
+                set_attr(&span, "class", class);
+                span.set_text_content(Some(&text));
+                let _ = li.append_child(&span);
+            }
+            let _ = fragment.append_child(&li);
+        }
+        let _ = list.append_child(&fragment);
+        let pager = view_state::history_pager(self.history_offset, page.items.len(), page.total);
+        by_id(&self.doc, "history-page").set_text_content(Some(&pager.label));
+        set_disabled(&by_id(&self.doc, "history-prev"), !pager.has_prev);
+        set_disabled(&by_id(&self.doc, "history-next"), !pager.has_next);
+        set_disabled(&by_id(&self.doc, "history-clear"), page.total == 0);
+        set_hidden(&by_id(&self.doc, "history-empty"), page.total != 0);
+    }
+
+    fn fill_settings(&self, s: &Settings) {
+        let form = SettingsForm::from_settings(s);
+        input(&self.doc, "set-max").set_value(&form.max_concurrent);
+        input(&self.doc, "set-speed").set_value(&form.speed_kib);
+        input(&self.doc, "set-dir").set_value(&form.download_dir);
+        input(&self.doc, "set-capture").set_checked(form.capture_enabled);
+        input(&self.doc, "set-min").set_value(&form.capture_min_mib);
+        textarea(&self.doc, "set-exclude").set_value(&form.capture_exclude);
+    }
+
+    fn save_settings(&mut self) {
+        let form = SettingsForm {
+            max_concurrent: input(&self.doc, "set-max").value(),
+            speed_kib: input(&self.doc, "set-speed").value(),
+            download_dir: input(&self.doc, "set-dir").value(),
+            capture_enabled: input(&self.doc, "set-capture").checked(),
+            capture_min_mib: input(&self.doc, "set-min").value(),
+            capture_exclude: textarea(&self.doc, "set-exclude").value(),
+        };
+        match form.to_patch() {
+            Ok(settings) => self.send(Command::SetSettings { settings }, Pending::SetSettings),
+            Err(e) => self.notice(&e),
+        }
+    }
+
+    fn notice(&self, text: &str) {
+        by_id(&self.doc, "notice").set_text_content(Some(text));
+    }
+}
+
+fn set_disabled(el: &Element, disabled: bool) {
+    if disabled {
+        set_attr(el, "disabled", "");
+    } else {
+        let _ = el.remove_attribute("disabled");
+    }
+}
+
+/// Write a download into its row, touching only what changed since the last write.
+fn render_row(row: &mut Row, d: &DownloadInfo) {
+    let text = RowText::of(d);
+    let (old_status, old) = match &row.shown {
+        Some((s, t)) => (Some(*s), Some(t)),
+        None => (None, None),
+    };
+    let changed = |f: fn(&RowText) -> &str| old.is_none_or(|o| f(o) != f(&text));
+    if changed(|t| &t.name) {
+        row.name.set_text_content(Some(&text.name));
+        set_attr(&row.name, "title", &d.url);
+    }
+    if old_status != Some(d.status) {
+        set_attr(&row.li, "data-status", d.status.as_str());
+        row.status.set_text_content(Some(text.status));
+    }
+    if old.is_none_or(|o| o.percent != text.percent) {
+        match text.percent {
+            Some(p) => {
+                set_attr(&row.fill, "style", &format!("width:{p}%"));
+                set_attr(&row.bar, "aria-valuenow", &p.to_string());
+                let _ = row.bar.class_list().remove_1("indeterminate");
+            }
+            None => {
+                let _ = row.bar.remove_attribute("aria-valuenow");
+                let _ = row.bar.class_list().add_1("indeterminate");
+            }
+        }
+    }
+    for (el, f) in [
+        (
+            &row.percent,
+            (|t: &RowText| t.percent_text.as_str()) as fn(&RowText) -> &str,
+        ),
+        (&row.detail, |t| &t.detail),
+        (&row.speed, |t| &t.speed),
+        (&row.eta, |t| &t.eta),
+        (&row.connections, |t| &t.connections),
+    ] {
+        if changed(f) {
+            el.set_text_content(Some(f(&text)));
+        }
+    }
+    row.shown = Some((d.status, text));
+}

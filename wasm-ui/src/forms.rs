@@ -1,0 +1,265 @@
+//! Reading the popup's forms into protocol requests, and settings back into form text.
+//!
+//! Speeds are typed in KiB/s and sizes in MiB, since that is how people think of them; 0 or empty means no limit.
+
+use protocol::{
+    AddRequest, MAX_CONCURRENT_RANGE, MAX_RETRIES, Settings, SettingsPatch, THREADS_RANGE,
+};
+
+/// The add form's fields, as typed.
+#[derive(Debug, Default, Clone)]
+pub struct AddForm {
+    pub url: String,
+    pub filename: String,
+    pub threads: String,
+    pub retries: String,
+    pub speed_kib: String,
+}
+
+impl AddForm {
+    pub fn to_request(&self) -> Result<AddRequest, String> {
+        let url = self.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err("enter an http:// or https:// address".into());
+        }
+        let filename = Some(self.filename.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let threads = optional_number(&self.threads, "connections")?;
+        if let Some(t) = threads
+            && (t > u64::from(u32::MAX) || !THREADS_RANGE.contains(&(t as u32)))
+        {
+            return Err(format!(
+                "connections must be between {} and {}",
+                THREADS_RANGE.start(),
+                THREADS_RANGE.end()
+            ));
+        }
+        let retries = optional_number(&self.retries, "retries")?;
+        if let Some(r) = retries
+            && r > u64::from(MAX_RETRIES)
+        {
+            return Err(format!("retries must be at most {MAX_RETRIES}"));
+        }
+        let limit = optional_number(&self.speed_kib, "speed cap")?;
+        Ok(AddRequest {
+            url: url.to_owned(),
+            filename,
+            threads: threads.map(|t| t as u32),
+            retries: retries.map(|r| r as u32),
+            bandwidth_limit: limit.filter(|&l| l > 0).map(|l| l.saturating_mul(1024)),
+            ..AddRequest::default()
+        })
+    }
+}
+
+/// The settings form's fields, as typed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SettingsForm {
+    pub max_concurrent: String,
+    pub speed_kib: String,
+    pub download_dir: String,
+    pub capture_enabled: bool,
+    pub capture_min_mib: String,
+    /// One host per line (commas and spaces also separate).
+    pub capture_exclude: String,
+}
+
+impl SettingsForm {
+    pub fn from_settings(s: &Settings) -> SettingsForm {
+        SettingsForm {
+            max_concurrent: s.max_concurrent.to_string(),
+            speed_kib: (s.bandwidth_limit / 1024).to_string(),
+            download_dir: s.download_dir.clone(),
+            capture_enabled: s.capture_enabled,
+            capture_min_mib: trim_float(s.capture_min_size as f64 / (1024.0 * 1024.0)),
+            capture_exclude: s.capture_exclude.join("\n"),
+        }
+    }
+
+    pub fn to_patch(&self) -> Result<SettingsPatch, String> {
+        let max = required_number(&self.max_concurrent, "max concurrent")?;
+        if max > u64::from(u32::MAX) || !MAX_CONCURRENT_RANGE.contains(&(max as u32)) {
+            return Err(format!(
+                "max concurrent must be between {} and {}",
+                MAX_CONCURRENT_RANGE.start(),
+                MAX_CONCURRENT_RANGE.end()
+            ));
+        }
+        let speed = optional_number(&self.speed_kib, "speed cap")?.unwrap_or(0);
+        let min_mib: f64 = match self.capture_min_mib.trim() {
+            "" => 0.0,
+            s => s
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or("minimum size must be a number of MiB")?,
+        };
+        let exclude = self
+            .capture_exclude
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .map(|h| h.trim().trim_start_matches("*.").to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        Ok(SettingsPatch {
+            max_concurrent: Some(max as u32),
+            bandwidth_limit: Some(speed.saturating_mul(1024)),
+            download_dir: Some(self.download_dir.trim().to_owned()),
+            capture_enabled: Some(self.capture_enabled),
+            capture_min_size: Some((min_mib * 1024.0 * 1024.0).round() as u64),
+            capture_exclude: Some(exclude),
+            ..SettingsPatch::default()
+        })
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn optional_number(text: &str, what: &str) -> Result<Option<u64>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        s => s
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{what} must be a whole number")),
+    }
+}
+
+fn required_number(text: &str, what: &str) -> Result<u64, String> {
+    optional_number(text, what)?.ok_or_else(|| format!("{what} is required"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_form_with_only_a_url_leaves_the_rest_to_the_host() {
+        let form = AddForm {
+            url: " https://h/f.iso ".into(),
+            ..AddForm::default()
+        };
+        let req = form.to_request().unwrap();
+        assert_eq!(req.url, "https://h/f.iso");
+        assert_eq!(
+            (req.filename, req.threads, req.retries, req.bandwidth_limit),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn add_form_reads_every_field() {
+        let form = AddForm {
+            url: "http://h/x".into(),
+            filename: "y.bin".into(),
+            threads: "4".into(),
+            retries: "3".into(),
+            speed_kib: "100".into(),
+        };
+        let req = form.to_request().unwrap();
+        assert_eq!(req.filename.as_deref(), Some("y.bin"));
+        assert_eq!((req.threads, req.retries), (Some(4), Some(3)));
+        assert_eq!(req.bandwidth_limit, Some(102_400));
+    }
+
+    #[test]
+    fn add_form_refuses_bad_input() {
+        let bad = |f: AddForm| f.to_request().unwrap_err();
+        assert!(bad(AddForm::default()).contains("http"));
+        assert!(
+            bad(AddForm {
+                url: "ftp://h/x".into(),
+                ..AddForm::default()
+            })
+            .contains("http")
+        );
+        let url = || "http://h/x".to_string();
+        assert!(
+            bad(AddForm {
+                url: url(),
+                threads: "0".into(),
+                ..AddForm::default()
+            })
+            .contains("between")
+        );
+        assert!(
+            bad(AddForm {
+                url: url(),
+                threads: "99".into(),
+                ..AddForm::default()
+            })
+            .contains("between")
+        );
+        assert!(
+            bad(AddForm {
+                url: url(),
+                retries: "x".into(),
+                ..AddForm::default()
+            })
+            .contains("whole")
+        );
+        assert!(
+            bad(AddForm {
+                url: url(),
+                retries: "101".into(),
+                ..AddForm::default()
+            })
+            .contains("at most")
+        );
+    }
+
+    #[test]
+    fn settings_round_trip_through_the_form() {
+        let s = Settings {
+            max_concurrent: 4,
+            bandwidth_limit: 2048 * 1024,
+            download_dir: "/tmp/d".into(),
+            capture_enabled: false,
+            capture_min_size: 3 * 1024 * 1024 / 2,
+            capture_exclude: vec!["example.com".into(), "b.org".into()],
+            ..Settings::default()
+        };
+        let form = SettingsForm::from_settings(&s);
+        assert_eq!(form.capture_min_mib, "1.5");
+        let p = form.to_patch().unwrap();
+        assert_eq!(p.max_concurrent, Some(4));
+        assert_eq!(p.bandwidth_limit, Some(2048 * 1024));
+        assert_eq!(p.download_dir.as_deref(), Some("/tmp/d"));
+        assert_eq!(p.capture_enabled, Some(false));
+        assert_eq!(p.capture_min_size, Some(3 * 1024 * 1024 / 2));
+        assert_eq!(p.capture_exclude, Some(s.capture_exclude.clone()));
+        // Fields the form does not show are left alone.
+        assert_eq!(p.default_threads, None);
+    }
+
+    #[test]
+    fn excluded_sites_accept_commas_spaces_and_wildcards() {
+        let form = SettingsForm {
+            max_concurrent: "3".into(),
+            capture_exclude: "A.com, *.b.org\n\n c.net".into(),
+            ..SettingsForm::default()
+        };
+        let p = form.to_patch().unwrap();
+        assert_eq!(
+            p.capture_exclude.unwrap(),
+            vec!["a.com".to_string(), "b.org".into(), "c.net".into()]
+        );
+    }
+
+    #[test]
+    fn settings_form_refuses_out_of_range_concurrency() {
+        let form = SettingsForm {
+            max_concurrent: "0".into(),
+            ..SettingsForm::default()
+        };
+        assert!(form.to_patch().is_err());
+        let form = SettingsForm {
+            max_concurrent: "".into(),
+            ..SettingsForm::default()
+        };
+        assert!(form.to_patch().unwrap_err().contains("required"));
+    }
+}

@@ -1,0 +1,80 @@
+//! `cargo xtask run`: build, register the host, start the service if it is not running, and open Chromium with the
+//! extension loaded in a profile of its own (`target/chromium-profile`).
+
+use std::fs::File;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::build;
+use crate::tools::{self, Installed};
+
+pub fn run() -> Result<()> {
+    let mut installed = Installed::default();
+    let built = build::build(&mut installed)?;
+    let target = build::target_dir();
+    let profile = target.join("chromium-profile");
+
+    // Every browser the user has, and the private profile below: Chromium with --user-data-dir reads hosts from
+    // <user-data-dir>/NativeMessagingHosts/ only.
+    tools::run(Command::new(&built.sdm).arg("install"))?;
+    tools::run(
+        Command::new(&built.sdm)
+            .args(["install", "--dir"])
+            .arg(profile.join("NativeMessagingHosts")),
+    )?;
+
+    start_service(&built.sdm, &target)?;
+
+    let Some(chromium) = tools::find_chromium() else {
+        println!(
+            "\nxtask: no Chromium found (looked for chromium, chromium-browser, google-chrome; or set CHROMIUM).\n\
+             Install one (Debian: `apt-get install chromium`) or load the extension by hand:\n  \
+             open chrome://extensions, turn on Developer mode, press \"Load unpacked\" and choose\n  {}\n\
+             The host is registered for every browser profile, so the popup connects once it is loaded.",
+            built.extension.display()
+        );
+        return Ok(());
+    };
+    println!(
+        "xtask: opening {} with the extension from {}",
+        chromium.display(),
+        built.extension.display()
+    );
+    let mut cmd = Command::new(chromium);
+    cmd.arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--load-extension={}", built.extension.display()))
+        .args(["--no-first-run", "--no-default-browser-check"]);
+    if tools::is_root() {
+        // Chromium refuses to run as root with its sandbox on.
+        cmd.arg("--no-sandbox");
+    }
+    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        println!(
+            "xtask: no DISPLAY or WAYLAND_DISPLAY: Chromium needs a desktop session to show a window"
+        );
+    }
+    cmd.status().context("cannot start Chromium")?;
+    Ok(())
+}
+
+/// Start `sdm serve` in the background unless a service already answers (`sdm serve` refuses a second copy for
+/// the same data directory, so starting one when unsure is harmless). Its log goes to `target/sdm-serve.log`.
+fn start_service(sdm: &std::path::Path, target: &std::path::Path) -> Result<()> {
+    let log_path = target.join("sdm-serve.log");
+    let log =
+        File::create(&log_path).with_context(|| format!("cannot write {}", log_path.display()))?;
+    let child = Command::new(sdm)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start `sdm serve`")?;
+    println!(
+        "xtask: started `sdm serve` (pid {}), log in {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `cargo xtask test`: install what is missing (and say so), build, run `cargo test --workspace` and the browser
+//! tests, then print one summary. Exits non-zero if anything failed.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::build;
+use crate::tools::{self, Installed};
+
+struct Step {
+    name: String,
+    outcome: Result<()>,
+    took: Duration,
+}
+
+fn step(steps: &mut Vec<Step>, name: &str, f: impl FnOnce() -> Result<()>) {
+    println!("\nxtask: === {name} ===");
+    let start = Instant::now();
+    let outcome = f();
+    steps.push(Step {
+        name: name.to_owned(),
+        outcome,
+        took: start.elapsed(),
+    });
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let rust = !args.iter().any(|a| a == "--browser-only");
+    let browser = !args.iter().any(|a| a == "--rust-only");
+    let started = Instant::now();
+    let root = tools::root();
+    let mut installed = Installed::default();
+    let mut steps = Vec::new();
+
+    let mut chromium = None;
+    if browser {
+        step(&mut steps, "browser test tools", || {
+            tools::ensure_npm_packages(&mut installed)?;
+            chromium = Some(tools::ensure_chromium(&mut installed)?);
+            Ok(())
+        });
+    }
+    let mut built = None;
+    step(&mut steps, "build (sdm, popup, extension)", || {
+        built = Some(build::build(&mut installed)?);
+        Ok(())
+    });
+
+    if let Some(built) = &built {
+        if rust {
+            step(&mut steps, "cargo test --workspace", || {
+                tools::run(
+                    tools::cargo()
+                        .current_dir(&root)
+                        .args(["test", "--workspace"])
+                        .env("SDM_BIN", &built.sdm),
+                )
+            });
+        }
+        if let (true, Some(chromium)) = (browser, &chromium) {
+            let results = build::target_dir().join("browser-test-results.txt");
+            let _ = std::fs::remove_file(&results);
+            step(&mut steps, "browser tests (tests/browser)", || {
+                let mut files: Vec<_> = std::fs::read_dir(root.join("tests/browser"))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))
+                    .collect();
+                files.sort();
+                tools::run(
+                    Command::new("node")
+                        .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+                        .args(&files)
+                        .current_dir(&root)
+                        .env("SDM_BIN", &built.sdm)
+                        .env("SDM_EXTENSION_DIR", &built.extension)
+                        .env("CHROMIUM", chromium)
+                        .env("SDM_RESULTS", &results),
+                )
+            });
+            if let Ok(text) = std::fs::read_to_string(&results) {
+                println!(
+                    "\nxtask: measurements from the browser tests:\n{}",
+                    text.trim_end()
+                );
+            }
+            println!("xtask: popup wasm: {} bytes", built.wasm_bytes);
+        }
+    }
+
+    println!("\nxtask: ===== summary ({:.0?}) =====", started.elapsed());
+    if !installed.0.is_empty() {
+        println!("installed: {}", installed.0.join("; "));
+    }
+    let mut failed = 0;
+    for s in &steps {
+        match &s.outcome {
+            Ok(()) => println!("  ok    {} ({:.1?})", s.name, s.took),
+            Err(e) => {
+                failed += 1;
+                println!("  FAIL  {} ({:.1?}): {e:#}", s.name, s.took);
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} step(s) failed");
+    }
+    println!("all passed");
+    Ok(())
+}
