@@ -123,7 +123,8 @@ pub struct FileSpec {
     no_length: Option<NoLength>,
     rate: u64,
     slow_range: Option<(u64, u64)>,
-    status_first: Option<(u32, u16)>,
+    /// Requests `[from, to)` get this status.
+    status_window: Option<(u32, u32, u16)>,
     status_always: Option<u16>,
     retry_after: Option<String>,
     cut_after: Option<Counted<u64>>,
@@ -153,7 +154,7 @@ impl FileSpec {
             no_length: None,
             rate: 0,
             slow_range: None,
-            status_first: None,
+            status_window: None,
             status_always: None,
             retry_after: None,
             cut_after: None,
@@ -216,8 +217,14 @@ impl FileSpec {
     }
 
     /// Answer the first `n` requests with `status` (503 and 429 are the usual ones) instead of the file.
-    pub fn status_first(mut self, n: u32, status: u16) -> Self {
-        self.status_first = Some((n, status));
+    pub fn status_first(self, n: u32, status: u16) -> Self {
+        self.status_after(0, n, status)
+    }
+
+    /// Serve the first `skip` requests normally, then answer the next `n` with `status`: errors that hit the
+    /// transfer's connections rather than its probe.
+    pub fn status_after(mut self, skip: u32, n: u32, status: u16) -> Self {
+        self.status_window = Some((skip, skip.saturating_add(n), status));
         self
     }
 
@@ -926,8 +933,8 @@ async fn respond_file(
     if let Some(status) = spec.status_always {
         return out.simple(status, vec![], "go away\n").await;
     }
-    if let Some((n, status)) = spec.status_first
-        && req_no < n
+    if let Some((from, to, status)) = spec.status_window
+        && (from..to).contains(&req_no)
     {
         let mut headers = vec![];
         if let Some(ra) = &spec.retry_after {
@@ -1389,6 +1396,14 @@ mod tests {
 
         server.serve("/gone", FileSpec::new(10).status_always(410));
         assert_eq!(get(&server, "/gone", &[]).await.status, 410);
+
+        server.serve("/later", FileSpec::new(10).status_after(1, 1, 503));
+        let codes = [
+            get(&server, "/later", &[]).await.status,
+            get(&server, "/later", &[]).await.status,
+            get(&server, "/later", &[]).await.status,
+        ];
+        assert_eq!(codes, [200, 503, 200]);
         assert_eq!(get(&server, "/nothing-here", &[]).await.status, 404);
 
         server.serve("/private", FileSpec::new(10).require_cookie("session=abc"));

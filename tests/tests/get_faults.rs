@@ -40,12 +40,42 @@ async fn busy_503_with_retry_after_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_503_on_the_connections_is_retried_after_retry_after() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        // The first request (the probe) goes through; the next three, from the transfer's connections, are refused.
+        let file = server.serve(
+            "/busy-later.bin",
+            FileSpec::new(4 * MIB)
+                .seed(22)
+                .status_after(1, 3, 503)
+                .retry_after("1"),
+        );
+        let dir = tempdir();
+        let started = Instant::now();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds after the 503s");
+
+        assert_exact(&path, &file);
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "`Retry-After: 1` was not waited for ({:?})",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_429_is_ridden_out() {
     bounded(40, async {
         let server = TestServer::start().await;
+        // The probe goes through, then twelve requests in a row are refused without a hint of when to come back.
         let file = server.serve(
             "/storm.bin",
-            FileSpec::new(2 * MIB).seed(12).status_first(4, 429),
+            FileSpec::new(4 * MIB).seed(12).status_after(1, 12, 429),
         );
         let dir = tempdir();
         let mut s = spec(file.url(), dir.path());

@@ -210,8 +210,7 @@ async fn remove_forgets_a_running_download_and_deletes_its_files() {
         .await;
         engine.remove(id, true).expect("remove is accepted");
 
-        let err = engine.get(id).expect_err("a removed download is gone");
-        assert_eq!(err.code, ErrorCode::NotFound);
+        // A running download is removed once its transfer has stopped; the `removed` event says when.
         let removed = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match events.recv().await {
@@ -223,6 +222,8 @@ async fn remove_forgets_a_running_download_and_deletes_its_files() {
         })
         .await;
         assert!(removed.is_ok(), "no `removed` event");
+        let err = engine.get(id).expect_err("a removed download is gone");
+        assert_eq!(err.code, ErrorCode::NotFound);
         until(5, "the removed download's connections to close", || {
             file.active() == 0
         })
