@@ -60,7 +60,7 @@ pub async fn run(data_dir: PathBuf) -> Result<Exit, RelayError> {
         data_dir,
         out: out_tx,
         conn: None,
-        failed_at: None,
+        failure: None,
         pending: HashMap::new(),
         internal: HashSet::new(),
         next_internal: FIRST_INTERNAL_ID,
@@ -71,6 +71,10 @@ pub async fn run(data_dir: PathBuf) -> Result<Exit, RelayError> {
 
     let mut stdin = spawn_stdin_reader();
     let exit = loop {
+        if relay.out.is_closed() {
+            // The stdout writer stopped (the browser closed its end): nobody hears us any more.
+            break Err(RelayError::Stdout(io::ErrorKind::BrokenPipe.into()));
+        }
         tokio::select! {
             frame = stdin.recv() => match frame {
                 None => break Ok(Exit::StdinClosed),
@@ -87,7 +91,7 @@ pub async fn run(data_dir: PathBuf) -> Result<Exit, RelayError> {
                 }
                 Some(Err(e)) => break Err(RelayError::Stdin(e)),
             },
-            frame = next_on_service_frame(&mut relay.conn) => match frame {
+            frame = next_service_frame(&mut relay.conn) => match frame {
                 Some(frame) => relay.on_service_frame(frame),
                 None => relay.service_lost().await,
             },
@@ -95,6 +99,7 @@ pub async fn run(data_dir: PathBuf) -> Result<Exit, RelayError> {
     };
     // Let the writer drain what is queued, then stop.
     drop(relay);
+    // The writer's own error, when it has one, says more than ours.
     if let Ok(Ok(Err(e))) = tokio::task::spawn_blocking(move || writer.join()).await {
         return Err(RelayError::Stdout(e));
     }
@@ -173,7 +178,7 @@ fn write_frame(out: &mut impl Write, body: &[u8]) -> io::Result<()> {
 }
 
 /// The next frame from the service, `None` when the connection ends; pending forever while there is none.
-async fn next_on_service_frame(conn: &mut Option<Conn>) -> Option<Bytes> {
+async fn next_service_frame(conn: &mut Option<Conn>) -> Option<Bytes> {
     match conn {
         Some(conn) => match conn.read.next().await {
             Some(Ok(frame)) => Some(frame.freeze()),
@@ -217,8 +222,8 @@ struct Relay {
     data_dir: PathBuf,
     out: mpsc::UnboundedSender<Vec<u8>>,
     conn: Option<Conn>,
-    /// When the last attempt to reach the service failed.
-    failed_at: Option<Instant>,
+    /// When and why the last attempt to reach the service failed, for the `unavailable` replies until the next one.
+    failure: Option<(Instant, String)>,
     /// Browser requests sent to the service and not answered yet (an id may be reused, hence the count).
     pending: HashMap<u64, usize>,
     /// Ids of the relay's own requests, whose replies stay here.
@@ -235,7 +240,7 @@ impl Relay {
             Ok(stream) => {
                 tracing::info!("connected to the service");
                 self.conn = Some(Conn::new(stream));
-                self.failed_at = None;
+                self.failure = None;
                 if self.subscribed {
                     let id = self.next_internal;
                     self.next_internal -= 1;
@@ -251,7 +256,7 @@ impl Relay {
             }
             Err(e) => {
                 tracing::warn!(cause = %e, "service unavailable");
-                self.failed_at = Some(Instant::now());
+                self.failure = Some((Instant::now(), e.to_string()));
                 false
             }
         }
@@ -263,9 +268,12 @@ impl Relay {
             Err(reply) => return self.to_browser_reply(&reply),
         };
         if self.conn.is_none() {
-            let may_retry = self.failed_at.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
+            let may_retry = self
+                .failure
+                .as_ref()
+                .is_none_or(|(t, _)| t.elapsed() >= RETRY_AFTER);
             if !may_retry || !self.connect().await {
-                return self.to_browser_reply(&unavailable(Some(request.id)));
+                return self.to_browser_reply(&self.unavailable(request.id));
             }
         }
         if matches!(request.command, Command::Subscribe) {
@@ -324,7 +332,12 @@ impl Relay {
         let pending = std::mem::take(&mut self.pending);
         for (id, count) in pending {
             for _ in 0..count {
-                self.to_browser_reply(&unavailable(Some(id)));
+                let reply = Reply::err(
+                    Some(id),
+                    ErrorCode::Unavailable,
+                    "the sdm service stopped before answering: send the request again",
+                );
+                self.to_browser_reply(&reply);
             }
         }
         if self.subscribed {
@@ -332,18 +345,22 @@ impl Relay {
         }
     }
 
+    fn unavailable(&self, id: u64) -> Reply {
+        let cause = self
+            .failure
+            .as_ref()
+            .map_or("not connected", |(_, cause)| cause.as_str());
+        Reply::err(
+            Some(id),
+            ErrorCode::Unavailable,
+            format!("the sdm service could not be reached: {cause}"),
+        )
+    }
+
     fn to_browser_reply(&self, reply: &Reply) {
         let frame = crate::service::encode_reply(reply);
         let _ = self.out.send(frame);
     }
-}
-
-fn unavailable(id: Option<u64>) -> Reply {
-    Reply::err(
-        id,
-        ErrorCode::Unavailable,
-        "the sdm service is not running and could not be started: see service.log in the sdm data directory",
-    )
 }
 
 /// The `id` of a reply frame, read without decoding the rest; `None` for events and unreadable frames.

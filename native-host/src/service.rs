@@ -57,7 +57,7 @@ pub enum ServiceError {
     Signal(io::Error),
 }
 
-/// Run the service until SIGTERM or SIGINT, then shut the engine down (state is written) and return.
+/// Run the service until SIGTERM, SIGINT or SIGHUP, then shut the engine down (state is written) and return.
 pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
     let dir = &config.data_dir;
     paths::ensure_data_dir(dir)?;
@@ -82,6 +82,7 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -101,6 +102,8 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
             },
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            // The terminal of a foreground `sdm serve` went away: stop as cleanly as for SIGTERM.
+            _ = sighup.recv() => { tracing::info!("SIGHUP: shutting down"); break; }
         }
     }
     drop(listener);
