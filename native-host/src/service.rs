@@ -59,6 +59,10 @@ pub enum ServiceError {
 
 /// Run the service until SIGTERM, SIGINT or SIGHUP, then shut the engine down (state is written) and return.
 pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
+    // Watch for signals first: one that came before the handlers would kill us without a shutdown.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
     let dir = &config.data_dir;
     paths::ensure_data_dir(dir)?;
     let _lock = take_lock(dir)?;
@@ -80,9 +84,6 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
         tracing::warn!(%warning, "engine start-up");
     }
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
