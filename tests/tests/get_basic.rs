@@ -263,3 +263,41 @@ async fn an_explicit_output_path_is_used_as_is() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_segment_is_split_among_free_connections() {
+    bounded(60, async {
+        let server = TestServer::start().await;
+        // The last quarter (4 MiB, enough to be worth splitting) is served at 512 KiB/s per connection: alone, its
+        // first connection would need 8 s.
+        let slow_from = 12 * MIB;
+        let file = server.serve(
+            "/tail.bin",
+            FileSpec::new(16 * MIB)
+                .seed(9)
+                .slow_range(slow_from, 512 * 1024),
+        );
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.threads = 4;
+
+        let path = get(s).await.expect("download succeeds");
+
+        assert_exact(&path, &file);
+        let inside: Vec<u64> = file
+            .gets()
+            .iter()
+            .filter_map(|r| r.range_start())
+            .filter(|&a| a > slow_from + 256 * 1024)
+            .collect();
+        assert!(
+            !inside.is_empty(),
+            "the slow last segment was never split: ranges started at {:?}",
+            file.gets()
+                .iter()
+                .filter_map(|r| r.range_start())
+                .collect::<Vec<_>>()
+        );
+    })
+    .await;
+}

@@ -92,3 +92,36 @@ async fn a_new_last_modified_mid_download_is_never_spliced() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_requests_carry_the_validator_in_if_range() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/tagged.bin",
+            FileSpec::new(4 * MIB).seed(33).etag().cut_after(MIB, 2),
+        );
+        let dir = tempdir();
+
+        let path = crate::support::get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        crate::support::assert_exact(&path, &file);
+        let etag = file.etag();
+        let later: Vec<_> = file
+            .gets()
+            .into_iter()
+            .filter(|r| r.range_start() > Some(0))
+            .collect();
+        assert!(!later.is_empty());
+        for r in later {
+            assert_eq!(
+                r.header("if-range"),
+                Some(etag.as_str()),
+                "a ranged request without `If-Range: {etag}`: {r:?}"
+            );
+        }
+    })
+    .await;
+}

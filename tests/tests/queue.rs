@@ -315,3 +315,171 @@ async fn a_new_bandwidth_limit_applies_to_a_running_download() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_and_referrer_go_to_the_server_but_not_to_history() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/members.bin",
+            FileSpec::new(2 * MIB)
+                .seed(85)
+                .require_cookie("session=s3cr3t"),
+        );
+        let id = engine
+            .add(AddRequest {
+                url: file.url().to_string(),
+                threads: Some(4),
+                headers: [("Cookie".to_string(), "session=s3cr3t".to_string())].into(),
+                referrer: Some("http://example.test/page".into()),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+
+        wait_status(&engine, id, Status::Completed).await;
+
+        assert_completed_exact(&engine, id, &file);
+        for r in file.requests() {
+            assert_eq!(r.header("cookie"), Some("session=s3cr3t"), "{r:?}");
+            assert_eq!(
+                r.header("referer"),
+                Some("http://example.test/page"),
+                "{r:?}"
+            );
+        }
+        engine.shutdown().await;
+        let data = root.path().join("data");
+        for name in names_in(&data) {
+            let path = data.join(&name);
+            if name.starts_with("history") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(!text.contains("s3cr3t"), "the cookie is in {name}");
+            }
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&path).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o077, 0, "{name} is readable by others ({mode:o})");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_download_limit_holds() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/slow.bin", FileSpec::new(2 * MIB).seed(86));
+        let started = Instant::now();
+        let id = engine
+            .add(AddRequest {
+                url: file.url().to_string(),
+                threads: Some(4),
+                bandwidth_limit: Some(MIB),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+
+        wait_status(&engine, id, Status::Completed).await;
+
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1600),
+            "2 MiB at 1 MiB/s took only {took:?}"
+        );
+        assert_completed_exact(&engine, id, &file);
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_file_fails_with_a_reason_and_goes_to_history() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/nope.bin", FileSpec::new(MIB).status_always(404));
+        let id = add(&engine, &file, 2);
+
+        let info = wait_status(&engine, id, Status::Failed).await;
+
+        let reason = info.error.clone().unwrap_or_default();
+        assert!(
+            reason.contains("404"),
+            "the error does not say 404: {reason:?}"
+        );
+        assert!(!Path::new(&info.path).exists());
+        assert!(finished_files_in(&root.path().join("downloads")).is_empty());
+        let history = engine.history(Default::default()).expect("history");
+        assert!(
+            history
+                .items
+                .iter()
+                .any(|h| h.id == id && h.status == Status::Failed),
+            "no failed item in history: {history:?}"
+        );
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let bad = |req: AddRequest| engine.add(req).map_err(|e| e.code);
+        let url = "http://127.0.0.1:9/x.bin".to_string();
+
+        assert_eq!(
+            bad(AddRequest {
+                url: "not a url".into(),
+                ..AddRequest::default()
+            }),
+            Err(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            bad(AddRequest {
+                url: "file:///etc/passwd".into(),
+                ..AddRequest::default()
+            }),
+            Err(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            bad(AddRequest {
+                url: url.clone(),
+                threads: Some(0),
+                ..AddRequest::default()
+            }),
+            Err(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            bad(AddRequest {
+                url: url.clone(),
+                threads: Some(33),
+                ..AddRequest::default()
+            }),
+            Err(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            engine
+                .set_settings(SettingsPatch {
+                    max_concurrent: Some(0),
+                    ..SettingsPatch::default()
+                })
+                .map_err(|e| e.code),
+            Err(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            engine.pause(999).map_err(|e| e.code),
+            Err(ErrorCode::NotFound)
+        );
+        assert_eq!(engine.list(Default::default()).total, 0);
+        engine.shutdown().await;
+    })
+    .await;
+}

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use protocol::{AddRequest, Status};
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::support::{assert_exact, bounded, start_engine, tempdir, until, wait_for, wait_status};
+use crate::support::{
+    assert_exact, bounded, names_in, start_engine, tempdir, until, wait_for, wait_status,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -53,6 +55,153 @@ async fn a_restarted_engine_resumes_where_the_last_one_stopped() {
             before.downloaded
         );
         second.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_download_stays_paused_across_a_restart() {
+    bounded(60, async {
+        let root = tempdir();
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/held.bin",
+            FileSpec::new(4 * MIB).seed(91).etag().rate(MIB),
+        );
+
+        let first = start_engine(root.path()).await;
+        let id = first
+            .add(AddRequest {
+                url: file.url().to_string(),
+                threads: Some(2),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+        wait_for(&first, id, "512 KiB downloaded", |d| {
+            d.downloaded >= MIB / 2
+        })
+        .await;
+        first.pause(id).expect("pause is accepted");
+        let paused = wait_status(&first, id, Status::Paused).await;
+        first.shutdown().await;
+        drop(first);
+
+        let second = start_engine(root.path()).await;
+        let requests_before = file.requests().len();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let info = second.get(id).expect("the download survived the restart");
+        assert_eq!(info.status, Status::Paused);
+        assert_eq!(
+            file.requests().len(),
+            requests_before,
+            "a paused download touched the server after the restart"
+        );
+        assert!(
+            info.downloaded >= paused.downloaded.min(MIB / 2),
+            "{info:?}"
+        );
+
+        second.resume(id).expect("resume is accepted");
+        let info = wait_status(&second, id, Status::Completed).await;
+        assert_exact(Path::new(&info.path), &file);
+        second.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_while_stopped_is_not_spliced() {
+    bounded(60, async {
+        let root = tempdir();
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/edited.bin",
+            FileSpec::new(4 * MIB)
+                .seed(92)
+                .etag()
+                .last_modified()
+                .rate(MIB),
+        );
+
+        let first = start_engine(root.path()).await;
+        let id = first
+            .add(AddRequest {
+                url: file.url().to_string(),
+                threads: Some(2),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+        wait_for(&first, id, "1 MiB downloaded", |d| d.downloaded >= MIB).await;
+        first.shutdown().await;
+        drop(first);
+        file.change_content();
+
+        let second = start_engine(root.path()).await;
+        let info = wait_for(&second, id, "a finished status", |d| d.status.is_finished()).await;
+
+        match info.status {
+            Status::Completed => {
+                let got = std::fs::read(&info.path).expect("read the result");
+                assert!(
+                    got == file.bytes_of_version(1),
+                    "completed with something other than the new version (old version: {})",
+                    got == file.bytes_of_version(0)
+                );
+            }
+            _ => assert!(
+                !Path::new(&info.path).exists(),
+                "ended as {:?} but left {}",
+                info.status,
+                info.path
+            ),
+        }
+        second.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_is_set_aside_with_a_warning() {
+    bounded(30, async {
+        let root = tempdir();
+        let data = root.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(
+            data.join("state.json"),
+            b"{\"version\":1,\"downloads\":[{\"id\":",
+        )
+        .unwrap();
+        std::fs::write(data.join("settings.json"), b"\x00\x00\x00").unwrap();
+
+        let engine = start_engine(root.path()).await;
+
+        assert!(
+            !engine.warnings().is_empty(),
+            "damaged files were loaded without a word"
+        );
+        assert_eq!(engine.list(Default::default()).total, 0);
+        assert_eq!(engine.settings(), protocol::Settings::default());
+        let kept: Vec<String> = names_in(&data)
+            .into_iter()
+            .filter(|n| n.contains("damaged"))
+            .collect();
+        assert!(
+            !kept.is_empty(),
+            "the damaged files were not kept aside: {:?}",
+            names_in(&data)
+        );
+        // The engine still works after that.
+        let server = TestServer::start().await;
+        let file = server.serve("/after.bin", FileSpec::new(MIB).seed(93));
+        let id = engine
+            .add(AddRequest {
+                url: file.url().to_string(),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+        let info = wait_status(&engine, id, Status::Completed).await;
+        assert_exact(Path::new(&info.path), &file);
+        engine.shutdown().await;
     })
     .await;
 }
