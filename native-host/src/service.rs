@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
@@ -146,20 +146,35 @@ fn take_lock(dir: &Path) -> Result<File, ServiceError> {
 }
 
 /// Bind the socket, replacing a stale file (the caller holds the lock, so no live service owns it), owner-only.
+///
+/// The socket is bound inside a fresh 0700 folder, made 0600, then renamed into place: even in a data directory
+/// that others can enter (an `$SDM_HOME` the user made), there is no moment when it is open to them. A listening
+/// socket keeps working across a rename, since clients reach it through the inode.
 fn bind(socket: &Path) -> Result<UnixListener, ServiceError> {
     let listen_err = |source| ServiceError::Listen {
         path: socket.to_path_buf(),
         source,
     };
-    match std::fs::remove_file(socket) {
-        Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(listen_err(e)),
-    }
-    let listener = UnixListener::bind(socket).map_err(listen_err)?;
-    // The data directory is already 0700; this keeps the socket private even where it is not.
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
-    Ok(listener)
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    let private = dir.join(format!(".bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(listen_err)?;
+    let staged = private.join(SOCKET_FILE);
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        match std::fs::remove_file(socket) {
+            Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::rename(&staged, socket)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound.map_err(listen_err)
 }
 
 /// Read requests from one connection and answer them in order, until it closes.

@@ -47,6 +47,25 @@ fn the_data_dir_and_socket_are_private() {
 }
 
 #[test]
+fn the_socket_is_private_even_in_a_data_dir_the_user_opened() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.data()).unwrap();
+    std::fs::set_permissions(sandbox.data(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _service = serve(&sandbox);
+    assert_eq!(mode(&sandbox.socket()), 0o600);
+    // The user's choice for their own folder stands.
+    assert_eq!(mode(&sandbox.data()), 0o755);
+    // No staging folder is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(sandbox.data())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".bind"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
 fn a_stale_socket_file_is_replaced() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.data()).unwrap();
