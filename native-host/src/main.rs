@@ -318,6 +318,16 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         ProgressBar::hidden()
     };
     bar.set_style(spinner_style());
+    // Until the server names the file, show the URL's last segment.
+    let guess = url::Url::parse(&spec.url)
+        .ok()
+        .and_then(|u| {
+            u.path_segments()?
+                .rfind(|seg| !seg.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    bar.set_message(guess);
     let progress = {
         let bar = bar.clone();
         let mut sized = false;
@@ -328,7 +338,9 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
                 sized = true;
             }
             bar.set_position(s.downloaded);
-            bar.set_message(s.filename.clone());
+            if !s.filename.is_empty() {
+                bar.set_message(s.filename.clone());
+            }
             bar.set_prefix(format!("{}/s ×{}", HumanBytes(s.speed), s.connections));
         }
     };
@@ -892,6 +904,11 @@ mod tests {
         assert!(check_url("https://example.com/a").is_ok());
         assert!(check_url("ftp://example.com/a").is_err());
         assert!(check_url("not a url").is_err());
+    }
+
+    #[test]
+    fn progress_templates_are_valid() {
+        let _ = (spinner_style(), bar_style());
     }
 
     #[test]
