@@ -5,7 +5,7 @@
 //! connection that stalls after the headers. reqwest's `tests/support/server.rs` and ureq's broken test responses are
 //! the models.
 //!
-//! ```ignore
+//! ```text
 //! let server = TestServer::start().await;
 //! let file = server.serve("/big.bin", FileSpec::new(20 << 20).seed(7).cut_after(100_000, 2));
 //! // ... download file.url() ...
@@ -183,6 +183,13 @@ impl FileSpec {
     pub fn no_ranges(mut self) -> Self {
         self.ranges = false;
         self.accept_ranges_header = false;
+        self
+    }
+
+    /// Advertise `Accept-Ranges: bytes` (and answer HEAD as if ranges worked) but answer every `GET` with `200` and
+    /// the whole body, as some CDNs and proxies do.
+    pub fn ignore_ranges(mut self) -> Self {
+        self.ranges = false;
         self
     }
 
@@ -1363,6 +1370,10 @@ mod tests {
         let r = get(&server, "/p", &["Range: bytes=10-19"]).await;
         assert_eq!((r.status, r.body.len()), (200, 3000));
         assert_eq!(r.header("accept-ranges"), None);
+        server.serve("/liar", FileSpec::new(3000).ignore_ranges());
+        let r = get(&server, "/liar", &["Range: bytes=10-19"]).await;
+        assert_eq!((r.status, r.body.len()), (200, 3000));
+        assert_eq!(r.header("accept-ranges"), Some("bytes"));
         let mut conn = connect(&server).await;
         assert_eq!(exchange(&mut conn, "HEAD", "/p", &[]).await.status, 405);
 

@@ -301,3 +301,25 @@ async fn a_slow_segment_is_split_among_free_connections() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_advertised_but_ignored_fall_back_to_one_stream() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/cdn.bin",
+            FileSpec::new(4 * MIB)
+                .seed(10)
+                .ignore_ranges()
+                .rate(8 * MIB),
+        );
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+    })
+    .await;
+}

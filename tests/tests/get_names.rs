@@ -169,3 +169,85 @@ async fn an_existing_file_is_never_overwritten() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_appears_meanwhile_is_not_overwritten() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/late.bin", FileSpec::new(1 << 20).seed(51).rate(1 << 20));
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.threads = 1;
+        let download = tokio::spawn(crate::support::get(s));
+        crate::support::until(10, "the download to start", || file.bytes_sent() > 0).await;
+        std::fs::write(dir.path().join("late.bin"), b"saved by the user meanwhile").unwrap();
+
+        let path = download.await.unwrap().expect("download succeeds");
+
+        assert_eq!(path, dir.path().join("late (1).bin"));
+        assert_exact(&path, &file);
+        assert_eq!(
+            std::fs::read(dir.path().join("late.bin")).unwrap(),
+            b"saved by the user meanwhile"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_the_url_are_decoded_and_sanitized() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let decoded = server.serve(
+            "/files/r%C3%A9sum%C3%A9%20final.pdf",
+            FileSpec::new(1000).seed(52),
+        );
+        let dir = tempdir();
+        let path = get(spec(decoded.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+        assert_eq!(path, dir.path().join("résumé final.pdf"));
+        assert_exact(&path, &decoded);
+
+        for (case, url_path) in [
+            "/a/..%2F..%2Fetc%2Fpasswd",
+            "/a/%00%0d%0a.txt",
+            "/",
+            "/get.php?file=../../x.zip",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let file = server.serve(url_path, FileSpec::new(1000).seed(53 + case as u64));
+            let root = tempdir();
+            let out = root.path().join("out");
+            std::fs::create_dir(&out).unwrap();
+            let path = get(spec(file.url(), &out))
+                .await
+                .unwrap_or_else(|e| panic!("{url_path}: {e:#}"));
+            check_landed(case, &path, &file, root.path());
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_downloads_of_one_name_at_once_get_two_files() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/twin.bin", FileSpec::new(2 << 20).seed(57).rate(4 << 20));
+        let dir = tempdir();
+
+        let (a, b) = tokio::join!(
+            crate::support::get(spec(file.url(), dir.path())),
+            crate::support::get(spec(file.url(), dir.path()))
+        );
+
+        let (a, b) = (a.expect("first succeeds"), b.expect("second succeeds"));
+        assert_ne!(a, b);
+        assert_exact(&a, &file);
+        assert_exact(&b, &file);
+        assert_eq!(names_in(dir.path()), ["twin (1).bin", "twin.bin"]);
+    })
+    .await;
+}

@@ -483,3 +483,192 @@ async fn malformed_requests_are_refused() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_downloads_can_be_paused_cancelled_or_removed_before_they_start() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        engine
+            .set_settings(SettingsPatch {
+                max_concurrent: Some(1),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        let server = TestServer::start().await;
+        let running = server.serve("/first.bin", FileSpec::new(2 * MIB).seed(87).rate(MIB));
+        let held = server.serve("/held.bin", FileSpec::new(MIB).seed(88));
+        let dropped = server.serve("/dropped.bin", FileSpec::new(MIB).seed(89));
+        let forgotten = server.serve("/forgotten.bin", FileSpec::new(MIB).seed(90));
+        let a = add(&engine, &running, 1);
+        let b = add(&engine, &held, 1);
+        let c = add(&engine, &dropped, 1);
+        let d = add(&engine, &forgotten, 1);
+        assert_eq!(engine.get(b).unwrap().status, Status::Queued);
+
+        engine.pause(b).expect("pause a queued download");
+        engine.cancel(c).expect("cancel a queued download");
+        engine.remove(d, true).expect("remove a queued download");
+        assert_eq!(engine.get(b).unwrap().status, Status::Paused);
+        assert_eq!(engine.get(c).unwrap().status, Status::Cancelled);
+        assert_eq!(
+            engine.get(d).map_err(|e| e.code).err(),
+            Some(ErrorCode::NotFound)
+        );
+
+        wait_status(&engine, a, Status::Completed).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            engine.get(b).unwrap().status,
+            Status::Paused,
+            "a paused download started by itself"
+        );
+        for f in [&held, &dropped, &forgotten] {
+            assert!(f.requests().is_empty(), "{} was fetched", f.path());
+        }
+
+        engine.resume(b).expect("resume is accepted");
+        wait_status(&engine, b, Status::Completed).await;
+        assert_completed_exact(&engine, a, &running);
+        assert_completed_exact(&engine, b, &held);
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_max_concurrent_starts_a_queued_download_at_once() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        engine
+            .set_settings(SettingsPatch {
+                max_concurrent: Some(1),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        let server = TestServer::start().await;
+        let one = server.serve("/one.bin", FileSpec::new(3 * MIB).seed(91).rate(MIB));
+        let two = server.serve("/two.bin", FileSpec::new(3 * MIB).seed(92).rate(MIB));
+        let a = add(&engine, &one, 1);
+        let b = add(&engine, &two, 1);
+        wait_status(&engine, a, Status::Downloading).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(engine.get(b).unwrap().status, Status::Queued);
+
+        engine
+            .set_settings(SettingsPatch {
+                max_concurrent: Some(2),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        let started = tokio::time::timeout(
+            Duration::from_secs(1),
+            wait_status(&engine, b, Status::Downloading),
+        )
+        .await;
+        assert!(started.is_ok(), "the second download waited for the first");
+        assert_eq!(engine.get(a).unwrap().status, Status::Downloading);
+
+        wait_status(&engine, a, Status::Completed).await;
+        wait_status(&engine, b, Status::Completed).await;
+        assert_completed_exact(&engine, a, &one);
+        assert_completed_exact(&engine, b, &two);
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_events_come_at_most_five_times_a_second() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/watched.bin", FileSpec::new(4 * MIB).seed(93).rate(MIB));
+        let mut events = engine.subscribe();
+        let id = add(&engine, &file, 1);
+        wait_for(&engine, id, "some progress", |d| d.downloaded > 0).await;
+
+        let window = Duration::from_secs(2);
+        let began = Instant::now();
+        let mut seen = Vec::new();
+        while began.elapsed() < window {
+            match tokio::time::timeout(window.saturating_sub(began.elapsed()), events.recv()).await
+            {
+                Ok(Ok(Event::Progress { downloads })) => {
+                    if let Some(p) = downloads.iter().find(|p| p.id == id) {
+                        seen.push(p.downloaded);
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("event stream: {e}"),
+                Err(_) => break,
+            }
+        }
+
+        assert!(
+            !seen.is_empty(),
+            "no progress events in 2 s of a running download"
+        );
+        assert!(
+            seen.len() <= 12,
+            "{} progress events in 2 s (at most 5 a second)",
+            seen.len()
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "progress went backwards: {seen:?}"
+        );
+        wait_status(&engine, id, Status::Completed).await;
+        assert_completed_exact(&engine, id, &file);
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_download_dir_setting_applies_to_new_downloads() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let elsewhere = root.path().join("elsewhere");
+        engine
+            .set_settings(SettingsPatch {
+                download_dir: Some(elsewhere.to_string_lossy().into_owned()),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        let server = TestServer::start().await;
+        let file = server.serve("/moved.bin", FileSpec::new(MIB).seed(94));
+        let id = add(&engine, &file, 2);
+
+        let info = wait_status(&engine, id, Status::Completed).await;
+
+        assert_eq!(Path::new(&info.path), elsewhere.join("moved.bin"));
+        assert_completed_exact(&engine, id, &file);
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_queued_downloads_of_one_url_get_two_files() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/same.bin", FileSpec::new(2 * MIB).seed(95).rate(4 * MIB));
+        let a = add(&engine, &file, 2);
+        let b = add(&engine, &file, 2);
+
+        let ia = wait_status(&engine, a, Status::Completed).await;
+        let ib = wait_status(&engine, b, Status::Completed).await;
+
+        assert_ne!(ia.path, ib.path);
+        assert_completed_exact(&engine, a, &file);
+        assert_completed_exact(&engine, b, &file);
+        engine.shutdown().await;
+    })
+    .await;
+}
