@@ -416,6 +416,49 @@ mod tests {
         assert!(!is_browser_launch(&args(&[])));
     }
 
+    fn relay_with_output() -> (Relay, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        let relay = Relay {
+            data_dir: PathBuf::from("/nonexistent"),
+            out,
+            conn: None,
+            failure: None,
+            pending: HashMap::from([(5, 1)]),
+            internal: HashSet::from([u64::MAX]),
+            next_internal: u64::MAX - 1,
+            subscribed: false,
+        };
+        (relay, rx)
+    }
+
+    #[test]
+    fn an_oversize_reply_becomes_a_too_large_error_and_an_oversize_event_is_dropped() {
+        let (mut relay, mut rx) = relay_with_output();
+        let big = "x".repeat(MAX_OUTGOING_FRAME);
+        let reply = serde_json::to_vec(&Reply::ok(5, serde_json::json!({ "blob": big }))).unwrap();
+        relay.on_service_frame(Bytes::from(reply));
+        let sent: Reply = serde_json::from_slice(&rx.try_recv().unwrap()).unwrap();
+        assert_eq!(sent.id, Some(5));
+        assert_eq!(sent.error.unwrap().code, ErrorCode::TooLarge);
+        assert!(relay.pending.is_empty());
+
+        let event = serde_json::json!({"event": "history", "total": 1, "pad": big}).to_string();
+        relay.on_service_frame(Bytes::from(event));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn replies_to_the_relays_own_requests_stay_in_the_relay() {
+        let (mut relay, mut rx) = relay_with_output();
+        relay.on_service_frame(Bytes::from(format!(
+            r#"{{"id":{},"ok":true,"result":{{}}}}"#,
+            u64::MAX
+        )));
+        assert!(rx.try_recv().is_err());
+        relay.on_service_frame(Bytes::from_static(br#"{"id":5,"ok":true,"result":{}}"#));
+        assert!(rx.try_recv().is_ok());
+    }
+
     #[test]
     fn reply_ids_are_read_from_replies_only() {
         assert_eq!(reply_id(br#"{"id":7,"ok":true,"result":{}}"#), Some(7));

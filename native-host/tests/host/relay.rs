@@ -57,6 +57,26 @@ fn every_command_answers_with_its_request_id() {
 }
 
 #[test]
+fn firefox_and_windows_style_arguments_start_the_relay_too() {
+    let sandbox = Sandbox::new();
+    let manifest = sandbox
+        .home()
+        .join(".mozilla/native-messaging-hosts/com.sdm.host.json");
+    let manifest = manifest.display().to_string();
+    let mut relay = sandbox.relay_with(&[&manifest, protocol::GECKO_ID]);
+    assert_eq!(relay.call(json!({"id": 1, "cmd": "ping"}))["ok"], true);
+    assert!(relay.close().success());
+
+    let mut relay = sandbox.relay_with(&["chrome-extension://abc/", "--parent-window=0"]);
+    assert_eq!(relay.call(json!({"id": 2, "cmd": "ping"}))["ok"], true);
+    assert!(relay.close().success());
+
+    let log = std::fs::read_to_string(sandbox.data().join("relay.log")).unwrap();
+    assert!(log.contains("firefox sdm@sdm.dev"), "{log}");
+    assert!(log.contains("--parent-window=0"), "{log}");
+}
+
+#[test]
 fn malformed_frames_get_bad_request_and_the_relay_carries_on() {
     let sandbox = Sandbox::new();
     let mut relay = sandbox.relay();

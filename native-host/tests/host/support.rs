@@ -92,10 +92,15 @@ impl Sandbox {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    /// Start a relay as a browser would.
+    /// Start a relay as Chrome would.
     pub fn relay(&self) -> Relay {
+        self.relay_with(&["chrome-extension://mamfelpfpaooapfmapiecgobfkfnmjnj/"])
+    }
+
+    /// Start a relay with these arguments (each browser passes its own).
+    pub fn relay_with(&self, args: &[&str]) -> Relay {
         let mut child = self
-            .command(&["chrome-extension://mamfelpfpaooapfmapiecgobfkfnmjnj/"])
+            .command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
