@@ -23,6 +23,9 @@ use crate::paths::{self, LOCK_FILE, SERVICE_LOG, SOCKET_FILE};
 /// How long to wait for a service we started to open its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a request may wait for its reply: the engine answers at once, so silence means a stuck service.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Logs past this size are started afresh rather than appended to.
 pub const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -47,6 +50,11 @@ pub enum ClientError {
     Io(#[from] io::Error),
     #[error("the sdm service closed the connection")]
     Closed,
+    #[error(
+        "the sdm service did not answer within {}s: check service.log, or stop the service and try again",
+        .0.as_secs()
+    )]
+    Timeout(Duration),
     #[error("the sdm service sent a frame that is not a reply: {0}")]
     BadFrame(serde_json::Error),
     /// The service answered, with an error.
@@ -152,8 +160,14 @@ impl Client {
         Ok(Client::new(connect_or_start(&dir).await?))
     }
 
-    /// Send a request and wait for its reply (events that arrive meanwhile are dropped).
+    /// Send a request and wait (at most [`REQUEST_TIMEOUT`]) for its reply; events that arrive meanwhile are dropped.
     pub async fn request(&mut self, command: Command) -> Result<Reply, ClientError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.request_untimed(command))
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?
+    }
+
+    async fn request_untimed(&mut self, command: Command) -> Result<Reply, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let body = serde_json::to_vec(&Request { id, command }).map_err(ClientError::BadFrame)?;
