@@ -125,6 +125,8 @@ pub struct FileSpec {
     slow_range: Option<(u64, u64)>,
     /// Requests `[from, to)` get this status.
     status_window: Option<(u32, u32, u16)>,
+    /// Requests `[from, to)` get no answer at all.
+    hang_window: Option<(u32, u32)>,
     status_always: Option<u16>,
     retry_after: Option<String>,
     cut_after: Option<Counted<u64>>,
@@ -155,6 +157,7 @@ impl FileSpec {
             rate: 0,
             slow_range: None,
             status_window: None,
+            hang_window: None,
             status_always: None,
             retry_after: None,
             cut_after: None,
@@ -238,6 +241,13 @@ impl FileSpec {
     /// Answer every request with `status` (404, 410...).
     pub fn status_always(mut self, status: u16) -> Self {
         self.status_always = Some(status);
+        self
+    }
+
+    /// Read requests `skip..skip + n` and never answer them (not even a status line), holding the connection open
+    /// until the client gives up.
+    pub fn hang_after(mut self, skip: u32, n: u32) -> Self {
+        self.hang_window = Some((skip, skip.saturating_add(n)));
         self
     }
 
@@ -925,6 +935,12 @@ async fn respond_file(
 ) -> After {
     let spec = &file.spec;
     let req_no = file.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some((from, to)) = spec.hang_window
+        && (from..to).contains(&req_no)
+    {
+        wait_for_close(rd).await;
+        return After::Close;
+    }
 
     for (name, want) in &spec.required_headers {
         if !head.header(name).is_some_and(|v| v.contains(want.as_str())) {
@@ -1114,12 +1130,16 @@ async fn respond_file(
         End::Close => After::Close,
         End::Stall => {
             let _ = out.wr.flush().await;
-            // Hold the connection open without sending, until the client gives up and closes it.
-            let mut buf = [0u8; 4096];
-            while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+            wait_for_close(rd).await;
             After::Close
         }
     }
+}
+
+/// Hold the connection open without sending, until the client gives up and closes it.
+async fn wait_for_close(rd: &mut BufReader<OwnedReadHalf>) {
+    let mut buf = [0u8; 4096];
+    while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 enum End {
@@ -1461,6 +1481,22 @@ mod tests {
         assert_eq!(file.active(), 1);
         drop(conn);
         assert_eq!(get(&server, "/s", &[]).await.body, file.bytes());
+    }
+
+    #[tokio::test]
+    async fn hang_sends_nothing_then_serves_again() {
+        let server = TestServer::start().await;
+        let file = server.serve("/h", FileSpec::new(100).hang_after(0, 1));
+        let mut conn = connect(&server).await;
+        conn.get_mut()
+            .write_all(b"GET /h HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0; 16];
+        let read = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf)).await;
+        assert!(read.is_err(), "a hung request was answered");
+        drop(conn);
+        assert_eq!(get(&server, "/h", &[]).await.body, file.bytes());
     }
 
     #[tokio::test]

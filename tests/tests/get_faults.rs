@@ -150,6 +150,66 @@ async fn a_stalled_connection_is_dropped_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_gets_no_answer_times_out() {
+    bounded(40, async {
+        let server = TestServer::start().await;
+        // The first request (the probe's HEAD) is read and never answered.
+        let file = server.serve(
+            "/deaf.bin",
+            FileSpec::new(2 * MIB).seed(23).hang_after(0, 1),
+        );
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.stall_timeout = Duration::from_secs(2);
+
+        let result = get(s).await;
+
+        assert_exact_or_clean_error(&result, dir.path(), &file);
+        result.expect("download succeeds after the unanswered probe");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_gets_no_answer_is_retried() {
+    bounded(40, async {
+        let server = TestServer::start().await;
+        // The probe is answered; the next two requests (the transfer's connections) never are.
+        let file = server.serve(
+            "/deaf-later.bin",
+            FileSpec::new(4 * MIB).seed(24).hang_after(1, 2),
+        );
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.stall_timeout = Duration::from_secs(2);
+
+        let path = get(s)
+            .await
+            .expect("download succeeds despite the silent connections");
+
+        assert_exact(&path, &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_shorter_than_the_body_is_not_trusted_blindly() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/underlength.bin",
+            FileSpec::new(4 * MIB).seed(25).length_lie(-1000, 2),
+        );
+        let dir = tempdir();
+
+        let result = get(spec(file.url(), dir.path())).await;
+
+        assert_exact_or_clean_error(&result, dir.path(), &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_found_and_gone_fail_fast_and_leave_nothing() {
     bounded(30, async {
         let server = TestServer::start().await;
