@@ -30,6 +30,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(
     name = "sdm",
+    after_help = "Environment:\n  SDM_HOME  data directory: state, socket, logs [default: $XDG_DATA_HOME/sdm or ~/.local/share/sdm]\n  SDM_LOG   log filter, e.g. debug or sdm=trace [default: info for serve, warn otherwise]\n  XDG_DOWNLOAD_DIR  where downloads go when the settings name no folder [default: ~/Downloads]",
     version,
     about = "SDM download manager: segmented downloads from the command line or the browser"
 )]
