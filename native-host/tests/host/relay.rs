@@ -260,3 +260,36 @@ fn a_list_too_large_for_one_frame_is_paged() {
     assert_eq!(seen.len(), 300);
     assert!(relay.close().success());
 }
+
+#[test]
+fn relays_started_together_share_one_service() {
+    let sandbox = Sandbox::new();
+    let mut relays: Vec<_> = (0..4).map(|_| sandbox.relay()).collect();
+    for (i, relay) in relays.iter_mut().enumerate() {
+        let reply = relay.call(json!({"id": i, "cmd": "ping"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let pid = sandbox.service_pid().expect("one service");
+    // Services that lost the race exit at once; wait for them to be gone, then only the winner is left.
+    let services_here = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&p| is_sdm_service(p))
+            .filter(|&p| {
+                std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| {
+                    let needle = format!("SDM_HOME={}", sandbox.data().display());
+                    env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes())
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + STEP;
+    while services_here() != vec![pid] {
+        assert!(Instant::now() < deadline, "services: {:?}", services_here());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for relay in relays {
+        assert!(relay.close().success());
+    }
+}
