@@ -672,3 +672,74 @@ async fn two_queued_downloads_of_one_url_get_two_files() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_pause_and_resume_still_ends_exact() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/flicker.bin",
+            FileSpec::new(4 * MIB).seed(96).etag().rate(2 * MIB),
+        );
+        let id = add(&engine, &file, 4);
+        wait_for(&engine, id, "some progress", |d| d.downloaded > 0).await;
+
+        for i in 0..10 {
+            engine.pause(id).expect("pause is accepted");
+            if i % 3 == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            engine.resume(id).expect("resume is accepted");
+            tokio::time::sleep(Duration::from_millis(30 * (i % 4))).await;
+        }
+        let info = wait_status(&engine, id, Status::Completed).await;
+
+        assert_completed_exact(&engine, id, &file);
+        let downloads = root.path().join("downloads");
+        assert_eq!(
+            names_in(&downloads),
+            [Path::new(&info.path)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()],
+            "leftovers beside the download"
+        );
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_of_a_paused_download_deletes_its_part_file() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/parked.bin", FileSpec::new(4 * MIB).seed(97).rate(MIB));
+        let id = add(&engine, &file, 2);
+        wait_for(&engine, id, "256 KiB downloaded", |d| {
+            d.downloaded >= 256 * KIB
+        })
+        .await;
+        engine.pause(id).expect("pause is accepted");
+        wait_status(&engine, id, Status::Paused).await;
+        let downloads = root.path().join("downloads");
+        assert!(
+            !names_in(&downloads).is_empty(),
+            "a paused download has no .part file to resume from"
+        );
+
+        engine.remove(id, true).expect("remove is accepted");
+
+        until(5, "the download to be forgotten", || {
+            engine.get(id).is_err()
+        })
+        .await;
+        until(5, "the part file to go", || names_in(&downloads).is_empty()).await;
+        engine.shutdown().await;
+    })
+    .await;
+}

@@ -205,3 +205,110 @@ async fn a_damaged_state_file_is_set_aside_with_a_warning() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_file_deleted_while_stopped_means_starting_over() {
+    bounded(60, async {
+        let root = tempdir();
+        let server = TestServer::start().await;
+        let file = server.serve("/lost.bin", FileSpec::new(4 * MIB).seed(94).rate(MIB));
+
+        let first = start_engine(root.path()).await;
+        let id = first
+            .add(AddRequest {
+                url: file.url().to_string(),
+                threads: Some(2),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+        wait_for(&first, id, "512 KiB downloaded", |d| {
+            d.downloaded >= MIB / 2
+        })
+        .await;
+        first.shutdown().await;
+        drop(first);
+        let downloads = root.path().join("downloads");
+        for name in names_in(&downloads) {
+            std::fs::remove_file(downloads.join(name)).unwrap();
+        }
+
+        let second = start_engine(root.path()).await;
+        let info = wait_for(&second, id, "a finished status", |d| d.status.is_finished()).await;
+
+        match info.status {
+            Status::Completed => assert_exact(Path::new(&info.path), &file),
+            _ => assert!(
+                !Path::new(&info.path).exists(),
+                "ended as {:?} ({:?}) but left {}",
+                info.status,
+                info.error,
+                info.path
+            ),
+        }
+        second.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_history_and_finished_downloads_survive_a_restart() {
+    bounded(60, async {
+        let root = tempdir();
+        let server = TestServer::start().await;
+        let file = server.serve("/done.bin", FileSpec::new(MIB).seed(95));
+
+        let first = start_engine(root.path()).await;
+        first
+            .set_settings(protocol::SettingsPatch {
+                max_concurrent: Some(5),
+                bandwidth_limit: Some(123_456),
+                ..Default::default()
+            })
+            .expect("settings accepted");
+        first
+            .set_settings(protocol::SettingsPatch {
+                bandwidth_limit: Some(0),
+                ..Default::default()
+            })
+            .expect("settings accepted");
+        let id = first
+            .add(AddRequest {
+                url: file.url().to_string(),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+        let done = wait_status(&first, id, Status::Completed).await;
+        let history = first.history(Default::default()).unwrap();
+        first.shutdown().await;
+        drop(first);
+
+        let second = start_engine(root.path()).await;
+
+        assert!(second.warnings().is_empty(), "{:?}", second.warnings());
+        assert_eq!(second.settings().max_concurrent, 5);
+        assert_eq!(second.settings().bandwidth_limit, 0);
+        assert_eq!(second.history(Default::default()).unwrap(), history);
+        let again = second
+            .get(id)
+            .expect("the completed download is still listed");
+        assert_eq!(again.status, Status::Completed);
+        assert_eq!(again.path, done.path);
+        let requests = file.requests().len();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            file.requests().len(),
+            requests,
+            "a completed download was fetched again"
+        );
+        let next = second
+            .add(AddRequest {
+                url: file.url().to_string(),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+        assert_ne!(next, id, "an id was reused after the restart");
+        wait_status(&second, next, Status::Completed).await;
+        second.shutdown().await;
+    })
+    .await;
+}
