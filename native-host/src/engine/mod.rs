@@ -138,8 +138,12 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 impl Entry {
     fn new(rec: DownloadRecord) -> Entry {
+        let live = Live::new(rec.plan.clone());
+        if let Some(size) = rec.size {
+            live.downloaded.store(size, Ordering::Relaxed);
+        }
         Entry {
-            live: Live::new(rec.plan.clone()),
+            live,
             limiter: Arc::new(RateLimiter::new(rec.bandwidth_limit)),
             rec,
             task: None,
@@ -160,10 +164,11 @@ impl Entry {
         let plan = self.live.snapshot();
         let path = self.path();
         let running = self.rec.status == Status::Downloading;
-        let total =
-            plan.as_ref()
-                .and_then(|p| p.total)
-                .or(self.rec.plan.as_ref().and_then(|p| p.total));
+        let total = plan
+            .as_ref()
+            .and_then(|p| p.total)
+            .or(self.rec.plan.as_ref().and_then(|p| p.total))
+            .or(self.rec.size);
         let downloaded = self.live.downloaded.load(Ordering::Relaxed);
         let total = total.or((self.rec.status == Status::Completed).then_some(downloaded));
         let speed = if running { self.speed } else { 0 };
@@ -345,6 +350,7 @@ impl Engine {
             finished_at: None,
             plan: None,
             path: None,
+            size: None,
         };
         info!(id, "added");
         let entry = Entry::new(rec);
@@ -750,6 +756,7 @@ impl Engine {
                 info!(id, "completed");
                 e.rec.status = Status::Completed;
                 e.rec.path = Some(path);
+                e.rec.size = Some(e.live.downloaded.load(Ordering::Relaxed));
                 e.rec.finished_at = Some(now_ms());
                 e.rec.error = None;
                 history = true;
@@ -888,10 +895,8 @@ fn delete_part(e: &Entry) {
 fn forget_files(e: &Entry, delete_file: bool) {
     if e.rec.status != Status::Completed {
         delete_part(e);
-    } else if delete_file {
-        if let Some(path) = e.path() {
-            let _ = std::fs::remove_file(path);
-        }
+    } else if delete_file && let Some(path) = e.path() {
+        let _ = std::fs::remove_file(path);
     }
 }
 

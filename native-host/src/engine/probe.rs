@@ -47,10 +47,11 @@ pub async fn probe(
 ) -> Result<ProbeResult, TransferError> {
     let head =
         tokio::time::timeout(timeout, client.head(url).headers(headers.clone()).send()).await;
-    if let Ok(Ok(resp)) = head {
-        if resp.status().is_success() && resp.headers().get(header::CONTENT_ENCODING).is_none() {
-            return Ok(read(&resp, false));
-        }
+    if let Ok(Ok(resp)) = head
+        && resp.status().is_success()
+        && resp.headers().get(header::CONTENT_ENCODING).is_none()
+    {
+        return Ok(read(&resp, false));
     }
     let resp = tokio::time::timeout(
         timeout,

@@ -47,6 +47,9 @@ pub struct DownloadRecord {
     /// The final path, once known.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The size of the completed file (a completed download keeps no plan).
+    #[serde(default)]
+    pub size: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -279,6 +282,7 @@ mod tests {
             finished_at: None,
             plan: None,
             path: None,
+            size: None,
         }
     }
 

@@ -226,11 +226,11 @@ impl Live {
         let mut plan = self.plan().clone()?;
         plan.segments = segments::unfinished(&plan.segments);
         let file = self.file.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(f) = file {
-            if let Err(e) = f.sync_data() {
-                warn!(cause = %e, "cannot sync the part file; saving no progress past the last sync");
-                return None;
-            }
+        if let Some(f) = file
+            && let Err(e) = f.sync_data()
+        {
+            warn!(cause = %e, "cannot sync the part file; saving no progress past the last sync");
+            return None;
         }
         Some(plan)
     }
@@ -333,13 +333,7 @@ impl Transfer {
         let mut plan = match existing {
             Some(plan) if !needs_probe => plan,
             previous => {
-                let found = probe::probe(
-                    &self.client,
-                    &self.url,
-                    &self.headers,
-                    self.options.stall_timeout,
-                )
-                .await?;
+                let found = self.probe_with_retries().await?;
                 debug!(total = ?found.total, ranges = found.ranges, "probed");
                 let path = match &previous {
                     Some(p) => p.path.clone(),
@@ -501,11 +495,14 @@ impl Transfer {
                 return Ok(());
             };
             let result = self.fetch_with_retries(idx, file, stop).await;
-            if let Some(p) = self.live.plan().as_mut() {
-                if let Some(s) = p.segments.get_mut(idx) {
-                    s.busy = false;
-                    s.claimed = s.pos;
-                }
+            if let Some(s) = self
+                .live
+                .plan()
+                .as_mut()
+                .and_then(|p| p.segments.get_mut(idx))
+            {
+                s.busy = false;
+                s.claimed = s.pos;
             }
             result?;
         }
@@ -524,32 +521,56 @@ impl Transfer {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            if stop.is_cancelled() {
-                return Err(TransferError::Cancelled);
-            }
-            if !err.is_retryable() {
-                return Err(err);
-            }
             attempt = if self.seg_pos(idx) > before {
                 1
             } else {
                 attempt + 1
             };
-            if attempt > self.options.retries {
-                return Err(err);
-            }
-            let backoff = Duration::from_secs(1u64 << (attempt - 1).min(6))
-                .mul_f64(0.75 + fastrand::f64() * 0.5);
-            let wait = err
-                .wait_hint()
-                .unwrap_or_default()
-                .max(backoff)
-                .min(MAX_BACKOFF);
-            warn!(segment = idx, attempt, cause = %err, wait_ms = wait.as_millis() as u64, "retrying");
-            tokio::select! {
-                _ = stop.cancelled() => return Err(TransferError::Cancelled),
-                _ = tokio::time::sleep(wait) => {}
-            }
+            self.pause_before_retry(attempt, err, stop).await?;
+        }
+    }
+
+    /// Wait before try number `attempt + 1` after `err`: 2^(attempt-1) s with jitter, or longer when the server
+    /// says so (Retry-After), capped. Gives the error back when it is final or the tries are used up.
+    async fn pause_before_retry(
+        &self,
+        attempt: u32,
+        err: TransferError,
+        stop: &CancellationToken,
+    ) -> Result<(), TransferError> {
+        if stop.is_cancelled() {
+            return Err(TransferError::Cancelled);
+        }
+        if !err.is_retryable() || attempt > self.options.retries {
+            return Err(err);
+        }
+        let backoff = Duration::from_secs(1u64 << (attempt.max(1) - 1).min(6))
+            .mul_f64(0.75 + fastrand::f64() * 0.5);
+        let wait = err
+            .wait_hint()
+            .unwrap_or_default()
+            .max(backoff)
+            .min(MAX_BACKOFF);
+        warn!(attempt, cause = %err, wait_ms = wait.as_millis() as u64, "retrying");
+        tokio::select! {
+            _ = stop.cancelled() => Err(TransferError::Cancelled),
+            _ = tokio::time::sleep(wait) => Ok(()),
+        }
+    }
+
+    async fn probe_with_retries(&self) -> Result<probe::ProbeResult, TransferError> {
+        let headers = self.request_headers(&self.url);
+        let mut attempt = 0;
+        loop {
+            let err = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
+                r = probe::probe(&self.client, &self.url, &headers, self.options.stall_timeout) => match r {
+                    Ok(found) => return Ok(found),
+                    Err(e) => e,
+                },
+            };
+            attempt += 1;
+            self.pause_before_retry(attempt, err, &self.cancel).await?;
         }
     }
 
@@ -654,10 +675,10 @@ impl Transfer {
             }
             StatusCode::OK if ranges => return Err(TransferError::NoRanges),
             StatusCode::OK => {
-                if let (Some(t), Some(len)) = (total, resp.content_length()) {
-                    if t != len {
-                        return Err(changed("size differs"));
-                    }
+                if let (Some(t), Some(len)) = (total, resp.content_length())
+                    && t != len
+                {
+                    return Err(changed("size differs"));
                 }
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
