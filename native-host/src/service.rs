@@ -206,7 +206,11 @@ async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> 
             Err(reply) => encode_reply(&reply),
             Ok(request) => {
                 if matches!(request.command, Command::Subscribe) && forwarder.is_none() {
-                    forwarder = Some(forward_events(engine.subscribe(), tx.clone()));
+                    forwarder = Some(forward_events(
+                        engine.clone(),
+                        engine.subscribe(),
+                        tx.clone(),
+                    ));
                 }
                 dispatch(&engine, request.id, request.command).await
             }
@@ -223,31 +227,58 @@ async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> 
     result
 }
 
-/// Pass engine events to a connection's writer; a connection too slow to keep up misses some.
+/// Pass engine events to a connection's writer. A connection too slow to keep up misses some; it is then sent the
+/// state of every download again, so what it shows is never left stale.
 fn forward_events(
+    engine: Engine,
     mut events: broadcast::Receiver<protocol::Event>,
     tx: mpsc::Sender<Vec<u8>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let event = match events.recv().await {
-                Ok(event) => event,
+            let batch = match events.recv().await {
+                Ok(event) => vec![event],
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(skipped = n, "subscriber lagging");
-                    continue;
+                    tracing::debug!(
+                        skipped = n,
+                        "subscriber lagging; sending every download's state again"
+                    );
+                    resync(&engine)
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            match protocol::to_frame(&event, MAX_OUTGOING_FRAME) {
-                Ok(frame) => {
-                    if tx.send(frame).await.is_err() {
-                        return;
+            for event in batch {
+                match protocol::to_frame(&event, MAX_OUTGOING_FRAME) {
+                    Ok(frame) => {
+                        if tx.send(frame).await.is_err() {
+                            return;
+                        }
                     }
+                    Err(e) => tracing::warn!(cause = %e, "dropping an oversize event"),
                 }
-                Err(e) => tracing::warn!(cause = %e, "dropping an oversize event"),
             }
         }
     })
+}
+
+/// A `state` event for every download.
+fn resync(engine: &Engine) -> Vec<protocol::Event> {
+    let mut out = Vec::new();
+    loop {
+        let page = engine.list(protocol::PageRequest {
+            offset: out.len(),
+            limit: None,
+        });
+        let done = page.downloads.is_empty() || out.len() + page.downloads.len() >= page.total;
+        out.extend(
+            page.downloads
+                .into_iter()
+                .map(|download| protocol::Event::State { download }),
+        );
+        if done {
+            return out;
+        }
+    }
 }
 
 /// Run one command and encode its reply (at most [`MAX_OUTGOING_FRAME`] bytes).
