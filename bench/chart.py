@@ -1,0 +1,118 @@
+"""Draw docs/bench.png from bench/results.json (written by `cargo xtask bench`).
+
+usage: python3 bench/chart.py RESULTS.json OUT.png
+
+One panel per scenario that has numbers: bars are medians, whiskers span min to max.
+"""
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {
+    "sdm": "#d9480f",
+    "sdm serve": "#d9480f",
+    "aria2c (defaults)": "#868e96",
+    "aria2c (matched)": "#495057",
+    "aria2c -j 5": "#495057",
+    "axel": "#1c7ed6",
+    "curl": "#37b24d",
+    "curl --parallel": "#37b24d",
+}
+
+
+def metric(row, name):
+    m = row["metrics"].get(name)
+    if not m or m["median"] is None:
+        return None
+    return m["median"], m["min"], m["max"]
+
+
+def bars(ax, rows, name, label, title, lower_better=True):
+    """One bar per row (client, setting) with a min-max whisker."""
+    items = [(r, metric(r, name)) for r in rows]
+    items = [(r, v) for r, v in items if v]
+    if not items:
+        ax.set_visible(False)
+        return
+    labels = [
+        r["client"] + ("" if r["setting"] in ("", "N=8", "N=1") else "\n" + r["setting"]) for r, _ in items
+    ]
+    med = [v[0] for _, v in items]
+    err = [[v[0] - v[1] for _, v in items], [v[2] - v[0] for _, v in items]]
+    colors = [COLORS.get(r["client"], "#adb5bd") for r, _ in items]
+    ax.bar(range(len(items)), med, yerr=err, color=colors, capsize=3)
+    ax.set_xticks(range(len(items)))
+    ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel(label)
+    ax.set_title(title + (" (lower is better)" if lower_better else " (higher is better)"), fontsize=9)
+    for i, m in enumerate(med):
+        ax.annotate(f"{m:.3g}", (i, m), ha="center", va="bottom", fontsize=7)
+
+
+def capped(ax, sc):
+    """Throughput against connections, one line per client, with the ideal N x cap."""
+    clients = []
+    for r in sc["rows"]:
+        if r["client"] not in clients:
+            clients.append(r["client"])
+    for c in clients:
+        pts = []
+        for r in sc["rows"]:
+            v = metric(r, "speed")
+            if r["client"] == c and v:
+                pts.append((int(r["setting"].split("=")[1]), v[0]))
+        if pts:
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=c, color=COLORS.get(c, "#adb5bd"))
+    ns = [1, 4, 8, 16]
+    ax.plot(ns, [5 * n for n in ns], "k--", linewidth=0.8, label="ideal N x 5 MiB/s")
+    ax.set_xticks(ns)
+    ax.set_xlabel("connections")
+    ax.set_ylabel("MiB/s")
+    ax.set_title("5 MiB/s per connection (higher is better)", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def main():
+    src, out = sys.argv[1], sys.argv[2]
+    with open(src) as f:
+        doc = json.load(f)
+    sc = {s["key"]: s for s in doc["scenarios"]}
+    panels = []
+    if "loopback" in sc:
+        panels.append(lambda ax: bars(ax, sc["loopback"]["rows"], "wall", "s", "loopback: wall"))
+        panels.append(lambda ax: bars(ax, sc["loopback"]["rows"], "cpu", "s", "loopback: user+sys CPU"))
+        panels.append(lambda ax: bars(ax, sc["loopback"]["rows"], "rss", "MB", "loopback: peak RSS"))
+    if "capped" in sc:
+        panels.append(lambda ax: capped(ax, sc["capped"]))
+    if "linkcap" in sc and sc["linkcap"]["rows"]:
+        panels.append(lambda ax: bars(ax, sc["linkcap"]["rows"], "speed", "MiB/s", "netns link cap", False))
+    if "tail" in sc:
+        panels.append(lambda ax: bars(ax, sc["tail"]["rows"], "wall", "s", "one slow range: wall"))
+    if "queue" in sc:
+        panels.append(lambda ax: bars(ax, sc["queue"]["rows"], "wall", "s", "200 x 1 MiB queue: wall"))
+    if "cap" in sc:
+        panels.append(lambda ax: bars(ax, sc["cap"]["rows"], "max 1 s", "% over cap", "speed cap: largest 1 s window"))
+    if "service" in sc:
+        rows = [r for r in sc["service"]["rows"] if "rss" in r["metrics"]]
+        panels.append(lambda ax: bars(ax, rows, "rss", "MB", "service RSS"))
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax, draw in zip(axes.flat, panels):
+        draw(ax)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    m = doc["machine"]
+    fig.suptitle(f"SDM vs aria2c, axel, curl - {m['date']}, {m['cores']} cores, medians of {doc['runs']} runs", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+//! The clients under test and their command lines.
+
+use std::path::{Path, PathBuf};
+
+use super::{Mode, Options, find_program};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `sdm get URL -o PATH -c N`.
+    Sdm,
+    /// aria2c as shipped: one connection per server, `--split 5`, `--min-split-size 20M`, preallocation.
+    Aria2Default,
+    /// aria2c set up like sdm: `-x N -s N -k 1M --file-allocation=none`.
+    Aria2Matched,
+    /// `axel -n N`.
+    Axel,
+    /// curl: one connection.
+    Curl,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub kind: Kind,
+    pub name: &'static str,
+    pub program: PathBuf,
+}
+
+impl Client {
+    /// The command line that downloads `url` to `out` with `n` connections and an optional cap in bytes per second.
+    pub fn argv(&self, url: &str, out: &Path, n: u32, limit: Option<u64>) -> Vec<String> {
+        let mut v = vec![self.program.to_string_lossy().into_owned()];
+        let out_s = out.to_string_lossy().into_owned();
+        let n_s = n.to_string();
+        match self.kind {
+            Kind::Sdm => {
+                v.extend(["get".into(), url.into(), "-o".into(), out_s, "-c".into(), n_s]);
+                if let Some(l) = limit {
+                    v.extend(["--limit".into(), l.to_string()]);
+                }
+            }
+            Kind::Aria2Default | Kind::Aria2Matched => {
+                let dir = out.parent().unwrap_or(Path::new("."));
+                let name = out.file_name().unwrap_or_default();
+                v.extend([
+                    format!("--dir={}", dir.display()),
+                    format!("--out={}", name.to_string_lossy()),
+                    "--console-log-level=warn".into(),
+                    "--summary-interval=0".into(),
+                    "--download-result=hide".into(),
+                ]);
+                if self.kind == Kind::Aria2Matched {
+                    v.extend([
+                        format!("--max-connection-per-server={n}"),
+                        format!("--split={n}"),
+                        "--min-split-size=1M".into(),
+                        "--file-allocation=none".into(),
+                    ]);
+                }
+                if let Some(l) = limit {
+                    v.push(format!("--max-overall-download-limit={l}"));
+                }
+                v.push(url.into());
+            }
+            Kind::Axel => {
+                v.extend(["-q".into(), "-n".into(), n_s, "-o".into(), out_s]);
+                if let Some(l) = limit {
+                    v.extend(["-s".into(), l.to_string()]);
+                }
+                v.push(url.into());
+            }
+            Kind::Curl => {
+                v.extend(["-sS".into(), "-f".into(), "-o".into(), out_s]);
+                if let Some(l) = limit {
+                    v.extend(["--limit-rate".into(), l.to_string()]);
+                }
+                v.push(url.into());
+            }
+        }
+        v
+    }
+
+    /// Connections this client actually opens when asked for `n`.
+    pub fn connections(&self, n: u32) -> u32 {
+        match self.kind {
+            Kind::Aria2Default | Kind::Curl => 1,
+            _ => n,
+        }
+    }
+}
+
+pub struct Clients {
+    pub all: Vec<Client>,
+}
+
+impl Clients {
+    /// sdm and every peer that is installed (`--smoke`: sdm and aria2c matched only).
+    pub fn find(sdm: &Path, opts: &Options) -> Clients {
+        let mut all = vec![Client {
+            kind: Kind::Sdm,
+            name: "sdm",
+            program: sdm.to_path_buf(),
+        }];
+        let peers: &[(Kind, &str, &str)] = if opts.mode == Mode::Smoke {
+            &[(Kind::Aria2Matched, "aria2c (matched)", "aria2c")]
+        } else {
+            &[
+                (Kind::Aria2Default, "aria2c (defaults)", "aria2c"),
+                (Kind::Aria2Matched, "aria2c (matched)", "aria2c"),
+                (Kind::Axel, "axel", "axel"),
+                (Kind::Curl, "curl", "curl"),
+            ]
+        };
+        for (kind, name, program) in peers {
+            if let Some(program) = find_program(program) {
+                all.push(Client {
+                    kind: *kind,
+                    name,
+                    program,
+                });
+            } else {
+                println!("bench: {program} not installed: {name} is left out");
+            }
+        }
+        Clients { all }
+    }
+
+    pub fn get(&self, kind: Kind) -> Option<&Client> {
+        self.all.iter().find(|c| c.kind == kind)
+    }
+
+    /// The installed clients among `kinds`, in that order.
+    pub fn pick(&self, kinds: &[Kind]) -> Vec<&Client> {
+        kinds.iter().filter_map(|k| self.get(*k)).collect()
+    }
+}

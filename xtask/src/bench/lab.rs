@@ -1,0 +1,352 @@
+//! The test bed: test files in tmpfs, our own nginx on 127.0.0.1, and (when root) a network namespace behind a tbf
+//! link cap with a second nginx in it. Dropping the [`Lab`] kills every nginx, deletes the namespace and removes the
+//! files, also when a scenario fails.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Mode, Options, find_program};
+use crate::tools;
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// Per-connection cap of the `/cap/` location (issue 4: 5 MiB/s).
+pub const CONN_CAP: u64 = 5 * MIB;
+/// Slow-tail scenario: the one slow range's rate, and every other range's.
+pub const TAIL_SLOW: u64 = MIB;
+pub const TAIL_FAST: u64 = 5 * MIB;
+/// Link-cap scenario: tbf rate of the namespace's link (Mbit/s) and nginx's per-connection cap in it.
+pub const LINK_MBIT: u64 = 160;
+pub const LINK_CONN_CAP: u64 = 3 * MIB;
+
+/// A served test file.
+#[derive(Clone, Debug)]
+pub struct TestFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+pub struct Lab {
+    /// Everything lives below here: `www/` (served), `out/` (client outputs), `nginx*/` (prefixes), `home/`.
+    pub dir: PathBuf,
+    pub www: PathBuf,
+    pub out: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// `http://10.x.y.2:PORT` inside the namespace, once [`Lab::start_netns`] succeeded.
+    pub ns_base: Option<String>,
+    files: BTreeMap<String, TestFile>,
+    nginx: Vec<Child>,
+    netns: Option<String>,
+    nginx_bin: PathBuf,
+    /// Range starts the slow-tail location serves slowly (the second of 8 equal segments of each file).
+    tail_starts: Vec<u64>,
+}
+
+impl Lab {
+    pub fn new(opts: &Options) -> Result<Lab> {
+        let shm = Path::new("/dev/shm");
+        let parent = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = parent.join(format!("sdm-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let www = dir.join("www");
+        let out = dir.join("out");
+        for d in [&www, &out] {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let nginx_bin = find_program("nginx").context("nginx not found: apt-get install nginx-light")?;
+        let lab = Lab {
+            dir,
+            www,
+            out,
+            base: String::new(),
+            ns_base: None,
+            files: BTreeMap::new(),
+            nginx: Vec::new(),
+            netns: None,
+            nginx_bin,
+            tail_starts: Vec::new(),
+        };
+        println!("bench: lab in {} ({:?})", lab.dir.display(), opts.mode);
+        Ok(lab)
+    }
+
+    /// Create `name` of `size` pseudo-random bytes (distinct per file, so a client cannot pass with another file's
+    /// bytes) and record its sha256.
+    pub fn add_file(&mut self, name: &str, size: u64) -> Result<TestFile> {
+        if let Some(f) = self.files.get(name) {
+            return Ok(f.clone());
+        }
+        let path = self.www.join(name);
+        let mut w = std::io::BufWriter::with_capacity(
+            4 * MIB as usize,
+            fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ size ^ (name.len() as u64) << 32;
+        for b in name.bytes() {
+            state = state.rotate_left(7) ^ u64::from(b);
+        }
+        let mut chunk = vec![0u8; MIB as usize];
+        let mut left = size;
+        while left > 0 {
+            for word in chunk.chunks_exact_mut(8) {
+                // xorshift64: fast, and good enough to make every block distinct.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
+            let n = left.min(MIB) as usize;
+            w.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        w.flush()?;
+        drop(w);
+        let file = TestFile {
+            name: name.to_owned(),
+            size,
+            sha256: sha256(&path)?,
+        };
+        self.tail_starts.push(size / 8);
+        self.files.insert(name.to_owned(), file.clone());
+        Ok(file)
+    }
+
+    /// `count` names that all serve `target` (symlinks), for the queue scenario.
+    pub fn add_links(&mut self, target: &TestFile, prefix: &str, count: usize) -> Result<Vec<TestFile>> {
+        (0..count)
+            .map(|i| {
+                let name = format!("{prefix}{i:03}.bin");
+                let link = self.www.join(&name);
+                let _ = fs::remove_file(&link);
+                std::os::unix::fs::symlink(&target.name, &link)?;
+                Ok(TestFile {
+                    name,
+                    ..target.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// Start nginx on 127.0.0.1 (call after the files exist: the slow-tail map names their segment starts).
+    pub fn start_nginx(&mut self) -> Result<()> {
+        let port = free_port()?;
+        let prefix = self.dir.join("nginx");
+        let conf = self.nginx_conf(&prefix, "127.0.0.1", port, CONN_CAP)?;
+        let child = self.spawn_nginx(&prefix, &conf, None)?;
+        self.nginx.push(child);
+        wait_listening(&format!("127.0.0.1:{port}"), &prefix, self.nginx.last_mut())?;
+        self.base = format!("http://127.0.0.1:{port}");
+        Ok(())
+    }
+
+    /// A namespace joined to this one by a veth pair whose server side has a tbf cap of [`LINK_MBIT`], with a second
+    /// nginx inside (per-connection cap [`LINK_CONN_CAP`]). Needs root, `ip` and `tc`.
+    pub fn start_netns(&mut self) -> Result<()> {
+        if !tools::is_root() {
+            bail!("the namespace needs root");
+        }
+        let ip = find_program("ip").context("`ip` not found: apt-get install iproute2")?;
+        let tc = find_program("tc").context("`tc` not found: apt-get install iproute2")?;
+        let tag = std::process::id() % 100_000;
+        let ns = format!("sdmbench{tag}");
+        let (host_if, ns_if) = (format!("sdmb{tag}h"), format!("sdmb{tag}n"));
+        let octet = 16 + tag % 200;
+        let (host_addr, ns_addr) = (format!("10.231.{octet}.1"), format!("10.231.{octet}.2"));
+        quiet(Command::new(&ip).args(["netns", "add", &ns]))?;
+        self.netns = Some(ns.clone());
+        let host_cidr = format!("{host_addr}/24");
+        let ns_cidr = format!("{ns_addr}/24");
+        let rate = format!("{LINK_MBIT}mbit");
+        let in_ns = ["netns", "exec", ns.as_str()];
+        let ip_in_ns = |rest: &[&str]| -> Result<()> {
+            quiet(Command::new(&ip).args(in_ns).arg(&ip).args(rest))
+        };
+        quiet(Command::new(&ip).args(["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]))?;
+        quiet(Command::new(&ip).args(["link", "set", &ns_if, "netns", &ns]))?;
+        quiet(Command::new(&ip).args(["addr", "add", &host_cidr, "dev", &host_if]))?;
+        quiet(Command::new(&ip).args(["link", "set", &host_if, "up"]))?;
+        ip_in_ns(&["link", "set", "lo", "up"])?;
+        ip_in_ns(&["addr", "add", &ns_cidr, "dev", &ns_if])?;
+        ip_in_ns(&["link", "set", &ns_if, "up"])?;
+        // The server's side of the link: a token bucket at LINK_MBIT with a short queue, so TCP meets real drops.
+        quiet(Command::new(&ip).args(in_ns).arg(&tc).args([
+            "qdisc", "add", "dev", &ns_if, "root", "tbf", "rate", &rate, "burst", "64kb", "latency", "25ms",
+        ]))?;
+        let port = free_port()?;
+        let prefix = self.dir.join("nginx-ns");
+        let conf = self.nginx_conf(&prefix, &ns_addr, port, LINK_CONN_CAP)?;
+        let child = self.spawn_nginx(&prefix, &conf, Some((&ip, &ns)))?;
+        self.nginx.push(child);
+        wait_listening(&format!("{ns_addr}:{port}"), &prefix, self.nginx.last_mut())?;
+        self.ns_base = Some(format!("http://{ns_addr}:{port}"));
+        Ok(())
+    }
+
+    fn nginx_conf(&self, prefix: &Path, addr: &str, port: u16, cap: u64) -> Result<PathBuf> {
+        for d in ["tmp", "logs"] {
+            fs::create_dir_all(prefix.join(d))?;
+        }
+        let p = prefix.display();
+        let www = self.www.display();
+        let mut starts: Vec<String> = self.tail_starts.iter().map(u64::to_string).collect();
+        starts.sort();
+        starts.dedup();
+        let slow = if starts.is_empty() {
+            "0".to_owned()
+        } else {
+            starts.join("|")
+        };
+        let cap_k = cap / 1024;
+        let (tail_fast, tail_slow) = (TAIL_FAST / 1024, TAIL_SLOW / 1024);
+        let conf = format!(
+            r#"# Written by `cargo xtask bench`; one process, in the foreground, so the bench can stop it.
+daemon off;
+master_process off;
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    default_type application/octet-stream;
+    log_format bench '$connection $request "$http_range" $status $body_bytes_sent $request_time';
+    access_log {p}/logs/access.log bench;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    # The slow tail: the request for the second of 8 equal segments is served at {tail_slow}k/s, all others at
+    # {tail_fast}k/s. A later request for the rest of that range (a re-split) starts elsewhere and is fast.
+    map $http_range $tail_rate {{
+        default {tail_fast}k;
+        "~^bytes=({slow})-" {tail_slow}k;
+    }}
+    server {{
+        listen {addr}:{port} backlog=4096;
+        root {www};
+        location /cap/ {{ alias {www}/; limit_rate {cap_k}k; }}
+        location /tail/ {{ alias {www}/; limit_rate $tail_rate; }}
+        location /slow/ {{ alias {www}/; limit_rate 1k; }}
+    }}
+}}
+"#
+        );
+        let path = prefix.join("nginx.conf");
+        fs::write(&path, conf)?;
+        Ok(path)
+    }
+
+    fn spawn_nginx(&self, prefix: &Path, conf: &Path, netns: Option<(&Path, &str)>) -> Result<Child> {
+        let mut cmd = match netns {
+            Some((ip, ns)) => {
+                let mut c = Command::new(ip);
+                c.args(["netns", "exec", ns]).arg(&self.nginx_bin);
+                c
+            }
+            None => Command::new(&self.nginx_bin),
+        };
+        cmd.arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(conf)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn()
+            .with_context(|| format!("cannot start {}", self.nginx_bin.display()))
+    }
+
+    /// Remove every client output (between runs).
+    pub fn clear_out(&self) -> Result<()> {
+        let _ = fs::remove_dir_all(&self.out);
+        fs::create_dir_all(&self.out)?;
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.nginx {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(ns) = self.netns.take()
+            && let Some(ip) = find_program("ip")
+        {
+            // Deleting the namespace destroys its veth end, and with it the pair.
+            let _ = quiet(Command::new(ip).args(["netns", "del", &ns]));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Run a set-up command, failing with its stderr.
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Wait until nginx accepts connections; if it exits first, fail with its error log.
+fn wait_listening(addr: &str, prefix: &Path, child: Option<&mut Child>) -> Result<()> {
+    let child = child.context("no nginx child")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+            bail!("nginx exited ({status}): {}", log.trim());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nginx did not listen on {addr} within 10 s")
+}
+
+/// The sha256 of a file, by coreutils' `sha256sum`.
+pub fn sha256(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("cannot run sha256sum")?;
+    if !out.status.success() {
+        bail!("sha256sum {} failed", path.display());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+/// Whether the mode uses the full-size files.
+pub fn scale(mode: Mode, full: u64, quick: u64, smoke: u64) -> u64 {
+    match mode {
+        Mode::Full => full,
+        Mode::Quick => quick,
+        Mode::Smoke => smoke,
+    }
+}
