@@ -127,6 +127,8 @@ pub struct FileSpec {
     status_window: Option<(u32, u32, u16)>,
     /// Requests `[from, to)` get no answer at all.
     hang_window: Option<(u32, u32)>,
+    /// The longest range one response carries.
+    max_range: Option<u64>,
     status_always: Option<u16>,
     retry_after: Option<String>,
     cut_after: Option<Counted<u64>>,
@@ -158,6 +160,7 @@ impl FileSpec {
             slow_range: None,
             status_window: None,
             hang_window: None,
+            max_range: None,
             status_always: None,
             retry_after: None,
             cut_after: None,
@@ -306,6 +309,13 @@ impl FileSpec {
     /// Any extra response header, written as raw bytes.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Answer a ranged request with at most `bytes` bytes, with an honest `Content-Range` for the shorter range (some
+    /// servers and CDNs cap ranges this way; the client must ask again for the rest).
+    pub fn max_range(mut self, bytes: u64) -> Self {
+        self.max_range = Some(bytes.max(1));
         self
     }
 
@@ -1032,6 +1042,10 @@ async fn respond_file(
                 Some(extra) => (b + extra).min(total - 1),
                 None => b,
             };
+            let b = match spec.max_range {
+                Some(max) => b.min(a + max - 1),
+                None => b,
+            };
             (206, a, b + 1)
         }
         None => (200, 0, total),
@@ -1534,6 +1548,11 @@ mod tests {
         let r = get(&server, "/wrong", &["Range: bytes=100-199"]).await;
         assert_eq!(r.header("content-range"), Some("bytes 4196-4295/50000"));
         assert_eq!(r.body, f.bytes()[100..200]);
+
+        let f = server.serve("/capped", FileSpec::new(50_000).max_range(1000));
+        let r = get(&server, "/capped", &["Range: bytes=100-"]).await;
+        assert_eq!(r.header("content-range"), Some("bytes 100-1099/50000"));
+        assert_eq!(r.body, f.bytes()[100..1100]);
 
         let f = server.serve("/extra", FileSpec::new(50_000).extra_bytes(50, 1));
         let r = get(&server, "/extra", &["Range: bytes=100-199"]).await;

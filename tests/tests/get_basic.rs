@@ -323,3 +323,64 @@ async fn ranges_advertised_but_ignored_fall_back_to_one_stream() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        // Every ranged answer stops after 256 KiB, with an honest `Content-Range` saying so.
+        let file = server.serve(
+            "/capped.bin",
+            FileSpec::new(4 * MIB).seed(11).max_range(256 * 1024),
+        );
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.threads = 4;
+        // Every answer is valid, so no retry is needed; few retries keep a failure quick.
+        s.retries = 2;
+
+        let result = get(s).await;
+
+        crate::support::assert_exact_or_clean_error(&result, dir.path(), &file);
+        result.expect("a server that serves ranges in pieces can still be downloaded");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_stay_with_their_host_across_a_redirect() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let port = server.addr().port();
+        // `localhost` is the same server under another host name: a different site as far as cookies go.
+        let file = server.serve("/file.bin", FileSpec::new(2 * MIB).seed(12));
+        server.redirect("/go", &format!("http://localhost:{port}/file.bin"));
+        let dir = tempdir();
+        let mut s = spec(&server.url("/go"), dir.path());
+        s.headers = vec![("Cookie".into(), "session=s3cr3t".into())];
+
+        let path = get(s).await.expect("download succeeds");
+
+        assert_exact(&path, &file);
+        let requests = server.requests();
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.header("host").is_some_and(|h| h.starts_with("localhost"))),
+            "the redirect was not followed to the other host"
+        );
+        for r in requests {
+            let other_host = r.header("host").is_some_and(|h| h.starts_with("localhost"));
+            if other_host {
+                assert_eq!(
+                    r.header("cookie"),
+                    None,
+                    "a cookie went to another host: {r:?}"
+                );
+            } else {
+                assert_eq!(r.header("cookie"), Some("session=s3cr3t"), "{r:?}");
+            }
+        }
+    })
+    .await;
+}

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sdm_tests::{ALWAYS, FileSpec, TestServer};
+use sdm_tests::{ALWAYS, FileSpec, NoLength, TestServer};
 
 use crate::support::{
     assert_exact, assert_exact_or_clean_error, bounded, finished_files_in, get, spec, tempdir,
@@ -126,6 +126,51 @@ async fn a_cut_single_connection_download_resumes() {
             file.gets().iter().any(|r| r.range_start() > Some(0)),
             "after a cut the download restarted from zero instead of resuming"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_without_ranges_starts_over() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/cut-plain.bin",
+            FileSpec::new(3 * MIB)
+                .seed(26)
+                .no_ranges()
+                .cut_after(MIB, 1),
+        );
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_chunked_stream_is_noticed_and_started_over() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        // A chunked body cut before its last chunk is visibly incomplete, unlike a close-delimited one.
+        let file = server.serve(
+            "/cut-chunked.bin",
+            FileSpec::new(3 * MIB)
+                .seed(27)
+                .no_length(NoLength::Chunked)
+                .cut_after(MIB, 1),
+        );
+        let dir = tempdir();
+
+        let path = get(spec(file.url(), dir.path()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
     })
     .await;
 }
