@@ -384,3 +384,25 @@ async fn cookies_stay_with_their_host_across_a_redirect() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_file_over_16_connections_is_exact() {
+    bounded(90, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/huge.bin", FileSpec::new(64 * MIB).seed(13));
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.threads = 16;
+
+        let path = get(s).await.expect("download succeeds");
+
+        assert_exact(&path, &file);
+        let served: u64 = file.gets().iter().map(|r| r.body_bytes).sum();
+        assert!(
+            served < file.len() + 4 * MIB,
+            "the server sent {served} bytes for a {} byte file",
+            file.len()
+        );
+    })
+    .await;
+}

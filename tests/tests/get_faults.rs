@@ -176,6 +176,30 @@ async fn a_cut_chunked_stream_is_noticed_and_started_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_that_each_make_progress_do_not_use_up_the_retries() {
+    bounded(40, async {
+        let server = TestServer::start().await;
+        // Every response is cut at 512 KiB: each connection is cut three times, more than its two retries, but
+        // every cut comes after progress.
+        let file = server.serve(
+            "/choppy.bin",
+            FileSpec::new(4 * MIB)
+                .seed(28)
+                .cut_after(512 * 1024, ALWAYS),
+        );
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.threads = 2;
+        s.retries = 2;
+
+        let path = get(s).await.expect("download succeeds");
+
+        assert_exact(&path, &file);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_connection_is_dropped_and_retried() {
     bounded(40, async {
         let server = TestServer::start().await;

@@ -312,3 +312,40 @@ async fn settings_history_and_finished_downloads_survive_a_restart() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_with_state_behind_the_part_file_still_resumes_exact() {
+    bounded(60, async {
+        let root = tempdir();
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/crashy.bin",
+            FileSpec::new(6 * MIB).seed(96).etag().rate(MIB),
+        );
+        let state = root.path().join("data").join("state.json");
+
+        let first = start_engine(root.path()).await;
+        let id = first
+            .add(AddRequest {
+                url: file.url().to_string(),
+                threads: Some(3),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+        wait_for(&first, id, "1 MiB downloaded", |d| d.downloaded >= MIB).await;
+        until(5, "a state file with progress", || state.exists()).await;
+        // The state as a crash could leave it: written a while ago, while the part file went on growing.
+        let snapshot = std::fs::read(&state).unwrap();
+        wait_for(&first, id, "2 MiB downloaded", |d| d.downloaded >= 2 * MIB).await;
+        first.shutdown().await;
+        drop(first);
+        std::fs::write(&state, &snapshot).unwrap();
+
+        let second = start_engine(root.path()).await;
+        let info = wait_status(&second, id, Status::Completed).await;
+
+        assert_exact(Path::new(&info.path), &file);
+        second.shutdown().await;
+    })
+    .await;
+}
