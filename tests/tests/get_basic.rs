@@ -397,9 +397,11 @@ async fn a_64_mib_file_over_16_connections_is_exact() {
         let path = get(s).await.expect("download succeeds");
 
         assert_exact(&path, &file);
+        // A split leaves the victim's request asking for more than it will read: what the server pushed into the
+        // socket buffers past the new end is wasted, a few MiB on loopback. Fetching the file twice is another matter.
         let served: u64 = file.gets().iter().map(|r| r.body_bytes).sum();
         assert!(
-            served < file.len() + 4 * MIB,
+            served < file.len() + file.len() / 4,
             "the server sent {served} bytes for a {} byte file",
             file.len()
         );
