@@ -408,3 +408,21 @@ async fn a_64_mib_file_over_16_connections_is_exact() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_path_in_a_missing_folder_is_created() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/deep.bin", FileSpec::new(MIB).seed(14));
+        let dir = tempdir();
+        let out = dir.path().join("a").join("b").join("deep-copy.bin");
+
+        let path = get(spec(file.url(), &out))
+            .await
+            .expect("download succeeds");
+
+        assert_eq!(path, out);
+        assert_exact(&out, &file);
+    })
+    .await;
+}

@@ -31,6 +31,9 @@ fn assert_completed_exact(engine: &Engine, id: u64, file: &ServedFile) {
     let info = engine.get(id).expect("download exists");
     assert_eq!(info.status, Status::Completed, "{info:?}");
     assert_exact(Path::new(&info.path), file);
+    assert_eq!(info.total, Some(file.len()), "{info:?}");
+    assert_eq!(info.downloaded, file.len(), "{info:?}");
+    assert!(info.finished_at.is_some(), "{info:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,6 +742,137 @@ async fn remove_of_a_paused_download_deletes_its_part_file() {
         })
         .await;
         until(5, "the part file to go", || names_in(&downloads).is_empty()).await;
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_cap_is_shared_by_all_downloads() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        engine
+            .set_settings(SettingsPatch {
+                bandwidth_limit: Some(MIB),
+                max_concurrent: Some(2),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        let server = TestServer::start().await;
+        let a_file = server.serve("/a.bin", FileSpec::new(2 * MIB).seed(100));
+        let b_file = server.serve("/b.bin", FileSpec::new(2 * MIB).seed(101));
+        let started = Instant::now();
+        let a = add(&engine, &a_file, 2);
+        let b = add(&engine, &b_file, 2);
+
+        wait_status(&engine, a, Status::Completed).await;
+        wait_status(&engine, b, Status::Completed).await;
+
+        // 4 MiB in all under a 1 MiB/s global cap: 4 s, less a small initial burst.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(3400),
+            "two downloads under a global 1 MiB/s cap moved 4 MiB in {took:?}"
+        );
+        assert_completed_exact(&engine, a, &a_file);
+        assert_completed_exact(&engine, b, &b_file);
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_and_settings_and_history_events() {
+    bounded(60, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let mut events = engine.subscribe();
+        let patch = SettingsPatch {
+            max_concurrent: Some(4),
+            ..SettingsPatch::default()
+        };
+        engine.set_settings(patch).expect("settings accepted");
+        let server = TestServer::start().await;
+        let files: Vec<ServedFile> = (0..5)
+            .map(|i| server.serve(&format!("/p{i}.bin"), FileSpec::new(64 * KIB).seed(110 + i)))
+            .collect();
+        let ids: Vec<u64> = files.iter().map(|f| add(&engine, f, 1)).collect();
+        for &id in &ids {
+            wait_status(&engine, id, Status::Completed).await;
+        }
+
+        let page = engine.list(protocol::PageRequest {
+            offset: 1,
+            limit: Some(2),
+        });
+        assert_eq!(page.total, 5);
+        assert_eq!(page.downloads.len(), 2);
+        let all = engine.list(Default::default());
+        assert_eq!(all.downloads.len(), 5);
+        assert_eq!(page.downloads, all.downloads[1..3]);
+        let mut listed: Vec<u64> = all.downloads.iter().map(|d| d.id).collect();
+        listed.sort();
+        assert_eq!(listed, ids);
+
+        let mut saw_settings = false;
+        let mut saw_history = false;
+        while let Ok(event) = events.try_recv() {
+            match event {
+                Event::Settings { settings } => saw_settings |= settings.max_concurrent == 4,
+                Event::History { .. } => saw_history = true,
+                _ => {}
+            }
+        }
+        assert!(saw_settings, "no `settings` event after set_settings");
+        assert!(saw_history, "no `history` event after five completions");
+        assert_eq!(engine.history(Default::default()).unwrap().total, 5);
+
+        engine.clear_history().expect("history clears");
+        assert_eq!(engine.history(Default::default()).unwrap().total, 0);
+        engine.shutdown().await;
+        drop(engine);
+        let again = start_engine(root.path()).await;
+        assert_eq!(
+            again.history(Default::default()).unwrap().total,
+            0,
+            "cleared history came back"
+        );
+        again.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_fails_after_its_retries() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        // Bind then drop a listener: its port is closed, so connections are refused.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let id = engine
+            .add(AddRequest {
+                url: format!("http://127.0.0.1:{port}/nothing.bin"),
+                retries: Some(1),
+                ..AddRequest::default()
+            })
+            .expect("add is accepted");
+
+        let info = wait_status(&engine, id, Status::Failed).await;
+
+        assert!(info.error.is_some(), "{info:?}");
+        assert!(finished_files_in(&root.path().join("downloads")).is_empty());
+        let too_long = format!("http://127.0.0.1/{}", "a".repeat(protocol::MAX_URL_LEN));
+        let err = engine
+            .add(AddRequest {
+                url: too_long,
+                ..AddRequest::default()
+            })
+            .expect_err("an over-long URL is refused");
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
         engine.shutdown().await;
     })
     .await;
