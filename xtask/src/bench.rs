@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use crate::tools::{self, Installed};
 
 const USAGE: &str = "\
-usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-build]
+usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-build] [--keep]
 
   (default)   every scenario of issue 4, 5 runs each; writes BENCHMARKS.md, bench/results.json, docs/bench.png
   --quick     smaller files and 2 runs; writes the same files under target/bench-quick/
@@ -35,6 +35,7 @@ usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-
   --runs N    runs per client and scenario
   --only      scenarios to run: loopback, capped, linkcap, tail, queue, cap, service
   --no-build  use target/release/sdm as it is
+  --keep      keep the lab folder (nginx logs, configs) in /dev/shm for a look afterwards
 ";
 
 /// How much to measure.
@@ -53,6 +54,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// Skip `cargo build --release -p sdm`.
     pub no_build: bool,
+    /// Leave the lab folder in place (its nginx is still stopped).
+    pub keep: bool,
 }
 
 impl Options {
@@ -61,12 +64,14 @@ impl Options {
         let mut runs = None;
         let mut only = Vec::new();
         let mut no_build = false;
+        let mut keep = false;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--quick" => mode = Mode::Quick,
                 "--smoke" => mode = Mode::Smoke,
                 "--no-build" => no_build = true,
+                "--keep" => keep = true,
                 "--runs" => {
                     let n = it.next().context("--runs needs a number")?;
                     runs = Some(n.parse().with_context(|| format!("--runs {n}: not a number"))?);
@@ -95,6 +100,7 @@ impl Options {
             runs,
             only,
             no_build,
+            keep,
         })
     }
 

@@ -118,8 +118,10 @@ fn optimize(wasm: &Path) {
         return;
     };
     let tmp = wasm.with_extension("opt.wasm");
+    // No --all-features: wasm-opt takes the features from the module's target_features section, and enabling all of
+    // them lets it emit encodings (compact imports) that Chromium 156 refuses to compile.
     let ok = Command::new(wasm_opt)
-        .args(["-Oz", "--all-features", "-o"])
+        .args(["-Oz", "-o"])
         .arg(&tmp)
         .arg(wasm)
         .status()

@@ -2,6 +2,9 @@
 //! extension loaded in a profile of its own (`target/chromium-profile`).
 
 use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -58,21 +61,37 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Start `sdm serve` in the background unless a service already answers (`sdm serve` refuses a second copy for
-/// the same data directory, so starting one when unsure is harmless). Its log goes to `target/sdm-serve.log`.
-fn start_service(sdm: &std::path::Path, target: &std::path::Path) -> Result<()> {
+/// The service's socket, found the way `sdm` finds it: `$SDM_HOME`, else `$XDG_DATA_HOME/sdm`, else
+/// `~/.local/share/sdm`.
+fn socket_path() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = var("SDM_HOME")
+        .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("sdm")))
+        .or_else(|| var("HOME").map(|h| h.join(".local/share/sdm")))?;
+    Some(dir.join("sdm.sock"))
+}
+
+/// Start `sdm serve` in the background unless a service already answers on its socket. It runs in its own process
+/// group, so it outlives this task and the browser; its log goes to `target/sdm-serve.log`.
+fn start_service(sdm: &Path, target: &Path) -> Result<()> {
+    if let Some(socket) = socket_path()
+        && UnixStream::connect(&socket).is_ok()
+    {
+        println!("xtask: the sdm service already answers on {}", socket.display());
+        return Ok(());
+    }
     let log_path = target.join("sdm-serve.log");
-    let log =
-        File::create(&log_path).with_context(|| format!("cannot write {}", log_path.display()))?;
+    let log = File::create(&log_path).with_context(|| format!("cannot write {}", log_path.display()))?;
     let child = Command::new(sdm)
         .arg("serve")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
+        .process_group(0)
         .spawn()
         .context("cannot start `sdm serve`")?;
     println!(
-        "xtask: started `sdm serve` (pid {}), log in {}",
+        "xtask: started `sdm serve` in the background (pid {}), log in {}",
         child.id(),
         log_path.display()
     );

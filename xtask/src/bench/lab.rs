@@ -47,8 +47,10 @@ pub struct Lab {
     nginx: Vec<Child>,
     netns: Option<String>,
     nginx_bin: PathBuf,
-    /// Range starts the slow-tail location serves slowly (the second of 8 equal segments of each file).
+    /// Range starts the slow-tail location serves slowly (the second of 8 equal segments of the tail's file).
     tail_starts: Vec<u64>,
+    /// `--keep`: leave `dir` in place when dropped.
+    keep: bool,
 }
 
 impl Lab {
@@ -78,6 +80,7 @@ impl Lab {
             netns: None,
             nginx_bin,
             tail_starts: Vec::new(),
+            keep: opts.keep,
         };
         println!("bench: lab in {} ({:?})", lab.dir.display(), opts.mode);
         Ok(lab)
@@ -119,9 +122,14 @@ impl Lab {
             size,
             sha256: sha256(&path)?,
         };
-        self.tail_starts.push(size / 8);
         self.files.insert(name.to_owned(), file.clone());
         Ok(file)
+    }
+
+    /// Serve the request for the second of 8 equal segments of `file` slowly at `/tail/` (call before
+    /// [`Lab::start_nginx`]).
+    pub fn slow_second_eighth(&mut self, file: &TestFile) {
+        self.tail_starts.push(file.size / 8);
     }
 
     /// `count` names that all serve `target` (symlinks), for the queue scenario.
@@ -294,7 +302,11 @@ impl Drop for Lab {
             // Deleting the namespace destroys its veth end, and with it the pair.
             let _ = quiet(Command::new(ip).args(["netns", "del", &ns]));
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        if self.keep {
+            println!("bench: kept {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

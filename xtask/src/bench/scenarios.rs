@@ -89,7 +89,9 @@ impl Files {
             queue: Vec::new(),
         };
         if mode != Mode::Smoke {
-            files.mid = Some(lab.add_file("mid.bin", scale(mode, 256, 64, 0) * MIB)?);
+            let mid = lab.add_file("mid.bin", scale(mode, 256, 64, 0) * MIB)?;
+            lab.slow_second_eighth(&mid);
+            files.mid = Some(mid);
             files.small = Some(lab.add_file("small.bin", scale(mode, 64, 16, 0) * MIB)?);
             let secs = cap_seconds(mode);
             for cap in [MIB, 20 * MIB] {

@@ -1,0 +1,378 @@
+// Test support: a loopback file server, the SDM service and a client for its socket, and Chromium with the
+// extension loaded. Everything runs on 127.0.0.1 and in temporary folders; every wait has a deadline.
+
+import { spawn, execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import fs from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(here, "../..");
+export const SDM_BIN = process.env.SDM_BIN ?? path.join(ROOT, "target/release/sdm");
+export const EXTENSION_DIR = process.env.SDM_EXTENSION_DIR ?? path.join(ROOT, "target/extension");
+export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+export const EXTENSION_ID = "mamfelpfpaooapfmapiecgobfkfnmjnj";
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+export const sha256 = (buf) => createHash("sha256").update(buf).digest("hex");
+export const sha256File = (file) => sha256(fs.readFileSync(file));
+
+/** Poll `fn` until it returns a truthy value; fail with `what` (and the last value) after `timeoutMs`. */
+export async function waitFor(what, fn, { timeoutMs = 30_000, intervalMs = 100 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${describe(last)}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+function describe(v) {
+  if (v instanceof Error) return v.message;
+  try {
+    return JSON.stringify(v)?.slice(0, 500);
+  } catch {
+    return String(v);
+  }
+}
+
+/** Append a measurement line to the file `cargo xtask test` prints at the end, and to our own output. */
+export function record(line) {
+  console.log(`# ${line}`);
+  if (process.env.SDM_RESULTS) fs.appendFileSync(process.env.SDM_RESULTS, `${line}\n`);
+}
+
+export function tempDir(prefix) {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `sdm-${prefix}-`));
+}
+
+/** Deterministic bytes for a name (xorshift32), so the expected sha256 is known without keeping files around. */
+export function content(name, size) {
+  const words = Math.ceil(size / 4);
+  const buf = Buffer.alloc(words * 4);
+  let x = 2166136261;
+  for (const c of name) x = Math.imul(x ^ c.charCodeAt(0), 16777619) >>> 0;
+  x = x || 1;
+  for (let i = 0; i < words; i++) {
+    x = (x ^ (x << 13)) >>> 0;
+    x = (x ^ (x >>> 17)) >>> 0;
+    x = (x ^ (x << 5)) >>> 0;
+    buf.writeUInt32LE(x, i * 4);
+  }
+  return buf.subarray(0, size);
+}
+
+/**
+ * A file server on 127.0.0.1 with ranges and per-connection throttling:
+ *   /files/<name>?size=N&rate=BYTES_PER_SEC    deterministic bytes (rate: per response, optional)
+ *   /page/<name>?size=N&rate=R                 HTML that sets a cookie and links to /protected/<name>
+ *   /protected/<name>?size=N&rate=R            the file, only with that cookie (403 otherwise)
+ *   /menu/<name>?size=N                        HTML with a plain link to /files/<name>
+ * Every request is recorded in `requests` (path, headers).
+ */
+export async function startFileServer() {
+  const requests = [];
+  const token = `t${Math.random().toString(36).slice(2)}`;
+  const sockets = new Set();
+  const bodies = new Map();
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://x");
+    requests.push({ method: req.method, path: url.pathname, headers: req.headers, at: Date.now() });
+    const [, kind, name] = url.pathname.split("/");
+    const size = Number(url.searchParams.get("size") ?? 1024 * 1024);
+    const rate = Number(url.searchParams.get("rate") ?? 0);
+    const query = url.search;
+    if (kind === "page") {
+      res.writeHead(200, {
+        "Content-Type": "text/html",
+        "Set-Cookie": `session=${token}; Path=/; SameSite=Lax`,
+      });
+      res.end(`<!doctype html><title>page</title><a id="dl" href="/protected/${name}${query}">download ${name}</a>`);
+      return;
+    }
+    if (kind === "menu") {
+      res.writeHead(200, { "Content-Type": "text/html" });
+      res.end(`<!doctype html><title>menu</title><a id="dl" href="/files/${name}${query}">download ${name}</a>`);
+      return;
+    }
+    if (kind === "protected" && !(req.headers.cookie ?? "").includes(`session=${token}`)) {
+      res.writeHead(403, { "Content-Type": "text/plain" });
+      res.end("no session cookie");
+      return;
+    }
+    if (kind !== "files" && kind !== "protected") {
+      res.writeHead(404);
+      res.end();
+      return;
+    }
+    const key = `${name}:${size}`;
+    if (!bodies.has(key)) bodies.set(key, content(name, size));
+    serveBytes(req, res, bodies.get(key), name, rate);
+  });
+  server.on("connection", (s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const base = `http://127.0.0.1:${server.address().port}`;
+  return {
+    base,
+    requests,
+    token,
+    url: (kind, name, size, rate) => `${base}/${kind}/${name}?size=${size}${rate ? `&rate=${rate}` : ""}`,
+    close: () =>
+      new Promise((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(r);
+      }),
+  };
+}
+
+function serveBytes(req, res, body, name, rate) {
+  let start = 0;
+  let end = body.length - 1;
+  const headers = {
+    "Content-Type": "application/octet-stream",
+    "Content-Disposition": `attachment; filename="${name}"`,
+    "Accept-Ranges": "bytes",
+    ETag: `"${sha256(body).slice(0, 16)}"`,
+    "Last-Modified": "Wed, 01 Jan 2025 00:00:00 GMT",
+  };
+  const range = /^bytes=(\d*)-(\d*)$/.exec(req.headers.range ?? "");
+  let status = 200;
+  if (range && (range[1] !== "" || range[2] !== "")) {
+    if (range[1] === "") {
+      start = Math.max(0, body.length - Number(range[2]));
+    } else {
+      start = Number(range[1]);
+      if (range[2] !== "") end = Math.min(end, Number(range[2]));
+    }
+    if (start > end || start >= body.length) {
+      res.writeHead(416, { "Content-Range": `bytes */${body.length}` });
+      res.end();
+      return;
+    }
+    status = 206;
+    headers["Content-Range"] = `bytes ${start}-${end}/${body.length}`;
+  }
+  headers["Content-Length"] = String(end - start + 1);
+  res.writeHead(status, headers);
+  if (req.method === "HEAD") {
+    res.end();
+    return;
+  }
+  const slice = body.subarray(start, end + 1);
+  if (!rate) {
+    res.end(slice);
+    return;
+  }
+  // Throttled: 16 KiB chunks paced to `rate` bytes per second, stopping if the client goes away.
+  const chunk = 16 * 1024;
+  let off = 0;
+  let closed = false;
+  res.on("close", () => {
+    closed = true;
+  });
+  const t0 = Date.now();
+  const pump = () => {
+    if (closed) return;
+    if (off >= slice.length) {
+      res.end();
+      return;
+    }
+    const next = slice.subarray(off, off + chunk);
+    off += next.length;
+    res.write(next);
+    const due = t0 + (off / rate) * 1000;
+    setTimeout(pump, Math.max(0, due - Date.now()));
+  };
+  pump();
+}
+
+/** A client for the service's Unix socket: 4-byte native-endian length, then JSON. */
+export class ServiceClient {
+  static async connect(home) {
+    const sock = path.join(home, "sdm.sock");
+    const socket = await new Promise((resolve, reject) => {
+      const s = net.createConnection(sock, () => resolve(s));
+      s.once("error", reject);
+    });
+    return new ServiceClient(socket);
+  }
+
+  constructor(socket) {
+    this.socket = socket;
+    this.nextId = 1;
+    this.pending = new Map();
+    this.events = [];
+    this.buf = Buffer.alloc(0);
+    socket.on("data", (d) => this.onData(d));
+    socket.on("close", () => {
+      for (const { reject } of this.pending.values()) reject(new Error("service connection closed"));
+      this.pending.clear();
+    });
+  }
+
+  onData(d) {
+    this.buf = Buffer.concat([this.buf, d]);
+    while (this.buf.length >= 4) {
+      const len = os.endianness() === "LE" ? this.buf.readUInt32LE(0) : this.buf.readUInt32BE(0);
+      if (this.buf.length < 4 + len) break;
+      const msg = JSON.parse(this.buf.subarray(4, 4 + len).toString("utf8"));
+      this.buf = this.buf.subarray(4 + len);
+      if (typeof msg.event === "string") {
+        this.events.push(msg);
+        continue;
+      }
+      const p = this.pending.get(msg.id);
+      if (!p) continue;
+      this.pending.delete(msg.id);
+      if (msg.ok) p.resolve(msg.result ?? {});
+      else p.reject(new Error(`${cmdName(p)}: ${msg.error?.code}: ${msg.error?.message}`));
+    }
+  }
+
+  request(cmd, fields = {}) {
+    const id = this.nextId++;
+    const body = Buffer.from(JSON.stringify({ id, cmd, ...fields }));
+    const head = Buffer.alloc(4);
+    if (os.endianness() === "LE") head.writeUInt32LE(body.length);
+    else head.writeUInt32BE(body.length);
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, cmd });
+      this.socket.write(Buffer.concat([head, body]));
+    });
+  }
+
+  /** Every download, all pages. */
+  async list() {
+    const all = [];
+    for (let offset = 0; ; ) {
+      const page = await this.request("list", { offset, limit: 1000 });
+      all.push(...page.downloads);
+      offset += page.downloads.length;
+      if (page.downloads.length === 0 || offset >= page.total) return all;
+    }
+  }
+
+  /** Wait until some download satisfies `pred`; returns it. */
+  waitForDownload(what, pred, opts) {
+    return waitFor(what, async () => (await this.list()).find(pred), opts);
+  }
+
+  close() {
+    this.socket.destroy();
+  }
+}
+
+const cmdName = (p) => p.cmd;
+
+/** `sdm serve` with its own data directory; stopped (by its pid) in `stop()`. */
+export async function startService(home) {
+  const log = fs.openSync(path.join(home, "test-serve.log"), "a");
+  const child = spawn(SDM_BIN, ["serve"], {
+    env: { ...process.env, SDM_HOME: home, RUST_LOG: process.env.RUST_LOG ?? "info" },
+    stdio: ["ignore", log, log],
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  const client = await waitFor("the sdm service to answer", async () => {
+    if (child.exitCode !== null) throw new Error(`sdm serve exited with ${child.exitCode}: ${serviceLog(home)}`);
+    const c = await ServiceClient.connect(home);
+    await c.request("ping");
+    return c;
+  }, { timeoutMs: 15_000 });
+  return {
+    child,
+    client,
+    async stop() {
+      client.close();
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+        await exited;
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+export function serviceLog(home) {
+  for (const f of ["test-serve.log", "service.log"]) {
+    const p = path.join(home, f);
+    if (fs.existsSync(p)) return fs.readFileSync(p, "utf8").slice(-2000);
+  }
+  return "(no log)";
+}
+
+/** Register the host for a Chromium profile folder (what `sdm install --dir` is for). */
+export function registerHost(userDataDir) {
+  execFileSync(SDM_BIN, ["install", "--dir", path.join(userDataDir, "NativeMessagingHosts")], {
+    env: { ...process.env, SDM_HOME: path.join(userDataDir, "unused-home") },
+    stdio: "pipe",
+  });
+}
+
+/**
+ * Chromium with the unpacked extension, in a fresh profile. SDM_HOME is in its environment, so the host it starts
+ * talks to the right service. Returns the context, the extension's service worker and its id.
+ */
+export async function launchBrowser({ userDataDir, home }) {
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: false,
+    // Playwright's defaults disable extensions; the extension is the point here.
+    ignoreDefaultArgs: ["--disable-extensions", "--disable-component-extensions-with-background-pages"],
+    args: [
+      "--headless=new",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      `--disable-extensions-except=${EXTENSION_DIR}`,
+      `--load-extension=${EXTENSION_DIR}`,
+    ],
+    env: { ...process.env, SDM_HOME: home },
+    viewport: { width: 480, height: 640 },
+    timeout: 30_000,
+  });
+  const worker =
+    context.serviceWorkers().find((w) => w.url().startsWith("chrome-extension://")) ??
+    (await context.waitForEvent("serviceworker", { timeout: 15_000 }));
+  const id = new URL(worker.url()).host;
+  return { context, worker, id };
+}
+
+/** Open the popup as a tab (same page, same code as the toolbar popup). */
+export async function openPopup(context, id) {
+  const page = await context.newPage();
+  await page.goto(`chrome-extension://${id}/popup.html`);
+  return page;
+}
+
+/** Stop the processes whose environment names `home` as SDM_HOME (a service the relay started detached). */
+export function stopServicesOf(home) {
+  for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    try {
+      const env = fs.readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+      if (env.includes(`SDM_HOME=${home}`) && cmd.includes("serve")) process.kill(Number(pid), "SIGTERM");
+    } catch {
+      // Gone already, or not ours to read.
+    }
+  }
+}
