@@ -877,3 +877,83 @@ async fn an_unreachable_server_fails_after_its_retries() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
+    bounded(30, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        let server = TestServer::start().await;
+        let file = server.serve("/whatever.bin", FileSpec::new(MIB).seed(120));
+        let downloads = root.path().join("downloads");
+        std::fs::write(downloads.join("notes.txt"), b"mine").unwrap();
+        let add_named = |name: &str| {
+            engine.add(AddRequest {
+                url: file.url().to_string(),
+                filename: Some(name.to_string()),
+                ..AddRequest::default()
+            })
+        };
+        // A name that tries to leave the folder may be refused outright; if it is accepted, it must stay inside.
+        for name in ["../../escape.txt", "..", "/etc/cron.d/x", "a\u{0}b\nc.txt"] {
+            let id = match add_named(name) {
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::InvalidArgument, "{name:?}: {e:?}");
+                    continue;
+                }
+                Ok(id) => id,
+            };
+            let info = wait_status(&engine, id, Status::Completed).await;
+            let path = Path::new(&info.path);
+            assert_eq!(
+                path.parent().unwrap().canonicalize().unwrap(),
+                downloads.canonicalize().unwrap(),
+                "{name:?} landed at {}",
+                path.display()
+            );
+            assert_exact(path, &file);
+        }
+        let taken = add_named("notes.txt").expect("add is accepted");
+        let taken = wait_status(&engine, taken, Status::Completed).await;
+
+        assert_eq!(names_in(root.path()), ["data", "downloads"]);
+        assert_eq!(Path::new(&taken.path), downloads.join("notes (1).txt"));
+        assert_exact(Path::new(&taken.path), &file);
+        assert_eq!(std::fs::read(downloads.join("notes.txt")).unwrap(), b"mine");
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stall_timeout_setting_reaches_running_transfers() {
+    bounded(40, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        engine
+            .set_settings(SettingsPatch {
+                stall_timeout_secs: Some(2),
+                ..SettingsPatch::default()
+            })
+            .expect("settings accepted");
+        let server = TestServer::start().await;
+        // The first two responses stall after 64 KiB; with the default 20 s timeout this test would time out.
+        let file = server.serve(
+            "/sticky.bin",
+            FileSpec::new(2 * MIB).seed(121).stall_after(64 * KIB, 2),
+        );
+        let id = add(&engine, &file, 2);
+
+        let info = tokio::time::timeout(
+            Duration::from_secs(15),
+            wait_status(&engine, id, Status::Completed),
+        )
+        .await
+        .expect("the stalls were noticed within the 2 s timeout");
+
+        assert_eq!(info.status, Status::Completed);
+        assert_completed_exact(&engine, id, &file);
+        engine.shutdown().await;
+    })
+    .await;
+}
