@@ -102,6 +102,9 @@ describe("with the host registered and the service running", { timeout: 300_000 
     await row.waitFor({ state: "detached", timeout: 10_000 });
     await page.getByRole("tab", { name: "History" }).click();
     await page.locator("#history li", { hasText: name }).waitFor({ timeout: 10_000 });
+    await page.getByRole("button", { name: "Clear", exact: true }).click();
+    await page.locator("#history-empty").waitFor({ timeout: 10_000 });
+    assert.equal((await client.request("history", {})).total, 0);
     await page.close();
   });
 
@@ -149,6 +152,43 @@ describe("with the host registered and the service running", { timeout: 300_000 
     await page.close();
   });
 
+  test("settings saved in the popup reach the host, and capture off leaves downloads to the browser", async () => {
+    const page = await openPopup(browser.context, browser.id);
+    await page.getByRole("tab", { name: "Settings" }).click();
+    const capture = page.getByLabel("Take over the browser's downloads");
+    await waitFor("the settings form to fill", async () => (await page.inputValue("#set-dir")) === downloads);
+    assert.equal(await capture.isChecked(), true);
+    await capture.uncheck();
+    await page.getByLabel("Leave these sites to the browser (one per line)").fill("example.org");
+    await page.getByRole("button", { name: "Save", exact: true }).click();
+    await page.getByText("Settings saved").waitFor({ timeout: 10_000 });
+    const { settings } = await client.request("get_settings");
+    assert.equal(settings.capture_enabled, false);
+    assert.deepEqual(settings.capture_exclude, ["example.org"]);
+    assert.equal(settings.download_dir, downloads);
+
+    // The worker hears the `settings` event; the next download stays with the browser.
+    const name = "nocapture-f.bin";
+    const size = 2 * MIB;
+    const fileUrl = files.url("protected", name, size, 1024 * KIB);
+    const tab = await browser.context.newPage();
+    await tab.goto(files.url("page", name, size, 1024 * KIB));
+    await tab.click("#dl");
+    const item = await waitFor(
+      "the browser to complete the download itself",
+      async () => (await browserDownloads(browser.worker, fileUrl)).find((d) => d.state === "complete"),
+      { timeoutMs: 30_000 },
+    );
+    assert.equal(sha256File(item.filename), sha256(content(name, size)));
+    assert.equal((await client.list()).filter((d) => d.url === fileUrl).length, 0, "SDM was not asked");
+
+    await capture.check();
+    await page.getByRole("button", { name: "Save", exact: true }).click();
+    await waitFor("capture back on", async () => (await client.request("get_settings")).settings.capture_enabled);
+    await tab.close();
+    await page.close();
+  });
+
   test("screenshot with downloads in flight, and 1,000 rows", { timeout: 180_000 }, async () => {
     for (const [name, rate] of [["ubuntu-24.04-desktop-amd64.iso", 300 * KIB], ["dataset-2025.tar.zst", 120 * KIB], ["talk-recording.mkv", 60 * KIB]]) {
       await client.request("add", { url: files.url("files", name, 8 * MIB, rate), threads: 4 });
@@ -160,6 +200,10 @@ describe("with the host registered and the service running", { timeout: 300_000 
     await waitFor("three rows with progress", async () => (await page.locator('li.row[data-status="downloading"] .speed:not(:empty)').count()) >= 3, {
       timeoutMs: 20_000,
     });
+    const running = (await client.list()).filter((d) => d.status === "downloading").length;
+    await waitFor(`the badge to count ${running} downloads`, async () =>
+      (await browser.worker.evaluate(() => chrome.action.getBadgeText({}))) === String(running),
+    );
     fs.mkdirSync(path.join(ROOT, "docs"), { recursive: true });
     await page.screenshot({ path: path.join(ROOT, "docs/popup.png") });
     await page.close();
