@@ -64,7 +64,11 @@ pub fn run() -> Result<()> {
 /// The service's socket, found the way `sdm` finds it: `$SDM_HOME`, else `$XDG_DATA_HOME/sdm`, else
 /// `~/.local/share/sdm`.
 fn socket_path() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let dir = var("SDM_HOME")
         .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("sdm")))
         .or_else(|| var("HOME").map(|h| h.join(".local/share/sdm")))?;
@@ -77,11 +81,15 @@ fn start_service(sdm: &Path, target: &Path) -> Result<()> {
     if let Some(socket) = socket_path()
         && UnixStream::connect(&socket).is_ok()
     {
-        println!("xtask: the sdm service already answers on {}", socket.display());
+        println!(
+            "xtask: the sdm service already answers on {}",
+            socket.display()
+        );
         return Ok(());
     }
     let log_path = target.join("sdm-serve.log");
-    let log = File::create(&log_path).with_context(|| format!("cannot write {}", log_path.display()))?;
+    let log =
+        File::create(&log_path).with_context(|| format!("cannot write {}", log_path.display()))?;
     let child = Command::new(sdm)
         .arg("serve")
         .stdin(Stdio::null())
