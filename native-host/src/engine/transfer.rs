@@ -45,6 +45,9 @@ pub enum TransferError {
     Network(String),
     #[error("too many redirects (a redirect loop?)")]
     Redirects,
+    /// The server's response is not HTTP we can read; asking again would get the same.
+    #[error("malformed response from the server: {0}")]
+    Malformed(String),
     #[error("connection stalled: no data within the stall timeout")]
     Stalled,
     #[error("connection closed early, {0} bytes short")]
@@ -92,13 +95,19 @@ impl TransferError {
         }
         let e = e.without_url();
         let mut msg = e.to_string();
+        let mut malformed = false;
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
             msg.push_str(": ");
             msg.push_str(&s.to_string());
+            malformed |= s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse);
             src = s.source();
         }
-        TransferError::Network(msg)
+        if malformed {
+            TransferError::Malformed(msg)
+        } else {
+            TransferError::Network(msg)
+        }
     }
 
     pub(crate) fn from_status(status: StatusCode, headers: &HeaderMap) -> TransferError {
@@ -518,7 +527,13 @@ impl Transfer {
         loop {
             let before = self.seg_pos(idx);
             let err = match self.fetch(idx, file, stop).await {
-                Ok(()) => return Ok(()),
+                Ok(()) if self.seg_done(idx) => return Ok(()),
+                // The server sent less than asked, honestly labelled (RFC 9110 §15.3.7): ask for the rest.
+                Ok(()) if self.seg_pos(idx) > before => {
+                    attempt = 0;
+                    continue;
+                }
+                Ok(()) => TransferError::BadRange("an empty range".into()),
                 Err(e) => e,
             };
             attempt = if self.seg_pos(idx) > before {
@@ -572,6 +587,14 @@ impl Transfer {
             attempt += 1;
             self.pause_before_retry(attempt, err, &self.cancel).await?;
         }
+    }
+
+    fn seg_done(&self, idx: usize) -> bool {
+        self.live
+            .plan()
+            .as_ref()
+            .and_then(|p| p.segments.get(idx))
+            .is_none_or(Segment::is_done)
     }
 
     fn seg_pos(&self, idx: usize) -> u64 {
@@ -651,6 +674,8 @@ impl Transfer {
         if differs(header::LAST_MODIFIED, &last_modified) {
             return Err(changed("Last-Modified differs"));
         }
+        // Where this response's bytes end: a server may send less than the range asked for.
+        let mut resp_end = OPEN_END;
         match status {
             StatusCode::PARTIAL_CONTENT if ranges => {
                 let cr = h
@@ -666,12 +691,13 @@ impl Transfer {
                     return Err(changed("size differs"));
                 }
                 let want_last = if end == OPEN_END { cr.last } else { end - 1 };
-                if cr.first != pos || cr.last != want_last {
+                if cr.first != pos || cr.last > want_last {
                     return Err(TransferError::BadRange(format!(
                         "asked for bytes {pos}-{want_last}, got {}-{}",
                         cr.first, cr.last
                     )));
                 }
+                resp_end = cr.last + 1;
             }
             StatusCode::OK if ranges => return Err(TransferError::NoRanges),
             StatusCode::OK => {
@@ -705,7 +731,7 @@ impl Transfer {
                     plan.total = Some(s.pos);
                     return Ok(());
                 }
-                return if s.is_done() {
+                return if s.is_done() || at == resp_end {
                     Ok(())
                 } else {
                     Err(TransferError::EarlyEof(s.remaining()))
@@ -721,12 +747,13 @@ impl Transfer {
                             "internal error: segment moved under its connection".into(),
                         ));
                     }
-                    let n = (data.len() as u64).min(s.end - s.pos) as usize;
+                    let n = (data.len() as u64).min(s.end - s.pos).min(resp_end - at) as usize;
                     s.claimed = s.pos + n as u64;
                     n
                 };
                 if n == 0 {
-                    // Done (a split may have shortened this segment): drop the rest of the response.
+                    // Done (a split may have shortened this segment, or the response's range is used up): drop
+                    // the rest of the response.
                     return Ok(());
                 }
                 ratelimit::acquire(&own, n).await;
