@@ -426,3 +426,41 @@ async fn an_output_path_in_a_missing_folder_is_created() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reports_climb_towards_the_total() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/watched.bin",
+            FileSpec::new(4 * MIB).seed(15).rate(2 * MIB),
+        );
+        let dir = tempdir();
+        let mut s = spec(file.url(), dir.path());
+        s.threads = 2;
+        let mut seen = Vec::new();
+
+        let path = sdm::engine::transfer::get(s, |snap| seen.push(snap.clone()))
+            .await
+            .expect("download succeeds");
+
+        assert_exact(&path, &file);
+        assert!(
+            seen.len() >= 2,
+            "{} progress reports in a one-second download",
+            seen.len()
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].downloaded <= w[1].downloaded),
+            "progress went backwards"
+        );
+        for snap in &seen {
+            assert!(snap.downloaded <= file.len(), "{snap:?}");
+            assert!(snap.connections <= 2, "{snap:?}");
+        }
+        let last = seen.last().unwrap();
+        assert_eq!(last.total, Some(file.len()));
+        assert_eq!(last.filename, "watched.bin");
+    })
+    .await;
+}
