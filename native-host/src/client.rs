@@ -63,8 +63,13 @@ pub enum ClientError {
 }
 
 /// Connect to the service of `data_dir`, starting it if nothing answers.
+///
+/// A data directory or socket that belongs to another user is refused before anything is sent to it: its owner could
+/// read our requests (cookies included) or answer in our service's name.
 pub async fn connect_or_start(data_dir: &Path) -> Result<UnixStream, ClientError> {
     let socket = data_dir.join(SOCKET_FILE);
+    paths::check_owner(data_dir)?;
+    paths::check_owner(&socket)?;
     if let Ok(stream) = UnixStream::connect(&socket).await {
         return Ok(stream);
     }
@@ -72,6 +77,8 @@ pub async fn connect_or_start(data_dir: &Path) -> Result<UnixStream, ClientError
     spawn_service(data_dir)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
+        // Checked again on every try: the socket we wait for may be someone else's, planted in the meantime.
+        paths::check_owner(&socket)?;
         match UnixStream::connect(&socket).await {
             Ok(stream) => return Ok(stream),
             Err(e) if Instant::now() >= deadline => {

@@ -10,7 +10,7 @@
 
 use std::fs::DirBuilder;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The service's socket, inside the data directory.
@@ -29,6 +29,11 @@ pub enum PathError {
     NoHome,
     #[error("cannot create the data directory {}: {source}", dir.display())]
     CreateDataDir { dir: PathBuf, source: io::Error },
+    #[error(
+        "refusing {}: it belongs to uid {owner}, not to you (uid {me}); remove it, or set SDM_HOME to a folder of your own",
+        path.display()
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
 }
 
 /// The environment variables the lookups read, captured once.
@@ -171,6 +176,35 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), PathError> {
     Ok(())
 }
 
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail (POSIX: "shall always be
+    // successful").
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::geteuid()
+    }
+}
+
+/// Refuse a path owned by another user. Whoever owns the socket or the data directory could read every request
+/// (cookies included) or answer in the service's name, so a client talks only to a service of its own user.
+///
+/// A path that does not exist is fine: it is created, and so owned, by us.
+pub fn check_owner(path: &Path) -> Result<(), PathError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let me = effective_uid();
+    if meta.uid() == me {
+        return Ok(());
+    }
+    Err(PathError::ForeignOwner {
+        path: path.to_path_buf(),
+        owner: meta.uid(),
+        me,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +289,31 @@ mod tests {
             e.default_download_dir().unwrap(),
             PathBuf::from("/explicit")
         );
+    }
+
+    #[test]
+    fn our_own_files_pass_the_owner_check() {
+        let dir = tempfile::tempdir().unwrap();
+        check_owner(dir.path()).unwrap();
+        check_owner(&dir.path().join("missing")).unwrap();
+    }
+
+    #[test]
+    fn a_path_owned_by_another_user_is_refused() {
+        // The message says what to do; `/` belongs to root, so it is foreign to anyone else (the real-socket case,
+        // which needs root to chown, is in tests/tests/fault_access.rs).
+        let err = PathError::ForeignOwner {
+            path: "/x/sdm.sock".into(),
+            owner: 65534,
+            me: 1000,
+        };
+        assert_eq!(
+            err.to_string(),
+            "refusing /x/sdm.sock: it belongs to uid 65534, not to you (uid 1000); remove it, or set SDM_HOME to a folder of your own"
+        );
+        if effective_uid() != 0 {
+            assert!(check_owner(Path::new("/")).is_err());
+        }
     }
 
     #[test]
