@@ -100,7 +100,9 @@ impl TransferError {
         while let Some(s) = src {
             msg.push_str(": ");
             msg.push_str(&s.to_string());
-            malformed |= s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse);
+            malformed |= s
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse);
             src = s.source();
         }
         if malformed {
