@@ -20,3 +20,7 @@ mod get_checks;
 mod queue;
 // A restarted `Engine` resumes an interrupted download from where it stopped.
 mod restart;
+// The real `sdm` binary in a sandbox (service start/kill, relays, CLI) and client helpers for the fault suite.
+mod fault_support;
+// Crash loop: SIGKILL of `sdm serve` mid-download, 20 times; the file ends exact, each kill costs at most ~1 s.
+mod fault_crash;
