@@ -21,6 +21,9 @@ use crate::{format, view_state};
 
 /// History rows per page.
 const HISTORY_PAGE: usize = 50;
+/// Rows built at once when the list arrives (a screenful and more), then per later task.
+const FIRST_CHUNK: usize = 60;
+const CHUNK: usize = 250;
 /// How long the host has to answer the first `ping` before the popup says it is not answering.
 const PING_TIMEOUT_MS: i32 = 5000;
 
@@ -116,6 +119,8 @@ pub enum Message {
     HistoryPage(i64),
     ClearHistory,
     SaveSettings,
+    /// Build the next chunk of rows.
+    RenderMore,
 }
 
 /// What a request in flight was for, so its reply can be handled.
@@ -165,6 +170,9 @@ pub struct App {
     /// History changed while its tab was hidden: reload when shown.
     history_stale: bool,
     first_row_marked: bool,
+    /// Rows of ids below this are not built yet (see [`App::render_chunk`]); `None` when every row is built.
+    pending_below: Option<DownloadId>,
+    render_scheduled: bool,
 }
 
 thread_local! {
@@ -214,6 +222,8 @@ pub fn start() {
         history_total: 0,
         history_stale: true,
         first_row_marked: false,
+        pending_below: None,
+        render_scheduled: false,
     };
     APP.with(|a| *a.borrow_mut() = Some(app));
     wire(&doc);
@@ -321,6 +331,10 @@ impl App {
             }
             Message::ClearHistory => self.send(Command::ClearHistory, Pending::ClearHistory),
             Message::SaveSettings => self.save_settings(),
+            Message::RenderMore => {
+                self.render_scheduled = false;
+                self.render_chunk(CHUNK);
+            }
         }
     }
 
@@ -493,12 +507,34 @@ impl App {
         }
     }
 
-    /// Replace every row (after a fresh `list`): build them off-screen and attach them at once.
+    /// Replace every row (after a fresh `list`). The first rows are built at once; the rest follow in chunks, each in
+    /// its own task, so a thousand downloads never block the page for long.
     fn rebuild_rows(&mut self) {
         self.rows.clear();
+        self.list.set_text_content(None);
+        self.pending_below = Some(DownloadId::MAX);
+        self.render_chunk(FIRST_CHUNK);
+    }
+
+    /// Build up to `max` of the rows not built yet (newest first) and append them; schedule the next chunk.
+    fn render_chunk(&mut self, max: usize) {
+        let Some(below) = self.pending_below else {
+            return;
+        };
+        let perf = web_sys::window().and_then(|w| w.performance());
+        if let Some(perf) = &perf {
+            let _ = perf.mark("sdm-rows-start");
+        }
+        let ids: Vec<DownloadId> = self
+            .model
+            .downloads
+            .range(..below)
+            .rev()
+            .take(max)
+            .map(|(id, _)| *id)
+            .collect();
         let fragment = self.doc.create_document_fragment();
-        let ids: Vec<DownloadId> = self.model.downloads.keys().rev().copied().collect();
-        for id in ids {
+        for &id in &ids {
             let mut row = self.new_row(id);
             if let Some(d) = self.model.downloads.get(&id) {
                 render_row(&mut row, d);
@@ -506,9 +542,26 @@ impl App {
             let _ = fragment.append_child(&row.li);
             self.rows.insert(id, row);
         }
-        self.list.set_text_content(None);
         let _ = self.list.append_child(&fragment);
+        self.pending_below = if ids.len() < max {
+            None
+        } else {
+            ids.last().copied()
+        };
+        // How long each chunk took, for the browser tests' numbers (`sdm-rows` in the performance timeline).
+        if let Some(perf) = perf {
+            let _ = perf.mark("sdm-rows-end");
+            let _ = perf.measure_with_start_mark_and_end_mark(
+                "sdm-rows",
+                "sdm-rows-start",
+                "sdm-rows-end",
+            );
+        }
         self.mark_first_row();
+        if self.pending_below.is_some() && !self.render_scheduled {
+            self.render_scheduled = true;
+            dom::after(0, || dispatch(Message::RenderMore));
+        }
     }
 
     fn upsert_row(&mut self, id: DownloadId) {
@@ -519,17 +572,18 @@ impl App {
             render_row(row, d);
             return;
         }
+        // Not built yet: its chunk will build it from the model, as it is by then.
+        if self.pending_below.is_some_and(|below| id < below) {
+            return;
+        }
         let mut row = self.new_row(id);
         render_row(&mut row, d);
-        // Newest first: the new row goes before the next older one that is on screen.
-        let mut older = self.model.next_older(id);
-        while let Some(o) = older {
-            if self.rows.contains_key(&o) {
-                break;
-            }
-            older = self.model.next_older(o);
-        }
-        let before = older.and_then(|o| self.rows.get(&o)).map(|r| r.li.clone());
+        // Newest first: the new row goes before the next older one, or last when that one is not built yet.
+        let before = self
+            .model
+            .next_older(id)
+            .and_then(|o| self.rows.get(&o))
+            .map(|r| r.li.clone());
         let _ = self
             .list
             .insert_before(&row.li, before.as_ref().map(|e| e.as_ref()));
