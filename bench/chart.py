@@ -99,11 +99,11 @@ def main():
     if "cap" in sc:
         panels.append(lambda ax: bars(ax, sc["cap"]["rows"], "max 1 s", "% over cap", "speed cap: largest 1 s window"))
     if "service" in sc:
-        rows = [r for r in sc["service"]["rows"] if "rss" in r["metrics"]]
-        panels.append(lambda ax: bars(ax, rows, "rss", "MB", "service RSS"))
+        svc = [r for r in sc["service"]["rows"] if "rss" in r["metrics"]]
+        panels.append(lambda ax: bars(ax, svc, "rss", "MB", "service RSS"))
     cols = 3
-    rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.8 * nrows), squeeze=False)
     for ax, draw in zip(axes.flat, panels):
         draw(ax)
     for ax in list(axes.flat)[len(panels):]:

@@ -74,7 +74,10 @@ impl Options {
                 "--keep" => keep = true,
                 "--runs" => {
                     let n = it.next().context("--runs needs a number")?;
-                    runs = Some(n.parse().with_context(|| format!("--runs {n}: not a number"))?);
+                    runs = Some(
+                        n.parse()
+                            .with_context(|| format!("--runs {n}: not a number"))?,
+                    );
                 }
                 "--only" => {
                     let names = it.next().context("--only needs scenario names")?;
@@ -120,10 +123,18 @@ pub fn run(args: &[String]) -> Result<()> {
         tools::run(tools::cargo().args(["build", "--release", "-p", "sdm"]))?;
     }
     if !sdm.is_file() {
-        bail!("{} is missing: build it with `cargo build --release -p sdm`", sdm.display());
+        bail!(
+            "{} is missing: build it with `cargo build --release -p sdm`",
+            sdm.display()
+        );
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("bench: mode {:?}, {} run(s) each, load {}", opts.mode, opts.runs, load.trim());
+    println!(
+        "bench: mode {:?}, {} run(s) each, load {}",
+        opts.mode,
+        opts.runs,
+        load.trim()
+    );
 
     let mut lab = lab::Lab::new(&opts)?;
     let clients = clients::Clients::find(&sdm, &opts);
@@ -133,7 +144,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if opts.mode == Mode::Smoke {
         report::print_tables(&scenarios);
         scenarios::check_smoke(&scenarios)?;
-        println!("bench: smoke passed in {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "bench: smoke passed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     } else {
         let machine = report::Machine::describe(&sdm, &load);
         report::write(&opts, &machine, &scenarios, &installed)?;
@@ -187,7 +201,10 @@ fn ensure_packages(opts: &Options, installed: &mut Installed) -> Result<()> {
     }
     if !tools::is_root() || tools::which("apt-get").is_none() {
         let nginx = missing.contains(&"nginx-light");
-        println!("bench: missing {} (run as root on Debian to install them)", missing.join(" "));
+        println!(
+            "bench: missing {} (run as root on Debian to install them)",
+            missing.join(" ")
+        );
         if nginx {
             bail!("nginx is required: apt-get install nginx-light");
         }

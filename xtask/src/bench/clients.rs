@@ -33,7 +33,14 @@ impl Client {
         let n_s = n.to_string();
         match self.kind {
             Kind::Sdm => {
-                v.extend(["get".into(), url.into(), "-o".into(), out_s, "-c".into(), n_s]);
+                v.extend([
+                    "get".into(),
+                    url.into(),
+                    "-o".into(),
+                    out_s,
+                    "-c".into(),
+                    n_s,
+                ]);
                 if let Some(l) = limit {
                     v.extend(["--limit".into(), l.to_string()]);
                 }

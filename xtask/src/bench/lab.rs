@@ -68,7 +68,8 @@ impl Lab {
         for d in [&www, &out] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        let nginx_bin = find_program("nginx").context("nginx not found: apt-get install nginx-light")?;
+        let nginx_bin =
+            find_program("nginx").context("nginx not found: apt-get install nginx-light")?;
         let lab = Lab {
             dir,
             www,
@@ -133,7 +134,12 @@ impl Lab {
     }
 
     /// `count` names that all serve `target` (symlinks), for the queue scenario.
-    pub fn add_links(&mut self, target: &TestFile, prefix: &str, count: usize) -> Result<Vec<TestFile>> {
+    pub fn add_links(
+        &mut self,
+        target: &TestFile,
+        prefix: &str,
+        count: usize,
+    ) -> Result<Vec<TestFile>> {
         (0..count)
             .map(|i| {
                 let name = format!("{prefix}{i:03}.bin");
@@ -182,7 +188,9 @@ impl Lab {
         let ip_in_ns = |rest: &[&str]| -> Result<()> {
             quiet(Command::new(&ip).args(in_ns).arg(&ip).args(rest))
         };
-        quiet(Command::new(&ip).args(["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]))?;
+        quiet(Command::new(&ip).args([
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]))?;
         quiet(Command::new(&ip).args(["link", "set", &ns_if, "netns", &ns]))?;
         quiet(Command::new(&ip).args(["addr", "add", &host_cidr, "dev", &host_if]))?;
         quiet(Command::new(&ip).args(["link", "set", &host_if, "up"]))?;
@@ -191,7 +199,8 @@ impl Lab {
         ip_in_ns(&["link", "set", &ns_if, "up"])?;
         // The server's side of the link: a token bucket at LINK_MBIT with a short queue, so TCP meets real drops.
         quiet(Command::new(&ip).args(in_ns).arg(&tc).args([
-            "qdisc", "add", "dev", &ns_if, "root", "tbf", "rate", &rate, "burst", "64kb", "latency", "25ms",
+            "qdisc", "add", "dev", &ns_if, "root", "tbf", "rate", &rate, "burst", "64kb",
+            "latency", "25ms",
         ]))?;
         let port = free_port()?;
         let prefix = self.dir.join("nginx-ns");
@@ -260,7 +269,12 @@ http {{
         Ok(path)
     }
 
-    fn spawn_nginx(&self, prefix: &Path, conf: &Path, netns: Option<(&Path, &str)>) -> Result<Child> {
+    fn spawn_nginx(
+        &self,
+        prefix: &Path,
+        conf: &Path,
+        netns: Option<(&Path, &str)>,
+    ) -> Result<Child> {
         let mut cmd = match netns {
             Some((ip, ns)) => {
                 let mut c = Command::new(ip);
@@ -312,9 +326,14 @@ impl Drop for Lab {
 
 /// Run a set-up command, failing with its stderr.
 fn quiet(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -351,7 +370,11 @@ pub fn sha256(path: &Path) -> Result<String> {
         bail!("sha256sum {} failed", path.display());
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.split_whitespace().next().unwrap_or_default().to_owned())
+    Ok(text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 /// Whether the mode uses the full-size files.

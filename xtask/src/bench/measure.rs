@@ -27,7 +27,9 @@ pub fn timed(argv: &[String], timeout: Duration, log: &Path) -> Result<(Sample, 
     let gnu_time = Path::new("/usr/bin/time");
     let mut cmd = if gnu_time.is_file() {
         let mut c = Command::new(gnu_time);
-        c.args(["-f", "%U %S %M", "-o"]).arg(&time_out).arg("timeout");
+        c.args(["-f", "%U %S %M", "-o"])
+            .arg(&time_out)
+            .arg("timeout");
         c
     } else {
         Command::new("timeout")
@@ -65,10 +67,7 @@ fn parse_time(text: &str) -> (Option<f64>, Option<f64>) {
 /// The last lines of a client's log, for a failure message.
 pub fn tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(3);
     lines[start..].join(" | ").chars().take(400).collect()
 }
@@ -112,25 +111,6 @@ pub fn proc_mem_mb(pid: u32, field: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024.0 / 1e6)
-}
-
-/// Bytes a process has read through `read(2)` and friends, sockets included (`/proc/PID/io` rchar).
-pub fn proc_rchar(pid: u32) -> Option<u64> {
-    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Whether a process has exited but is not reaped yet (so its `/proc` files still hold the final counters).
-pub fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .and_then(|i| s[i + 2..].chars().next())
-        })
-        .is_none_or(|state| state == 'Z' || state == 'X')
 }
 
 /// Check the sha256 of several files in one `sha256sum` call; the first mismatch is the error.

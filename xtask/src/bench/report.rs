@@ -34,7 +34,11 @@ impl Machine {
             cmd.output()
                 .ok()
                 .map(|o| {
-                    let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+                    let text = if o.stdout.is_empty() {
+                        o.stderr
+                    } else {
+                        o.stdout
+                    };
                     String::from_utf8_lossy(&text)
                         .lines()
                         .next()
@@ -57,7 +61,10 @@ impl Machine {
             .trim_end_matches(" kB")
             .parse()
             .unwrap_or(0.0);
-        let mut versions = vec![("sdm".to_owned(), first_line(Command::new(sdm).arg("--version")))];
+        let mut versions = vec![(
+            "sdm".to_owned(),
+            first_line(Command::new(sdm).arg("--version")),
+        )];
         for (name, prog, arg) in [
             ("aria2c", "aria2c", "--version"),
             ("axel", "axel", "--version"),
@@ -71,7 +78,8 @@ impl Machine {
             versions.push((name.to_owned(), v));
         }
         Machine {
-            date: tools::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default(),
+            date: tools::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+                .unwrap_or_default(),
             kernel: tools::output(Command::new("uname").args(["-srm"])).unwrap_or_default(),
             cpu: field(&cpuinfo, "model name"),
             cores: tools::output(&mut Command::new("nproc")).unwrap_or_default(),
@@ -209,7 +217,12 @@ pub fn print_tables(scenarios: &[Scenario]) {
     }
 }
 
-pub fn write(opts: &Options, machine: &Machine, scenarios: &[Scenario], installed: &Installed) -> Result<()> {
+pub fn write(
+    opts: &Options,
+    machine: &Machine,
+    scenarios: &[Scenario],
+    installed: &Installed,
+) -> Result<()> {
     let root = tools::root();
     let (md, json_path, png) = if opts.mode == Mode::Full {
         (
@@ -219,7 +232,11 @@ pub fn write(opts: &Options, machine: &Machine, scenarios: &[Scenario], installe
         )
     } else {
         let d = root.join("target/bench-quick");
-        (d.join("BENCHMARKS.md"), d.join("results.json"), d.join("bench.png"))
+        (
+            d.join("BENCHMARKS.md"),
+            d.join("results.json"),
+            d.join("bench.png"),
+        )
     };
     for p in [&md, &json_path, &png] {
         if let Some(d) = p.parent() {
@@ -253,7 +270,13 @@ pub fn write(opts: &Options, machine: &Machine, scenarios: &[Scenario], installe
     println!();
     for s in scenarios {
         for t in &s.targets {
-            println!("target {:<36} {:<40} {}  {}", t.name, t.goal, verdict(t.pass), t.measured);
+            println!(
+                "target {:<36} {:<40} {}  {}",
+                t.name,
+                t.goal,
+                verdict(t.pass),
+                t.measured
+            );
         }
     }
     Ok(())
@@ -276,7 +299,9 @@ fn draw_chart(json_path: &Path, png: &Path) -> Result<()> {
 
 fn rel(p: &Path, from: &Path) -> PathBuf {
     let base = from.parent().unwrap_or(Path::new("."));
-    p.strip_prefix(base).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+    p.strip_prefix(base)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn markdown(
@@ -296,12 +321,20 @@ fn markdown(
          number is the **median (min–max) of {} runs**; every output file was checked against the source's sha256 \
          (failed runs are counted in `ok runs` and never enter a number). Clients run one at a time; files are \
          served from and written to tmpfs (`/dev/shm`), so the disk is out of the picture.\n",
-        if opts.mode == Mode::Quick { " --quick" } else { "" },
+        if opts.mode == Mode::Quick {
+            " --quick"
+        } else {
+            ""
+        },
         m.date,
         opts.runs
     );
     let _ = writeln!(t, "## Machine\n");
-    let _ = writeln!(t, "- {} × {}, {} RAM, {}", m.cores, m.cpu, m.memory, m.kernel);
+    let _ = writeln!(
+        t,
+        "- {} × {}, {} RAM, {}",
+        m.cores, m.cpu, m.memory, m.kernel
+    );
     let _ = writeln!(t, "- load average at start: {}", m.load);
     for (k, v) in &m.versions {
         let _ = writeln!(t, "- {k}: {v}");
@@ -315,7 +348,10 @@ fn markdown(
         let _ = writeln!(t, "![benchmark chart]({})\n", rel(png, md).display());
     }
     let _ = writeln!(t, "## Targets (issue 4)\n");
-    let _ = writeln!(t, "| target | goal | measured | ratio | verdict |\n|---|---|---|---:|---|");
+    let _ = writeln!(
+        t,
+        "| target | goal | measured | ratio | verdict |\n|---|---|---|---:|---|"
+    );
     for s in scenarios {
         for g in &s.targets {
             let _ = writeln!(
@@ -338,7 +374,11 @@ fn markdown(
         let failures: Vec<String> = s
             .rows
             .iter()
-            .flat_map(|r| r.failures.iter().map(move |f| format!("{} {}: {f}", r.client, r.setting)))
+            .flat_map(|r| {
+                r.failures
+                    .iter()
+                    .map(move |f| format!("{} {}: {f}", r.client, r.setting))
+            })
             .collect();
         if !failures.is_empty() {
             let _ = writeln!(t, "\nFailed runs:\n");
