@@ -24,3 +24,5 @@ mod restart;
 mod fault_support;
 // Crash loop: SIGKILL of `sdm serve` mid-download, 20 times; the file ends exact, each kill costs at most ~1 s.
 mod fault_crash;
+// Servers that misbehave on every response, 416 on resume, redirect loops, a file replaced while paused, stalls.
+mod fault_servers;
