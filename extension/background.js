@@ -8,6 +8,7 @@
 // The popup opens its own native port (see wasm-ui/src/host.rs), so nothing here relays popup traffic.
 // Every listener is registered synchronously at top level, so a worker woken by an event sees that event.
 
+import { api } from "./api.js";
 import { connect, onConnect, onEvent, request, status } from "./host.js";
 import { initCapture, setCaptureSettings } from "./capture.js";
 import { createMenu, MENU_ID, onContextMenuClick } from "./menu.js";
@@ -18,12 +19,13 @@ const LIST_PAGE = 1000;
 self.onContextMenuClick = onContextMenuClick;
 self.sdmHostStatus = status;
 
-chrome.contextMenus.onClicked.addListener((info, tab) => {
+api.contextMenus.onClicked.addListener((info, tab) => {
   if (info.menuItemId !== MENU_ID) return;
   self.onContextMenuClick(info, tab).catch((e) => console.warn("SDM: context menu download failed:", e));
 });
-chrome.runtime.onInstalled.addListener(createMenu);
-chrome.runtime.onStartup.addListener(createMenu);
+const menu = () => createMenu().catch((e) => console.warn("SDM: cannot create the context menu:", e));
+api.runtime.onInstalled.addListener(menu);
+api.runtime.onStartup.addListener(menu);
 
 initCapture();
 initBadge();

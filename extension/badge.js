@@ -1,17 +1,19 @@
 // The toolbar badge (how many downloads are transferring) and notifications when one completes or fails.
 // The set below is a display cache rebuilt from the host's `list` on every connection, not download state.
 
+import { api } from "./api.js";
+
 const downloading = new Set();
 
 function show() {
   const n = downloading.size;
-  chrome.action.setBadgeText({ text: n > 0 ? String(n) : "" }).catch(() => {});
+  api.action.setBadgeText({ text: n > 0 ? String(n) : "" }).catch(() => {});
 }
 
 export function notify(id, title, message) {
-  chrome.notifications
-    .create(id, { type: "basic", iconUrl: chrome.runtime.getURL("icons/128.png"), title, message })
-    .catch?.(() => {});
+  Promise.resolve(
+    api.notifications.create(id, { type: "basic", iconUrl: api.runtime.getURL("icons/128.png"), title, message }),
+  ).catch((e) => console.warn("SDM: notification failed:", e));
 }
 
 /** Rebuild from a full `list` (paged by the caller). */
@@ -49,5 +51,5 @@ export function onHostEvent(ev) {
 }
 
 export function initBadge() {
-  chrome.action.setBadgeBackgroundColor({ color: "#2563eb" }).catch(() => {});
+  api.action.setBadgeBackgroundColor({ color: "#2563eb" }).catch(() => {});
 }

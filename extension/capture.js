@@ -2,6 +2,7 @@
 // to add it, and only on the host's acknowledgement cancel and erase it; on any failure resume it, so that nothing is
 // ever lost because SDM was missing or slow.
 
+import { api } from "./api.js";
 import { request } from "./host.js";
 import { addHeaders, basename, captureSettings, DEFAULT_CAPTURE, HeaderMemory, reasonToLeave } from "./policy.js";
 
@@ -9,7 +10,7 @@ const STORAGE_KEY = "captureSettings";
 const memory = new HeaderMemory();
 let settings = { ...DEFAULT_CAPTURE };
 // A cold worker may see a download before the host answers; the last known settings are kept in storage for that.
-const loaded = chrome.storage.local
+const loaded = api.storage.local
   .get(STORAGE_KEY)
   .then((stored) => {
     if (stored?.[STORAGE_KEY]) settings = captureSettings(stored[STORAGE_KEY]);
@@ -19,7 +20,7 @@ const loaded = chrome.storage.local
 /** The host's settings (from get_settings or a settings event). */
 export function setCaptureSettings(hostSettings) {
   settings = captureSettings(hostSettings);
-  chrome.storage.local.set({ [STORAGE_KEY]: settings }).catch(() => {});
+  api.storage.local.set({ [STORAGE_KEY]: settings }).catch(() => {});
 }
 
 /** Headers to send with a download of `url`: what the browser sent for it, else its cookies and our user agent. */
@@ -28,7 +29,7 @@ export async function headersFor(url, referrer) {
   let cookies = [];
   if (!seen?.headers.Cookie) {
     try {
-      cookies = await chrome.cookies.getAll({ url });
+      cookies = await api.cookies.getAll({ url });
     } catch (e) {
       console.warn("SDM: cannot read cookies:", e);
     }
@@ -50,7 +51,7 @@ async function onCreated(item) {
     return;
   }
   try {
-    await chrome.downloads.pause(item.id);
+    await api.downloads.pause(item.id);
   } catch (e) {
     // Already finished or failed: nothing to take over.
     console.info(`SDM: cannot pause download ${item.id}, leaving it: ${e?.message ?? e}`);
@@ -64,11 +65,11 @@ async function onCreated(item) {
     await request("add", add);
   } catch (e) {
     console.warn(`SDM: could not hand download ${item.id} over (${e.message}); the browser continues it`);
-    await chrome.downloads.resume(item.id).catch((err) => console.warn("SDM: resume failed:", err));
+    await api.downloads.resume(item.id).catch((err) => console.warn("SDM: resume failed:", err));
     return;
   }
-  await chrome.downloads.cancel(item.id).catch(() => {});
-  await chrome.downloads.erase({ id: item.id }).catch(() => {});
+  await api.downloads.cancel(item.id).catch(() => {});
+  await api.downloads.erase({ id: item.id }).catch(() => {});
 }
 
 /** Register the listeners; call at the worker's top level so a waking worker sees the event that woke it. */
@@ -76,11 +77,11 @@ export function initCapture() {
   const filter = { urls: ["<all_urls>"] };
   try {
     // extraHeaders makes Chrome show Cookie and Referer; Firefox does not know it and shows them anyway.
-    chrome.webRequest.onBeforeSendHeaders.addListener(rememberRequest, filter, ["requestHeaders", "extraHeaders"]);
+    api.webRequest.onBeforeSendHeaders.addListener(rememberRequest, filter, ["requestHeaders", "extraHeaders"]);
   } catch {
-    chrome.webRequest.onBeforeSendHeaders.addListener(rememberRequest, filter, ["requestHeaders"]);
+    api.webRequest.onBeforeSendHeaders.addListener(rememberRequest, filter, ["requestHeaders"]);
   }
-  chrome.downloads.onCreated.addListener((item) => {
+  api.downloads.onCreated.addListener((item) => {
     onCreated(item).catch((e) => console.warn("SDM: capture failed:", e));
   });
 }

@@ -1,6 +1,8 @@
 // The worker's one native port to SDM's host: requests matched to replies by id, events fanned out to listeners,
 // reconnection with backoff. The host owns all download state; this file only carries frames.
 
+import { api } from "./api.js";
+
 export const HOST_NAME = "com.sdm.host";
 export const REQUEST_TIMEOUT_MS = 10_000;
 const BACKOFF_MS = [1_000, 2_000, 5_000, 10_000, 30_000, 60_000];
@@ -44,7 +46,7 @@ export function connect() {
   retryTimer = null;
   let p;
   try {
-    p = chrome.runtime.connectNative(HOST_NAME);
+    p = api.runtime.connectNative(HOST_NAME);
   } catch (e) {
     lastError = String(e?.message ?? e);
     console.warn(`SDM: cannot start the native host: ${lastError}`);
@@ -55,7 +57,7 @@ export function connect() {
   p.onMessage.addListener((msg) => onMessage(msg));
   p.onDisconnect.addListener(() => {
     // Chrome says why in runtime.lastError (only readable here); Firefox in port.error.
-    const why = chrome.runtime.lastError?.message ?? p.error?.message ?? "the host exited";
+    const why = api.runtime.lastError?.message ?? p.error?.message ?? "the host exited";
     lastError = why;
     console.warn(`SDM: native host disconnected: ${why} (if SDM is not installed, run \`sdm install\`)`);
     if (port === p) port = null;

@@ -1,5 +1,6 @@
 // "Download with SDM" on links, images, video and audio.
 
+import { api } from "./api.js";
 import { headersFor } from "./capture.js";
 import { request } from "./host.js";
 import { notify } from "./badge.js";
@@ -7,13 +8,9 @@ import { notify } from "./badge.js";
 export const MENU_ID = "download-with-sdm";
 
 /** Menus persist across worker restarts; recreate them on install and browser start to pick up changes. */
-export function createMenu() {
-  chrome.contextMenus.removeAll(() => {
-    chrome.contextMenus.create(
-      { id: MENU_ID, title: "Download with SDM", contexts: ["link", "image", "video", "audio"] },
-      () => void chrome.runtime.lastError,
-    );
-  });
+export async function createMenu() {
+  await api.contextMenus.removeAll();
+  api.contextMenus.create({ id: MENU_ID, title: "Download with SDM", contexts: ["link", "image", "video", "audio"] });
 }
 
 /** Add the clicked link or media to SDM, with the page as referrer and the URL's own cookies. Resolves to the

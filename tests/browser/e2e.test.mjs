@@ -68,6 +68,10 @@ describe("with the host registered and the service running", { timeout: 300_000 
   test("the extension loads with its pinned id and its worker reaches the host", async () => {
     assert.equal(browser.id, EXTENSION_ID);
     await waitFor("the worker's native port", () => browser.worker.evaluate(() => self.sdmHostStatus().connected));
+    // update() fails for a menu item that does not exist.
+    await waitFor("the context menu item", () =>
+      browser.worker.evaluate(() => chrome.contextMenus.update("download-with-sdm", {}).then(() => true)),
+    );
   });
 
   test("popup: add, pause, resume, complete at 100%, remove; history keeps it", { timeout: 120_000 }, async () => {

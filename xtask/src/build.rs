@@ -16,6 +16,7 @@ const EXTENSION_FILES: &[&str] = &[
     "capture.js",
     "menu.js",
     "badge.js",
+    "api.js",
     "policy.js",
     "popup.html",
     "popup.css",
