@@ -26,3 +26,5 @@ mod fault_support;
 mod fault_crash;
 // Servers that misbehave on every response, 416 on resume, redirect loops, a file replaced while paused, stalls.
 mod fault_servers;
+// The real service on a full disk (tmpfs), a deleted download folder, a read-only one.
+mod fault_disk;
