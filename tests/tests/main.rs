@@ -28,3 +28,5 @@ mod fault_crash;
 mod fault_servers;
 // The real service on a full disk (tmpfs), a deleted download folder, a read-only one.
 mod fault_disk;
+// Damaged state.json, history.jsonl and settings.json through the real service: set aside, logged, recovered.
+mod fault_state;
