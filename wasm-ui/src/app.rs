@@ -7,8 +7,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 
 use protocol::{
-    Command, DownloadId, DownloadInfo, Event, HistoryResult, Incoming, ListResult, MAX_PAGE,
-    PageRequest, Reply, Settings, SettingsResult, Status,
+    Command, DownloadId, DownloadInfo, Event, HistoryResult, ListResult, MAX_PAGE, PageRequest,
+    Reply, Settings, SettingsResult, Status,
 };
 use wasm_bindgen::JsCast;
 use web_sys::{Document, Element, HtmlTemplateElement, KeyboardEvent};
@@ -100,6 +100,7 @@ pub enum Message {
     Frame {
         generation: u64,
         text: String,
+        is_event: bool,
     },
     /// The port of connection `generation` closed.
     Disconnected {
@@ -294,9 +295,11 @@ impl App {
     fn update(&mut self, msg: Message) {
         match msg {
             Message::Connect => self.connect(),
-            Message::Frame { generation, text } if generation == self.generation => {
-                self.frame(&text)
-            }
+            Message::Frame {
+                generation,
+                text,
+                is_event,
+            } if generation == self.generation => self.frame(&text, is_event),
             Message::Disconnected { generation, reason } if generation == self.generation => {
                 self.host = None;
                 self.pending.clear();
@@ -347,7 +350,13 @@ impl App {
         self.pending.clear();
         let generation = self.generation;
         let host = Host::connect(
-            move |text| dispatch(Message::Frame { generation, text }),
+            move |text, is_event| {
+                dispatch(Message::Frame {
+                    generation,
+                    text,
+                    is_event,
+                })
+            },
             move |reason| dispatch(Message::Disconnected { generation, reason }),
         );
         match host {
@@ -406,11 +415,14 @@ impl App {
         self.send(Command::History(page), Pending::History);
     }
 
-    fn frame(&mut self, text: &str) {
-        match serde_json::from_str::<Incoming>(text) {
-            Ok(Incoming::Event(ev)) => self.event(ev),
-            Ok(Incoming::Reply(reply)) => self.reply(reply),
-            Err(e) => self.notice(&format!("unreadable message from SDM: {e}")),
+    fn frame(&mut self, text: &str, is_event: bool) {
+        let read = if is_event {
+            serde_json::from_str::<Event>(text).map(|ev| self.event(ev))
+        } else {
+            serde_json::from_str::<Reply>(text).map(|reply| self.reply(reply))
+        };
+        if let Err(e) = read {
+            self.notice(&format!("unreadable message from SDM: {e}"));
         }
     }
 

@@ -4,23 +4,23 @@
 
 const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 
-/// `1536` → `"1.5 KiB"`. Bytes below 1 KiB are whole numbers; larger sizes get one decimal.
+/// `1536` → `"1.5 KiB"`. Bytes below 1 KiB are whole numbers; larger sizes get one decimal, rounded to nearest.
+///
+/// Integer arithmetic only: float formatting would add about 20 KB to the popup's wasm.
 pub fn bytes(n: u64) -> String {
     if n < 1024 {
         return format!("{n} B");
     }
-    let mut value = n as f64 / 1024.0;
+    let n = u128::from(n);
     let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
+    let mut scale: u128 = 1024;
+    // Move up while the value would print as 1024.0 or more of this unit.
+    while unit + 1 < UNITS.len() && (n * 10 + scale / 2) / scale >= 10_240 {
         unit += 1;
+        scale *= 1024;
     }
-    // Rounding 1023.96 to one decimal would print "1024.0 KiB"; move to the next unit instead.
-    if value >= 1023.95 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    let tenths = (n * 10 + scale / 2) / scale;
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
 }
 
 /// Bytes per second, as `"2.0 MiB/s"`.

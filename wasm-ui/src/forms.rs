@@ -72,7 +72,7 @@ impl SettingsForm {
             speed_kib: (s.bandwidth_limit / 1024).to_string(),
             download_dir: s.download_dir.clone(),
             capture_enabled: s.capture_enabled,
-            capture_min_mib: trim_float(s.capture_min_size as f64 / (1024.0 * 1024.0)),
+            capture_min_mib: mib_text(s.capture_min_size),
             capture_exclude: s.capture_exclude.join("\n"),
         }
     }
@@ -87,14 +87,8 @@ impl SettingsForm {
             ));
         }
         let speed = optional_number(&self.speed_kib, "speed cap")?.unwrap_or(0);
-        let min_mib: f64 = match self.capture_min_mib.trim() {
-            "" => 0.0,
-            s => s
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or("minimum size must be a number of MiB")?,
-        };
+        let min_size =
+            parse_mib(&self.capture_min_mib).ok_or("minimum size must be a number of MiB")?;
         let exclude = self
             .capture_exclude
             .split(|c: char| c == ',' || c.is_whitespace())
@@ -106,16 +100,44 @@ impl SettingsForm {
             bandwidth_limit: Some(speed.saturating_mul(1024)),
             download_dir: Some(self.download_dir.trim().to_owned()),
             capture_enabled: Some(self.capture_enabled),
-            capture_min_size: Some((min_mib * 1024.0 * 1024.0).round() as u64),
+            capture_min_size: Some(min_size),
             capture_exclude: Some(exclude),
             ..SettingsPatch::default()
         })
     }
 }
 
-fn trim_float(v: f64) -> String {
-    let s = format!("{v:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+const MIB: u64 = 1024 * 1024;
+
+/// Bytes as MiB with up to two decimals, trailing zeros dropped: `1572864` → `"1.5"`. Integer arithmetic only, to keep
+/// float formatting out of the wasm.
+fn mib_text(bytes: u64) -> String {
+    let hundredths = (u128::from(bytes) * 100 + u128::from(MIB) / 2) / u128::from(MIB);
+    let (whole, frac) = (hundredths / 100, hundredths % 100);
+    match frac {
+        0 => whole.to_string(),
+        f if f % 10 == 0 => format!("{whole}.{}", f / 10),
+        f => format!("{whole}.{f:02}"),
+    }
+}
+
+/// `"1.5"` MiB → bytes; empty is 0. At most two decimals (finer would be below a 10 KiB step anyway).
+fn parse_mib(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Some(0);
+    }
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if frac.len() > 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let hundredths: u64 = format!("{frac:0<2}").parse().ok()?;
+    whole.checked_mul(MIB)?.checked_add(hundredths * MIB / 100)
 }
 
 fn optional_number(text: &str, what: &str) -> Result<Option<u64>, String> {
@@ -247,6 +269,22 @@ mod tests {
             p.capture_exclude.unwrap(),
             vec!["a.com".to_string(), "b.org".into(), "c.net".into()]
         );
+    }
+
+    #[test]
+    fn mib_text_and_parse_mib_agree() {
+        assert_eq!(mib_text(0), "0");
+        assert_eq!(mib_text(MIB), "1");
+        assert_eq!(mib_text(MIB * 3 / 2), "1.5");
+        assert_eq!(mib_text(MIB / 4), "0.25");
+        assert_eq!(parse_mib(""), Some(0));
+        assert_eq!(parse_mib(" 2 "), Some(2 * MIB));
+        assert_eq!(parse_mib("1.5"), Some(MIB * 3 / 2));
+        assert_eq!(parse_mib(".25"), Some(MIB / 4));
+        assert_eq!(parse_mib("1."), Some(MIB));
+        for bad in ["x", "1.234", "-1", "1.-2", "1e3"] {
+            assert_eq!(parse_mib(bad), None, "{bad}");
+        }
     }
 
     #[test]

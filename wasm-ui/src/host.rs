@@ -37,16 +37,20 @@ pub struct Host {
 }
 
 impl Host {
-    /// Open the port. `on_frame` gets every frame as JSON text; `on_gone` gets why the port closed.
+    /// Open the port. `on_frame` gets every frame as JSON text, and whether it is an event (it has an `event` field,
+    /// as the protocol defines; knowing this up front lets the popup read it straight as an `Event` or a `Reply`
+    /// instead of through the untagged `Incoming`, which costs wasm size and a second pass). `on_gone` gets why the
+    /// port closed.
     pub fn connect(
-        on_frame: impl FnMut(String) + 'static,
+        on_frame: impl FnMut(String, bool) + 'static,
         on_gone: impl FnOnce(String) + 'static,
     ) -> Result<Host, String> {
         let port = connect_native(HOST_NAME).map_err(|e| error_text(&e))?;
         let mut on_frame = on_frame;
         let frame = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
+            let is_event = Reflect::has(&v, &"event".into()).unwrap_or(false);
             let text = JSON::stringify(&v).map(String::from).unwrap_or_default();
-            on_frame(text);
+            on_frame(text, is_event);
         });
         port.on_message()
             .add_listener(frame.as_ref().unchecked_ref());
