@@ -32,8 +32,8 @@ def metric(row, name):
     return m["median"], m["min"], m["max"]
 
 
-def bars(ax, rows, name, label, title, lower_better=True):
-    """One bar per row (client, setting) with a min-max whisker."""
+def bars(ax, rows, name, label, title, lower_better=True, clip=None):
+    """One bar per row (client, setting) with a min-max whisker; bars above `clip` are cut at it, labelled."""
     items = [(r, metric(r, name)) for r in rows]
     items = [(r, v) for r, v in items if v]
     if not items:
@@ -50,8 +50,11 @@ def bars(ax, rows, name, label, title, lower_better=True):
     ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel(label)
     ax.set_title(title + (" (lower is better)" if lower_better else " (higher is better)"), fontsize=9)
+    if clip is not None:
+        ax.set_ylim(top=clip)
     for i, m in enumerate(med):
-        ax.annotate(f"{m:.3g}", (i, m), ha="center", va="bottom", fontsize=7)
+        y = m if clip is None else min(m, clip * 0.95)
+        ax.annotate(f"{m:.3g}", (i, y), ha="center", va="bottom", fontsize=7)
 
 
 def capped(ax, sc):
@@ -97,7 +100,9 @@ def main():
     if "queue" in sc:
         panels.append(lambda ax: bars(ax, sc["queue"]["rows"], "wall", "s", "200 x 1 MiB queue: wall"))
     if "cap" in sc:
-        panels.append(lambda ax: bars(ax, sc["cap"]["rows"], "max 1 s", "% over cap", "speed cap: largest 1 s window"))
+        panels.append(
+            lambda ax: bars(ax, sc["cap"]["rows"], "max 1 s", "% over cap", "speed cap: largest 1 s window", clip=120)
+        )
     if "service" in sc:
         svc = [r for r in sc["service"]["rows"] if "rss" in r["metrics"]]
         panels.append(lambda ax: bars(ax, svc, "rss", "MB", "service RSS"))
