@@ -17,6 +17,8 @@ pub struct Sample {
     pub wall: f64,
     /// User + system CPU seconds.
     pub cpu: Option<f64>,
+    /// User CPU seconds alone: the client's own work (the system part is mostly the kernel copying bytes).
+    pub user: Option<f64>,
     /// Peak resident set size in MB (10^6 bytes).
     pub rss_mb: Option<f64>,
 }
@@ -44,23 +46,31 @@ pub fn timed(argv: &[String], timeout: Duration, log: &Path) -> Result<(Sample, 
         .status()
         .with_context(|| format!("cannot start {}", argv[0]))?;
     let wall = start.elapsed().as_secs_f64();
-    let (cpu, rss_mb) = parse_time(&fs::read_to_string(&time_out).unwrap_or_default());
+    let (cpu, user, rss_mb) = parse_time(&fs::read_to_string(&time_out).unwrap_or_default());
     let _ = fs::remove_file(&time_out);
-    Ok((Sample { wall, cpu, rss_mb }, status))
+    Ok((
+        Sample {
+            wall,
+            cpu,
+            user,
+            rss_mb,
+        },
+        status,
+    ))
 }
 
-/// GNU time's last line: "user sys maxrss_kib" (a failed command adds a line before it).
-fn parse_time(text: &str) -> (Option<f64>, Option<f64>) {
+/// GNU time's last line: "user sys maxrss_kib" (a failed command adds a line before it), as (user+sys, user, MB).
+fn parse_time(text: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
     let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) else {
-        return (None, None);
+        return (None, None, None);
     };
     let f: Vec<f64> = line
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
     match f[..] {
-        [user, sys, kib] => (Some(user + sys), Some(kib * 1024.0 / 1e6)),
-        _ => (None, None),
+        [user, sys, kib] => (Some(user + sys), Some(user), Some(kib * 1024.0 / 1e6)),
+        _ => (None, None, None),
     }
 }
 
@@ -228,12 +238,26 @@ mod tests {
 
     #[test]
     fn gnu_time_output_with_and_without_a_failure_line() {
-        let (cpu, rss) = parse_time("0.20 0.05 12000\n");
+        let (cpu, user, rss) = parse_time("0.20 0.05 12000\n");
         assert!((cpu.unwrap() - 0.25).abs() < 1e-9);
+        assert_eq!(user, Some(0.20));
         assert!((rss.unwrap() - 12.288).abs() < 1e-9);
         let failed = "Command exited with non-zero status 1\n0.00 0.01 3000\n";
         assert_eq!(parse_time(failed).0, Some(0.01));
-        assert_eq!(parse_time(""), (None, None));
+        assert_eq!(parse_time(""), (None, None, None));
+    }
+
+    #[test]
+    fn a_wrong_or_missing_file_fails_the_check() {
+        let dir = std::env::temp_dir().join(format!("sdm-bench-check-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a");
+        fs::write(&f, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert!(check_files(&[(f.clone(), abc)]).is_ok());
+        assert!(check_files(&[(f.clone(), &abc.replace('b', "c"))]).is_err());
+        assert!(check_files(&[(dir.join("missing"), abc)]).is_err());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn series(lab: &Lab, opts: &Options, job: &Job) -> Result<Row> {
                 let speed = job.file.size as f64 / MIB as f64 / s.wall;
                 row.push("wall", "s", s.wall);
                 row.push_opt("cpu", "s", s.cpu);
+                row.push_opt("user cpu", "s", s.user);
                 row.push_opt("rss", "MB", s.rss_mb);
                 row.push("speed", "MiB/s", speed);
                 println!(
