@@ -30,3 +30,5 @@ mod fault_servers;
 mod fault_disk;
 // Damaged state.json, history.jsonl and settings.json through the real service: set aside, logged, recovered.
 mod fault_state;
+// Hostile requests through the real relay: schemes, credentials, traversal, device names, numbers out of range.
+mod fault_hostile;
