@@ -131,12 +131,14 @@ pub fn check_files(files: &[(PathBuf, &str)]) -> Result<()> {
             .output()
             .context("cannot run sha256sum")?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let sums: Vec<&str> = text
+        // "HASH  PATH" per readable file; a missing file only gets a line on stderr.
+        let sums: std::collections::HashMap<&str, &str> = text
             .lines()
-            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|l| l.split_once("  "))
+            .map(|(hash, path)| (path, hash))
             .collect();
-        for (i, (path, want)) in chunk.iter().enumerate() {
-            match sums.get(i) {
+        for (path, want) in chunk {
+            match sums.get(path.to_string_lossy().as_ref()) {
                 Some(got) if got == want => {}
                 Some(got) => bail!("{}: sha256 {got}, expected {want}", path.display()),
                 None => bail!("{}: missing or unreadable", path.display()),
