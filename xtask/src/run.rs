@@ -18,14 +18,18 @@ pub fn run() -> Result<()> {
     let target = build::target_dir();
     let profile = target.join("chromium-profile");
 
-    // Every browser the user has, and the private profile below: Chromium with --user-data-dir reads hosts from
-    // <user-data-dir>/NativeMessagingHosts/ only.
-    tools::run(Command::new(&built.sdm).arg("install"))?;
+    // The private profile first: Chromium with --user-data-dir reads hosts from <user-data-dir>/NativeMessagingHosts/
+    // only. Then every browser the user has, which may be none (then `sdm install` says so and this goes on).
     tools::run(
         Command::new(&built.sdm)
             .args(["install", "--dir"])
             .arg(profile.join("NativeMessagingHosts")),
     )?;
+    if let Err(e) = tools::run(Command::new(&built.sdm).arg("install")) {
+        println!(
+            "xtask: not registered with the user's own browsers ({e:#}); the profile below has it anyway"
+        );
+    }
 
     start_service(&built.sdm, &target)?;
 
@@ -57,7 +61,14 @@ pub fn run() -> Result<()> {
             "xtask: no DISPLAY or WAYLAND_DISPLAY: Chromium needs a desktop session to show a window"
         );
     }
-    cmd.status().context("cannot start Chromium")?;
+    let status = cmd.status().context("cannot start Chromium")?;
+    if !status.success() {
+        println!(
+            "xtask: Chromium exited with {status}; to load the extension by hand: chrome://extensions, Developer mode, \
+             \"Load unpacked\", {}",
+            built.extension.display()
+        );
+    }
     Ok(())
 }
 
