@@ -158,7 +158,14 @@ describe("with the host registered and the service running", { timeout: 300_000 
 
   test("settings saved in the popup reach the host, and capture off leaves downloads to the browser", async () => {
     const page = await openPopup(browser.context, browser.id);
-    await page.getByRole("tab", { name: "Settings" }).click();
+    // Keyboard only: arrow keys move between the tabs.
+    await page.getByRole("tab", { name: "Downloads" }).focus();
+    await page.keyboard.press("ArrowRight");
+    await page.keyboard.press("ArrowRight");
+    const settingsTab = page.getByRole("tab", { name: "Settings" });
+    assert.equal(await settingsTab.getAttribute("aria-selected"), "true");
+    assert.equal(await settingsTab.evaluate((el) => el === document.activeElement), true);
+    await page.getByRole("tabpanel", { name: "Settings" }).waitFor();
     const capture = page.getByLabel("Take over the browser's downloads");
     await waitFor("the settings form to fill", async () => (await page.inputValue("#set-dir")) === downloads);
     assert.equal(await capture.isChecked(), true);
