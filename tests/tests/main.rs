@@ -32,3 +32,5 @@ mod fault_disk;
 mod fault_state;
 // Hostile requests through the real relay: schemes, credentials, traversal, device names, numbers out of range.
 mod fault_hostile;
+// Who may talk: host manifests, 0600/0700, foreign sockets refused, no secrets in logs or across redirects.
+mod fault_access;
