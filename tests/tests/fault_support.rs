@@ -458,6 +458,10 @@ impl Rng {
                     .map_or(1, |d| d.as_nanos() as u64)
             });
         eprintln!("{test}: SDM_FAULT_SEED={seed}");
+        Rng::seeded(seed)
+    }
+
+    pub fn seeded(seed: u64) -> Rng {
         Rng(seed | 1)
     }
 

@@ -34,3 +34,5 @@ mod fault_state;
 mod fault_hostile;
 // Who may talk: host manifests, 0600/0700, foreign sockets refused, no secrets in logs or across redirects.
 mod fault_access;
+// Two relays + the CLI with 1,000 commands at once; 200 downloads under random pause/resume/cancel.
+mod fault_concurrency;
