@@ -196,11 +196,6 @@ impl Sandbox {
         }
     }
 
-    /// The pid of the service started here, if it runs.
-    pub fn service_pid(&self) -> Option<u32> {
-        self.serve.as_ref().map(Child::id)
-    }
-
     /// A request/reply connection to the running service.
     pub async fn client(&self) -> sdm::client::Client {
         let stream = tokio::net::UnixStream::connect(self.socket())
