@@ -252,7 +252,9 @@ impl Engine {
                 global: Arc::new(RateLimiter::new(settings.bandwidth_limit)),
                 core: Mutex::new(Core {
                     settings,
-                    next_id: loaded.next_id,
+                    next_id: loaded
+                        .next_id
+                        .max(history.iter().map(|h| h.id + 1).max().unwrap_or(1)),
                     downloads,
                     history,
                 }),

@@ -119,7 +119,13 @@ pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
                 None => true,
             }
         }
-        Err(_) => true,
+        Err(_) => {
+            // Cut short or garbled: keep every whole record before the damage.
+            let (records, bad) = salvage_records(&text);
+            loaded.downloads = records;
+            lost = bad;
+            true
+        }
     };
     let max_id = loaded.downloads.iter().map(|d| d.id).max().unwrap_or(0);
     loaded.next_id = loaded.next_id.max(max_id + 1);
@@ -133,6 +139,52 @@ pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
         ));
     }
     loaded
+}
+
+/// Read the `"downloads": [...]` array of a damaged state file record by record, up to the first that does not
+/// parse; returns the records read and how many elements were found unreadable.
+fn salvage_records(text: &[u8]) -> (Vec<DownloadRecord>, usize) {
+    let key = b"\"downloads\"";
+    let Some(at) = text.windows(key.len()).position(|w| w == key) else {
+        return (Vec::new(), 0);
+    };
+    let mut rest = &text[at + key.len()..];
+    let skip = |r: &mut &[u8], set: &[u8]| {
+        while let [c, tail @ ..] = *r {
+            if !(c.is_ascii_whitespace() || set.contains(c)) {
+                break;
+            }
+            *r = tail;
+        }
+    };
+    skip(&mut rest, b":");
+    let [b'[', tail @ ..] = rest else {
+        return (Vec::new(), 0);
+    };
+    rest = tail;
+    let (mut records, mut bad) = (Vec::new(), 0);
+    loop {
+        skip(&mut rest, b",");
+        if rest.first().is_none_or(|&c| c == b']') {
+            break;
+        }
+        let mut stream =
+            serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
+        match stream.next() {
+            Some(Ok(value)) => {
+                match serde_json::from_value::<DownloadRecord>(value) {
+                    Ok(r) => records.push(r),
+                    Err(_) => bad += 1,
+                }
+                rest = &rest[stream.byte_offset()..];
+            }
+            _ => {
+                bad += 1;
+                break;
+            }
+        }
+    }
+    (records, bad)
 }
 
 /// Replace `state.json` atomically.
@@ -328,6 +380,20 @@ mod tests {
         assert_eq!(s.downloads, vec![record(4)]);
         assert_eq!(s.next_id, 5, "ids never go back");
         assert!(w[0].contains("could not read 1"), "{w:?}");
+    }
+
+    #[test]
+    fn a_truncated_state_file_keeps_the_records_before_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        save_state(dir.path(), 4, &[record(1), record(2), record(3)]).unwrap();
+        let text = fs::read(dir.path().join(STATE)).unwrap();
+        let cut = text.len() - 40;
+        fs::write(dir.path().join(STATE), &text[..cut]).unwrap();
+        let mut w = vec![];
+        let s = load_state(dir.path(), &mut w);
+        assert_eq!(s.downloads, vec![record(1), record(2)]);
+        assert_eq!(s.next_id, 3);
+        assert!(w[0].contains("kept 2 downloads"), "{w:?}");
     }
 
     #[test]
