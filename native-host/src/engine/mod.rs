@@ -96,6 +96,8 @@ struct Inner {
 struct Core {
     settings: Settings,
     next_id: DownloadId,
+    /// Ids below this are reserved on disk (`ids.json`); reaching it reserves the next block first.
+    reserved_ids: DownloadId,
     downloads: BTreeMap<DownloadId, Entry>,
     /// Oldest first.
     history: Vec<HistoryItem>,
@@ -237,6 +239,15 @@ impl Engine {
         for w in &warnings {
             warn!("{w}");
         }
+        // Ids are never reused: not those of finished downloads in history, nor (when the state file was damaged)
+        // those of downloads lost with it, which the reservation on disk covers.
+        let reserved_ids = state::load_reserved_ids(&config.data_dir);
+        let mut next_id = loaded
+            .next_id
+            .max(history.iter().map(|h| h.id + 1).max().unwrap_or(1));
+        if loaded.damaged {
+            next_id = next_id.max(reserved_ids);
+        }
         let mut downloads = BTreeMap::new();
         for mut rec in loaded.downloads {
             // Downloads that were running when the service stopped go back to the queue, in their order.
@@ -252,9 +263,8 @@ impl Engine {
                 global: Arc::new(RateLimiter::new(settings.bandwidth_limit)),
                 core: Mutex::new(Core {
                     settings,
-                    next_id: loaded
-                        .next_id
-                        .max(history.iter().map(|h| h.id + 1).max().unwrap_or(1)),
+                    next_id,
+                    reserved_ids,
                     downloads,
                     history,
                 }),
@@ -329,6 +339,16 @@ impl Engine {
             .map_err(invalid)?;
         let dir = self.download_dir(&core.settings);
         let id = core.next_id;
+        if id >= core.reserved_ids {
+            let until = id + state::ID_BLOCK;
+            state::save_reserved_ids(&self.inner.config.data_dir, until).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Io,
+                    format!("cannot write to the data directory: {e}"),
+                )
+            })?;
+            core.reserved_ids = until;
+        }
         core.next_id += 1;
         let shown = req
             .filename

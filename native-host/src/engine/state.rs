@@ -19,6 +19,10 @@ use super::transfer::{Dest, Plan};
 const STATE: &str = "state.json";
 const SETTINGS: &str = "settings.json";
 const HISTORY: &str = "history.jsonl";
+const IDS: &str = "ids.json";
+
+/// Ids are reserved on disk this many at a time, so that even a state file lost whole never lets an id be reused.
+pub const ID_BLOCK: DownloadId = 1000;
 
 /// One download as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +68,27 @@ struct StateOut<'a> {
 pub struct LoadedState {
     pub next_id: DownloadId,
     pub downloads: Vec<DownloadRecord>,
+    /// The file could not be read whole: `next_id` must also clear every id ever reserved.
+    pub damaged: bool,
+}
+
+/// The first id not yet reserved (see [`ID_BLOCK`]); 1 when nothing was.
+pub fn load_reserved_ids(dir: &Path) -> DownloadId {
+    fs::read(dir.join(IDS))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("reserved_until").and_then(|n| n.as_u64()))
+        .unwrap_or(1)
+}
+
+/// Record that ids below `until` may have been handed out.
+pub fn save_reserved_ids(dir: &Path, until: DownloadId) -> io::Result<()> {
+    write_atomic(
+        &dir.join(IDS),
+        serde_json::json!({ "reserved_until": until })
+            .to_string()
+            .as_bytes(),
+    )
 }
 
 /// Create the data directory, private to the user.
@@ -85,6 +110,7 @@ pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
             return LoadedState {
                 next_id: 1,
                 downloads: Vec::new(),
+                damaged: false,
             };
         }
         Err(e) => {
@@ -95,6 +121,7 @@ pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
             return LoadedState {
                 next_id: 1,
                 downloads: Vec::new(),
+                damaged: false,
             };
         }
     };
@@ -102,6 +129,7 @@ pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
     let mut loaded = LoadedState {
         next_id: 1,
         downloads: Vec::new(),
+        damaged: false,
     };
     let damaged = match serde_json::from_slice::<serde_json::Value>(&text) {
         Ok(v) => {
@@ -129,6 +157,7 @@ pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
     };
     let max_id = loaded.downloads.iter().map(|d| d.id).max().unwrap_or(0);
     loaded.next_id = loaded.next_id.max(max_id + 1);
+    loaded.damaged = damaged;
     if damaged {
         let aside = set_aside(&path);
         warnings.push(format!(
