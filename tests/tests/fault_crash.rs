@@ -17,7 +17,10 @@ const MIB: u64 = 1024 * KIB;
 
 /// The bytes of download `id` that `state.json` records as on disk (what a restart resumes from).
 fn durable_progress(data: &Path, id: DownloadId) -> u64 {
-    let text = std::fs::read(data.join("state.json")).expect("state.json exists after a kill");
+    // Killed during the very first write: nothing is on record yet.
+    let Ok(text) = std::fs::read(data.join("state.json")) else {
+        return 0;
+    };
     let state: serde_json::Value =
         serde_json::from_slice(&text).expect("state.json is whole JSON after a kill");
     let rec = state["downloads"]
@@ -69,7 +72,11 @@ async fn twenty_kills_mid_download_still_end_exact_and_cost_at_most_a_second_eac
         let mut caught_a_write = false;
         for kill in 0..KILLS {
             if kill == 0 {
-                // The first kill lands while the state file is being written, if the poll catches it.
+                // The first kill lands while the state file is being written, if the poll catches it: a checkpoint
+                // write, once the download is on record (a kill during the very first write is the case of
+                // `an_acknowledged_add_survives_a_kill_right_after_the_reply`).
+                let state = sdm.data().join("state.json");
+                crate::support::until(10, "state.json", || state.exists()).await;
                 caught_a_write =
                     tokio::task::block_in_place(|| sdm.kill_when_exists(&tmp, Duration::from_secs(3)));
             } else {
@@ -126,6 +133,38 @@ async fn twenty_kills_mid_download_still_end_exact_and_cost_at_most_a_second_eac
             BUDGET / KIB
         );
         assert!(refetched / kills.max(1) <= BUDGET);
+    })
+    .await;
+}
+
+/// The browser erases its own copy of a download as soon as `add` is acknowledged, so an acknowledged download must
+/// survive a crash that comes right after the acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_add_survives_a_kill_right_after_the_reply() {
+    bounded(60, async {
+        let server = TestServer::start().await;
+        let file = server.serve("/acked.bin", FileSpec::new(MIB).seed(0xAC4).rate(256 * KIB));
+        let mut sdm = Sandbox::new();
+        tokio::task::block_in_place(|| sdm.start());
+        let mut client = sdm.client().await;
+        let id = add(
+            &mut client,
+            AddRequest {
+                url: file.url().to_string(),
+                ..AddRequest::default()
+            },
+        )
+        .await;
+        tokio::task::block_in_place(|| sdm.kill());
+        tokio::task::block_in_place(|| sdm.start());
+        let mut client = sdm.client().await;
+        let listed = crate::fault_support::list(&mut client).await;
+        assert!(
+            listed.iter().any(|d| d.id == id),
+            "download {id} was acknowledged, then lost in a crash right after: listed {listed:?}"
+        );
+        let done = wait_info(&mut client, id, 30, "completed", |d| d.status.is_finished()).await;
+        assert_exact(Path::new(&done.path), &file);
     })
     .await;
 }
