@@ -36,3 +36,5 @@ mod fault_hostile;
 mod fault_access;
 // Two relays + the CLI with 1,000 commands at once; 200 downloads under random pause/resume/cancel.
 mod fault_concurrency;
+// Randomized properties of the outward-facing parsers (requests, frames, Content-Range, file names).
+mod fault_props;
