@@ -21,9 +21,9 @@ use crate::{format, view_state};
 
 /// History rows per page.
 const HISTORY_PAGE: usize = 50;
-/// Rows built at once when the list arrives (a screenful and more), then per later task.
+/// Rows built at once when the list arrives (a screenful and more), then per later task (each well under 50 ms).
 const FIRST_CHUNK: usize = 60;
-const CHUNK: usize = 250;
+const CHUNK: usize = 150;
 /// How long the host has to answer the first `ping` before the popup says it is not answering.
 const PING_TIMEOUT_MS: i32 = 5000;
 
