@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(safe != "." && safe != "..");
         assert!(!safe.chars().any(char::is_control), "{safe:?}");
         assert!(safe.len() <= 255, "{} bytes", safe.len());
-        assert!(validate_user_name(&safe).is_ok(), "{safe:?}: {:?}", validate_user_name(&safe));
+        assert!(
+            validate_user_name(&safe).is_ok(),
+            "{safe:?}: {:?}",
+            validate_user_name(&safe)
+        );
         assert_eq!(sanitize(&safe), safe, "sanitizing is idempotent");
     }
 });

@@ -34,8 +34,15 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let encoded: Vec<u8> = frames.iter().flat_map(|f| protocol::codec::encode(f)).collect();
-    assert_eq!(&stream[..encoded.len()], &encoded[..], "re-encoding differs from the input");
+    let encoded: Vec<u8> = frames
+        .iter()
+        .flat_map(|f| protocol::codec::encode(f))
+        .collect();
+    assert_eq!(
+        &stream[..encoded.len()],
+        &encoded[..],
+        "re-encoding differs from the input"
+    );
     if !failed {
         // What was not consumed is a partial frame: shorter than its header, or than the length it announces.
         let rest = &stream[encoded.len()..];

@@ -8,14 +8,18 @@ fuzz_target!(|data: &[u8]| {
     match protocol::parse_request(data) {
         Ok(request) => {
             let again = serde_json::to_vec(&request).expect("a request serializes");
-            assert_eq!(protocol::parse_request(&again).expect("its own encoding parses"), request);
+            assert_eq!(
+                protocol::parse_request(&again).expect("its own encoding parses"),
+                request
+            );
         }
         Err(reply) => {
             assert!(!reply.ok);
             let error = reply.error.expect("an error reply has an error");
             assert!(!error.message.is_empty());
             if let Some(id) = reply.id {
-                let v: serde_json::Value = serde_json::from_slice(data).expect("an id came from valid JSON");
+                let v: serde_json::Value =
+                    serde_json::from_slice(data).expect("an id came from valid JSON");
                 assert_eq!(v["id"].as_u64(), Some(id));
             }
         }
