@@ -200,6 +200,10 @@ pub fn dispatch(msg: Message) {
 
 /// Build the app over `popup.html`, wire its inputs to messages and connect to the host.
 pub fn start() {
+    if let Some(perf) = web_sys::window().and_then(|w| w.performance()) {
+        // When the wasm is compiled and running, for the browser tests' numbers.
+        let _ = perf.mark("sdm-start");
+    }
     let doc = dom::document();
     let template: HtmlTemplateElement = by_id(&doc, "row-template")
         .dyn_into()
