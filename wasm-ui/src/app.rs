@@ -21,6 +21,8 @@ use crate::{format, view_state};
 
 /// History rows per page.
 const HISTORY_PAGE: usize = 50;
+/// After losing a host that was answering, reconnect once after this long.
+const RECONNECT_AFTER_MS: i32 = 1000;
 /// Rows built at once when the list arrives (a screenful and more), then per later task (each well under 50 ms).
 const FIRST_CHUNK: usize = 60;
 const CHUNK: usize = 150;
@@ -305,9 +307,14 @@ impl App {
                 is_event,
             } if generation == self.generation => self.frame(&text, is_event),
             Message::Disconnected { generation, reason } if generation == self.generation => {
+                let was_online = self.online;
                 self.host = None;
                 self.pending.clear();
                 self.go_offline(&reason);
+                // A host that was answering and went away (an update, a crash) gets one quiet retry.
+                if was_online {
+                    dom::after(RECONNECT_AFTER_MS, || dispatch(Message::Connect));
+                }
             }
             Message::PingDeadline { generation }
                 if generation == self.generation && !self.online =>
@@ -496,7 +503,11 @@ impl App {
 
     fn event(&mut self, ev: Event) {
         match &ev {
-            Event::Settings { settings } => self.fill_settings(settings),
+            // Someone else changed the settings; do not overwrite what is being typed in the form.
+            Event::Settings { settings } if !self.editing_settings() => {
+                self.fill_settings(settings)
+            }
+            Event::Settings { .. } => {}
             Event::History { total } => {
                 self.history_total = *total;
                 if self.tab == Tab::History {
@@ -735,6 +746,13 @@ impl App {
         input(&self.doc, "set-capture").set_checked(form.capture_enabled);
         input(&self.doc, "set-min").set_value(&form.capture_min_mib);
         textarea(&self.doc, "set-exclude").set_value(&form.capture_exclude);
+    }
+
+    fn editing_settings(&self) -> bool {
+        let form = by_id(&self.doc, "settings-form");
+        self.doc
+            .active_element()
+            .is_some_and(|focused| form.contains(Some(&focused)))
     }
 
     fn save_settings(&mut self) {
