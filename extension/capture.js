@@ -57,11 +57,12 @@ async function onCreated(item) {
     console.info(`SDM: cannot pause download ${item.id}, leaving it: ${e?.message ?? e}`);
     return;
   }
-  const add = { url, headers: await headersFor(url, item.referrer) };
-  const name = basename(item.filename);
-  if (name) add.filename = name;
-  if (item.referrer) add.referrer = item.referrer;
+  // From here on the browser's download is paused: any failure at all must resume it.
   try {
+    const add = { url, headers: await headersFor(url, item.referrer) };
+    const name = basename(item.filename);
+    if (name) add.filename = name;
+    if (item.referrer) add.referrer = item.referrer;
     await request("add", add);
   } catch (e) {
     console.warn(`SDM: could not hand download ${item.id} over (${e.message}); the browser continues it`);
@@ -81,7 +82,8 @@ export function initCapture() {
   } catch {
     api.webRequest.onBeforeSendHeaders.addListener(rememberRequest, filter, ["requestHeaders"]);
   }
-  api.downloads.onCreated.addListener((item) => {
-    onCreated(item).catch((e) => console.warn("SDM: capture failed:", e));
-  });
+  // The browser ignores the returned promise; the unit tests await it.
+  api.downloads.onCreated.addListener((item) =>
+    onCreated(item).catch((e) => console.warn("SDM: capture failed:", e)),
+  );
 }
