@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Which binary: `$SDM_BIN` when set (`cargo xtask test` sets it to the release build), else the most recently built
-//! of `target/debug/sdm` and `target/release/sdm`. Every process started here is killed when the sandbox is dropped,
+//! of `target/debug/sdm` and `target/release/sdm` (`cargo test --workspace` builds the debug one; `cargo test -p
+//! sdm-tests` alone does not, and would test whatever binary is there). Every process started here is killed when the sandbox is dropped,
 //! by its own pid (and a service a relay started, by the pid in its lock file, once checked to be our `sdm serve`).
 
 use std::io::{Read, Write};
