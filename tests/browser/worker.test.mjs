@@ -9,6 +9,7 @@ const listeners = {};
 /** How the fake host answers a request frame: "ok", "error", "gone" (not installed) or "silent". */
 let hostMode = "ok";
 let lastAdd = null;
+const connects = [];
 
 const event = (name) => ({ addListener: (fn) => (listeners[name] ??= []).push(fn) });
 const record = (name) => async (arg) => {
@@ -41,7 +42,14 @@ function fakePort() {
 }
 
 globalThis.chrome = {
-  runtime: { lastError: undefined, connectNative: () => fakePort(), getURL: (p) => p },
+  runtime: {
+    lastError: undefined,
+    connectNative: (name) => {
+      connects.push(name);
+      return fakePort();
+    },
+    getURL: (p) => p,
+  },
   downloads: {
     pause: async (id) => {
       calls.push(["pause", id]);
@@ -75,6 +83,7 @@ Object.defineProperty(globalThis, "navigator", {
 });
 
 const { initCapture } = await import("../../extension/capture.js");
+const host = await import("../../extension/host.js");
 initCapture();
 
 const item = (over = {}) => ({ id: 1, url: "https://h.example/big.iso", state: "in_progress", totalBytes: 0, ...over });
@@ -139,6 +148,20 @@ test("a missing host resumes the browser's download", async () => {
   hostMode = "gone";
   await created(item({ id: 3 }));
   assert.deepEqual(names(), ["pause", "resume"]);
+});
+
+test("after the host goes away the port is reopened with backoff, and reports why it closed", async () => {
+  hostMode = "gone";
+  await created(item({ id: 6 }));
+  assert.equal(host.status().connected, false);
+  assert.match(host.status().lastError, /not found/);
+  const before = connects.length;
+  hostMode = "ok";
+  const deadline = Date.now() + 5_000;
+  while (connects.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(connects.length > before, "reconnected within 5 s");
+  assert.deepEqual(connects.slice(-1), ["com.sdm.host"]);
+  assert.equal(host.status().connected, true);
 });
 
 test("a host that never answers: the browser's download is resumed after the 10 s timeout", { timeout: 20_000 }, async () => {
