@@ -7,8 +7,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 
 use protocol::{
-    Command, DownloadId, DownloadInfo, Event, HistoryResult, ListResult, MAX_PAGE, PageRequest,
-    Reply, Settings, SettingsResult, Status,
+    Command, DownloadId, DownloadInfo, ErrorCode, Event, HistoryResult, ListResult, MAX_PAGE,
+    PageRequest, Reply, Settings, SettingsResult, Status,
 };
 use wasm_bindgen::JsCast;
 use web_sys::{Document, Element, HtmlTemplateElement, KeyboardEvent};
@@ -390,7 +390,6 @@ impl App {
 
     fn go_offline(&mut self, reason: &str) {
         self.online = false;
-        set_attr(&by_id(&self.doc, "offline-reason"), "data-reason", reason);
         by_id(&self.doc, "offline-reason").set_text_content(Some(&format!("({reason})")));
         set_hidden(&by_id(&self.doc, "offline"), false);
         self.render_summary();
@@ -445,9 +444,14 @@ impl App {
             return;
         };
         if !reply.ok {
-            let message = reply.error.map(|e| e.message).unwrap_or_default();
-            match what {
-                Pending::Ping => self.go_offline(&message),
+            let (code, message) = reply
+                .error
+                .map(|e| (Some(e.code), e.message))
+                .unwrap_or_default();
+            // The relay answers `unavailable` when the service is gone: what is on screen may be stale, so say so and
+            // offer Retry (a new port, a fresh list) rather than a passing notice.
+            match (what, code) {
+                (Pending::Ping, _) | (_, Some(ErrorCode::Unavailable)) => self.go_offline(&message),
                 _ => self.notice(&message),
             }
             return;
