@@ -34,14 +34,19 @@ pub struct Built {
     pub wasm_bytes: u64,
 }
 
-pub fn run() -> Result<Built> {
+/// `cargo xtask build [--extension-only]`; the flag skips the release `sdm` (quicker when working on the popup).
+pub fn run(args: &[String]) -> Result<Built> {
     let mut installed = Installed::default();
-    let built = build(&mut installed)?;
+    let built = if args.iter().any(|a| a == "--extension-only") {
+        build_extension(&mut installed)?
+    } else {
+        build(&mut installed)?
+    };
     println!(
-        "xtask: built {} and the extension in {} (popup wasm: {} bytes)",
-        built.sdm.display(),
+        "xtask: extension in {} (popup wasm: {} bytes); host: {}",
         built.extension.display(),
-        built.wasm_bytes
+        built.wasm_bytes,
+        built.sdm.display()
     );
     Ok(built)
 }
@@ -53,14 +58,19 @@ pub fn target_dir() -> PathBuf {
 }
 
 pub fn build(installed: &mut Installed) -> Result<Built> {
+    tools::run(tools::cargo().current_dir(tools::root()).args([
+        "build",
+        "--release",
+        "-p",
+        "sdm",
+    ]))?;
+    build_extension(installed)
+}
+
+/// The popup's wasm and the unpacked extension only.
+pub fn build_extension(installed: &mut Installed) -> Result<Built> {
     let root = tools::root();
     let target = target_dir();
-
-    tools::run(
-        tools::cargo()
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "sdm"]),
-    )?;
     let sdm = target.join("release/sdm");
 
     tools::ensure_wasm_target(installed)?;

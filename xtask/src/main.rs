@@ -24,7 +24,9 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  build              release `sdm`, the popup (wasm) and the unpacked extension in target/extension/
+  build [--extension-only]
+                     release `sdm`, the popup (wasm) and the unpacked extension in target/extension/
+                     (--extension-only: the popup and the extension, not `sdm`)
   test [--rust-only | --browser-only]
                      install what is missing, run `cargo test --workspace` and the browser tests
   run                build, register the host, start `sdm serve`, open Chromium with the extension loaded
@@ -34,7 +36,7 @@ tasks:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("build") => build::run().map(|_| ()),
+        Some("build") => build::run(&args[1..]).map(|_| ()),
         Some("test") => test::run(&args[1..]),
         Some("run") => run::run(),
         Some("bench") => bench::run(&args[1..]),
