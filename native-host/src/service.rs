@@ -284,6 +284,16 @@ fn resync(engine: &Engine) -> Vec<protocol::Event> {
 /// Run one command and encode its reply (at most [`MAX_OUTGOING_FRAME`] bytes).
 pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
     let empty = serde_json::json!({});
+    // A change is acknowledged only once it is on disk: the browser erases its own copy of a captured download
+    // when `add` is answered, so a crash right after the reply must not lose it.
+    let changes_queue = matches!(
+        command,
+        Command::Add(_)
+            | Command::Pause { .. }
+            | Command::Resume { .. }
+            | Command::Cancel { .. }
+            | Command::Remove { .. }
+    );
     let reply = match command {
         Command::Ping => Reply::ok(
             id,
@@ -327,6 +337,9 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
         // The forwarder was started by the caller, which owns the connection.
         Command::Subscribe => Reply::ok(id, &empty),
     };
+    if changes_queue && reply.ok {
+        engine.persist().await;
+    }
     encode_reply(&reply)
 }
 

@@ -104,6 +104,20 @@ pub fn from_url(url: &url::Url) -> Option<String> {
 /// Make a server-supplied name safe: the last path component only, no control characters or characters file systems
 /// refuse, no leading dots, no reserved device names, at most [`MAX_NAME_BYTES`]. Never empty.
 pub fn sanitize(name: &str) -> String {
+    // One pass can expose what an earlier step would have removed (a dot stripped before a space, a cut that ends
+    // in one), so repeat until nothing changes: the result is a fixed point.
+    let mut out = sanitize_once(name);
+    for _ in 0..8 {
+        let again = sanitize_once(&out);
+        if again == out {
+            break;
+        }
+        out = again;
+    }
+    out
+}
+
+fn sanitize_once(name: &str) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let mut out: String = last
         .chars()
@@ -116,7 +130,8 @@ pub fn sanitize(name: &str) -> String {
     out = out
         .trim()
         .trim_start_matches('.')
-        .trim_end_matches(['.', ' '])
+        .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+        .trim_start()
         .to_string();
     if out.is_empty() {
         out = "download".to_string();
@@ -321,6 +336,13 @@ mod tests {
             prop_assert!(s != "." && s != "..");
             prop_assert!(s.len() <= MAX_NAME_BYTES);
             prop_assert!(validate_user_name(&s).is_ok(), "sanitized {:?} fails validation", s);
+        }
+
+        #[test]
+        fn sanitize_is_a_fixed_point(name in any::<String>()) {
+            let once = sanitize(&name);
+            prop_assert_eq!(sanitize(&once), once.clone());
+            prop_assert_eq!(once.trim(), once.as_str());
         }
 
         #[test]

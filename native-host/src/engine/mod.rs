@@ -19,7 +19,7 @@ pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -89,6 +89,10 @@ struct Inner {
     save_now: Notify,
     /// One state write at a time, so an older snapshot never lands after a newer one.
     save_lock: tokio::sync::Mutex<()>,
+    /// Changes made to the queue so far (bumped under the core lock), and how many of them the last completed state
+    /// write covers: [`Engine::persist`] waits until the second reaches the first.
+    mutations: AtomicU64,
+    saved: AtomicU64,
     stopping: CancellationToken,
     warnings: Vec<String>,
 }
@@ -273,6 +277,8 @@ impl Engine {
                 dirty: AtomicBool::new(false),
                 save_now: Notify::new(),
                 save_lock: tokio::sync::Mutex::new(()),
+                mutations: AtomicU64::new(0),
+                saved: AtomicU64::new(0),
                 stopping: CancellationToken::new(),
                 warnings,
             }),
@@ -297,7 +303,29 @@ impl Engine {
         self.emit(Event::State {
             download: entry.info(),
         });
+        self.touch();
+    }
+
+    /// The queue changed: state must be written (now, by the checkpointer, or by [`Engine::persist`]).
+    fn touch(&self) {
+        self.inner.mutations.fetch_add(1, Ordering::SeqCst);
         self.inner.save_now.notify_one();
+    }
+
+    /// Return once every change made before the call is in `state.json`. Callers that acknowledge a change to
+    /// someone who will act on it (the browser erases its own copy of a captured download) await this first.
+    /// Concurrent callers share writes: one write covers every change made before it started.
+    pub async fn persist(&self) {
+        let target = self.inner.mutations.load(Ordering::SeqCst);
+        if self.inner.saved.load(Ordering::SeqCst) >= target {
+            return;
+        }
+        let _one = self.inner.save_lock.lock().await;
+        // A write that started after our change, while we waited, may have covered it already.
+        if self.inner.saved.load(Ordering::SeqCst) >= target {
+            return;
+        }
+        self.save_locked().await;
     }
 
     pub fn add(&self, req: AddRequest) -> Result<DownloadId, ApiError> {
@@ -495,7 +523,7 @@ impl Engine {
         let e = core.downloads.remove(&id).expect("present");
         forget_files(&e, delete_file);
         self.emit(Event::Removed { id });
-        self.inner.save_now.notify_one();
+        self.touch();
         self.schedule(&mut core);
         Ok(())
     }
@@ -768,7 +796,7 @@ impl Engine {
             let e = core.downloads.remove(&id).expect("present");
             forget_files(&e, delete_file);
             self.emit(Event::Removed { id });
-            self.inner.save_now.notify_one();
+            self.touch();
             self.schedule(&mut core);
             return;
         }
@@ -876,8 +904,14 @@ impl Engine {
     /// Write `state.json`: running downloads' plans only count bytes that are synced to disk.
     async fn save(&self) {
         let _one = self.inner.save_lock.lock().await;
-        let (next_id, records, lives) = {
+        self.save_locked().await;
+    }
+
+    /// [`Engine::save`], with `save_lock` held by the caller.
+    async fn save_locked(&self) {
+        let (next_id, records, lives, covers) = {
             let core = lock(&self.inner.core);
+            let covers = self.inner.mutations.load(Ordering::SeqCst);
             let records: Vec<DownloadRecord> =
                 core.downloads.values().map(|e| e.rec.clone()).collect();
             let lives: Vec<Option<Arc<Live>>> = core
@@ -885,7 +919,7 @@ impl Engine {
                 .values()
                 .map(|e| e.task.as_ref().map(|_| e.live.clone()))
                 .collect();
-            (core.next_id, records, lives)
+            (core.next_id, records, lives, covers)
         };
         let dir = self.inner.config.data_dir.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -899,7 +933,9 @@ impl Engine {
         })
         .await;
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                self.inner.saved.fetch_max(covers, Ordering::SeqCst);
+            }
             Ok(Err(e)) => warn!(cause = %e, "cannot write state"),
             Err(e) => warn!(cause = %e, "state writer failed"),
         }
