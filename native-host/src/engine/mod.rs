@@ -331,21 +331,16 @@ impl Engine {
     pub fn add(&self, req: AddRequest) -> Result<DownloadId, ApiError> {
         let url = validate_url(&req.url)?;
         let mut core = lock(&self.inner.core);
-        let threads = req.threads.unwrap_or(core.settings.default_threads);
-        if !protocol::THREADS_RANGE.contains(&threads) {
-            return Err(invalid(format!(
-                "threads must be {} to {}, not {threads}",
-                protocol::THREADS_RANGE.start(),
-                protocol::THREADS_RANGE.end()
-            )));
-        }
-        let retries = req.retries.unwrap_or(core.settings.default_retries);
-        if retries > protocol::MAX_RETRIES {
-            return Err(invalid(format!(
-                "retries must be at most {}, not {retries}",
-                protocol::MAX_RETRIES
-            )));
-        }
+        let threads = in_range(
+            "threads",
+            req.threads.unwrap_or(core.settings.default_threads),
+            protocol::THREADS_RANGE,
+        )?;
+        let retries = in_range(
+            "retries",
+            req.retries.unwrap_or(core.settings.default_retries),
+            0..=protocol::MAX_RETRIES,
+        )?;
         if let Some(name) = &req.filename {
             filename::validate_user_name(name).map_err(invalid)?;
         }
@@ -588,13 +583,7 @@ impl Engine {
         let mut core = lock(&self.inner.core);
         let mut s = core.settings.clone();
         if let Some(v) = patch.max_concurrent {
-            if !protocol::MAX_CONCURRENT_RANGE.contains(&v) {
-                return Err(invalid(format!(
-                    "max_concurrent must be 1 to {}, not {v}",
-                    protocol::MAX_CONCURRENT_RANGE.end()
-                )));
-            }
-            s.max_concurrent = v;
+            s.max_concurrent = in_range("max_concurrent", v, protocol::MAX_CONCURRENT_RANGE)?;
         }
         if let Some(v) = patch.bandwidth_limit {
             s.bandwidth_limit = v;
@@ -613,28 +602,13 @@ impl Engine {
             s.download_dir = v;
         }
         if let Some(v) = patch.default_threads {
-            if !protocol::THREADS_RANGE.contains(&v) {
-                return Err(invalid(format!(
-                    "default_threads must be 1 to {}, not {v}",
-                    protocol::THREADS_RANGE.end()
-                )));
-            }
-            s.default_threads = v;
+            s.default_threads = in_range("default_threads", v, protocol::THREADS_RANGE)?;
         }
         if let Some(v) = patch.default_retries {
-            if v > protocol::MAX_RETRIES {
-                return Err(invalid(format!(
-                    "default_retries must be at most {}",
-                    protocol::MAX_RETRIES
-                )));
-            }
-            s.default_retries = v;
+            s.default_retries = in_range("default_retries", v, 0..=protocol::MAX_RETRIES)?;
         }
         if let Some(v) = patch.stall_timeout_secs {
-            if !(1..=3600).contains(&v) {
-                return Err(invalid("stall_timeout_secs must be 1 to 3600"));
-            }
-            s.stall_timeout_secs = v;
+            s.stall_timeout_secs = in_range("stall_timeout_secs", v, 1..=3600)?;
         }
         if let Some(v) = patch.capture_enabled {
             s.capture_enabled = v;
@@ -955,6 +929,23 @@ fn forget_files(e: &Entry, delete_file: bool) {
         delete_part(e);
     } else if delete_file && let Some(path) = e.path() {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// `value` when `range` holds it, else an error naming the field and the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ApiError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(format!(
+            "{name} must be from {} to {}, not {value}",
+            range.start(),
+            range.end()
+        )))
     }
 }
 
