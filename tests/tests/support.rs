@@ -7,7 +7,7 @@ use std::time::Duration;
 use protocol::{DownloadId, DownloadInfo, Status};
 use sdm::engine::transfer::{self, GetSpec};
 use sdm::engine::{Engine, EngineConfig};
-use sdm_tests::{ServedFile, sha256_file};
+use sdm_tests::{FileSpec, ServedFile, TestServer, sha256_file};
 
 /// Run `fut`, failing the test if it takes longer than `secs`.
 pub async fn bounded<T>(secs: u64, fut: impl Future<Output = T>) -> T {
@@ -33,6 +33,73 @@ pub fn spec(url: &str, output: &Path) -> GetSpec {
 /// `transfer::get` without a progress bar.
 pub async fn get(spec: GetSpec) -> anyhow::Result<PathBuf> {
     transfer::get(spec, |_| {}).await
+}
+
+/// Download `file` into a fresh folder with the test spec changed by `tweak`; the folder comes back with the result so
+/// it outlives the checks.
+pub async fn fetch(
+    file: &ServedFile,
+    tweak: impl FnOnce(&mut GetSpec),
+) -> (tempfile::TempDir, anyhow::Result<PathBuf>) {
+    let dir = tempdir();
+    let mut s = spec(file.url(), dir.path());
+    tweak(&mut s);
+    let result = get(s).await;
+    (dir, result)
+}
+
+/// [`fetch`], expecting success (`why` otherwise), and check the result is exactly `file`.
+pub async fn fetch_exact(
+    file: &ServedFile,
+    tweak: impl FnOnce(&mut GetSpec),
+    why: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let (dir, result) = fetch(file, tweak).await;
+    let path = result.expect(why);
+    assert_exact(&path, file);
+    (dir, path)
+}
+
+/// [`fetch`], and check the result is the exact file or a clean error ([`assert_exact_or_clean_error`]).
+pub async fn fetch_exact_or_clean_error(
+    file: &ServedFile,
+    tweak: impl FnOnce(&mut GetSpec),
+) -> (tempfile::TempDir, anyhow::Result<PathBuf>) {
+    let (dir, result) = fetch(file, tweak).await;
+    assert_exact_or_clean_error(&result, dir.path(), file);
+    (dir, result)
+}
+
+/// The whole of the simplest `transfer::get` test, bounded by `secs`: serve `spec` at `path` on a fresh server,
+/// download it with the test spec changed by `tweak`, expect success (`why` otherwise) and an exact file.
+pub async fn serve_and_fetch_exact(
+    secs: u64,
+    path: &str,
+    spec: FileSpec,
+    tweak: impl FnOnce(&mut GetSpec),
+    why: &str,
+) {
+    bounded(secs, async {
+        let server = TestServer::start().await;
+        let file = server.serve(path, spec);
+        fetch_exact(&file, tweak, why).await;
+    })
+    .await;
+}
+
+/// The same for a download that may fail but must never leave wrong bytes ([`assert_exact_or_clean_error`]).
+pub async fn serve_and_fetch_exact_or_clean_error(
+    secs: u64,
+    path: &str,
+    spec: FileSpec,
+    tweak: impl FnOnce(&mut GetSpec),
+) {
+    bounded(secs, async {
+        let server = TestServer::start().await;
+        let file = server.serve(path, spec);
+        let _ = fetch_exact_or_clean_error(&file, tweak).await;
+    })
+    .await;
 }
 
 /// A fresh temporary folder.
