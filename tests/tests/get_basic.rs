@@ -4,9 +4,33 @@ use std::collections::BTreeSet;
 
 use sdm_tests::{FileSpec, NoLength, TestServer};
 
-use crate::support::{assert_exact, bounded, get, spec, tempdir};
+use crate::support::{
+    assert_exact, bounded, fetch_exact, fetch_exact_or_clean_error, get, serve_and_fetch_exact,
+    spec, tempdir,
+};
 
 const MIB: u64 = 1024 * 1024;
+
+/// Serve `file_spec` at `path`, download it to the explicit output path `out` (folders below a fresh temporary one), and
+/// check it landed exactly there, exact.
+async fn serve_and_fetch_to_exactly(path: &str, file_spec: FileSpec, out: &[&str]) {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        let file = server.serve(path, file_spec);
+        let dir = tempdir();
+        let out = out
+            .iter()
+            .fold(dir.path().to_path_buf(), |p, part| p.join(part));
+
+        let path = get(spec(file.url(), &out))
+            .await
+            .expect("download succeeds");
+
+        assert_eq!(path, out);
+        assert_exact(&out, &file);
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_comes_down_over_several_ranged_connections() {
@@ -57,13 +81,9 @@ async fn a_server_without_ranges_gets_one_connection() {
             "/plain.bin",
             FileSpec::new(3 * MIB).seed(2).no_ranges().rate(4 * MIB),
         );
-        let dir = tempdir();
 
-        let path = get(spec(file.url(), dir.path()))
-            .await
-            .expect("download succeeds");
+        fetch_exact(&file, |_| {}, "download succeeds").await;
 
-        assert_exact(&path, &file);
         assert_eq!(
             file.peak_data_connections(256 * 1024),
             1,
@@ -75,43 +95,29 @@ async fn a_server_without_ranges_gets_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_without_length_is_exact() {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        let file = server.serve(
-            "/chunked.bin",
-            FileSpec::new(3 * MIB + 17)
-                .seed(3)
-                .no_length(NoLength::Chunked),
-        );
-        let dir = tempdir();
-
-        let path = get(spec(file.url(), dir.path()))
-            .await
-            .expect("download succeeds");
-
-        assert_exact(&path, &file);
-    })
+    serve_and_fetch_exact(
+        30,
+        "/chunked.bin",
+        FileSpec::new(3 * MIB + 17)
+            .seed(3)
+            .no_length(NoLength::Chunked),
+        |_| {},
+        "download succeeds",
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_delimited_body_without_length_is_exact() {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        let file = server.serve(
-            "/eof.bin",
-            FileSpec::new(2 * MIB + 5)
-                .seed(4)
-                .no_length(NoLength::CloseDelimited),
-        );
-        let dir = tempdir();
-
-        let path = get(spec(file.url(), dir.path()))
-            .await
-            .expect("download succeeds");
-
-        assert_exact(&path, &file);
-    })
+    serve_and_fetch_exact(
+        30,
+        "/eof.bin",
+        FileSpec::new(2 * MIB + 5)
+            .seed(4)
+            .no_length(NoLength::CloseDelimited),
+        |_| {},
+        "download succeeds",
+    )
     .await;
 }
 
@@ -120,13 +126,9 @@ async fn a_small_file_is_not_split() {
     bounded(30, async {
         let server = TestServer::start().await;
         let file = server.serve("/small.txt", FileSpec::new(10_000).seed(5));
-        let dir = tempdir();
 
-        let path = get(spec(file.url(), dir.path()))
-            .await
-            .expect("download succeeds");
+        fetch_exact(&file, |_| {}, "download succeeds").await;
 
-        assert_exact(&path, &file);
         assert_eq!(
             file.peak_active(),
             1,
@@ -144,17 +146,13 @@ async fn a_small_file_is_not_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_file_is_created_empty() {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        let file = server.serve("/empty.txt", FileSpec::new(0));
-        let dir = tempdir();
-
-        let path = get(spec(file.url(), dir.path()))
-            .await
-            .expect("download succeeds");
-
-        assert_exact(&path, &file);
-    })
+    serve_and_fetch_exact(
+        30,
+        "/empty.txt",
+        FileSpec::new(0),
+        |_| {},
+        "download succeeds",
+    )
     .await;
 }
 
@@ -195,17 +193,14 @@ async fn cookies_referrer_and_user_agent_reach_every_request() {
                 .seed(7)
                 .require_cookie("session=s3cr3t"),
         );
-        let dir = tempdir();
-        let mut s = spec(file.url(), dir.path());
-        s.headers = vec![
+        let headers = vec![
             ("Cookie".into(), "session=s3cr3t".into()),
             ("Referer".into(), "http://example.test/page".into()),
             ("User-Agent".into(), "Browser/1.0".into()),
         ];
 
-        let path = get(s).await.expect("download succeeds");
+        fetch_exact(&file, |s| s.headers = headers, "download succeeds").await;
 
-        assert_exact(&path, &file);
         for r in file.requests() {
             assert_eq!(r.header("cookie"), Some("session=s3cr3t"), "{r:?}");
             assert_eq!(
@@ -243,24 +238,13 @@ async fn a_missing_cookie_is_a_clean_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_explicit_output_path_is_used_as_is() {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        let file = server.serve(
-            "/named.bin",
-            FileSpec::new(MIB)
-                .seed(8)
-                .content_disposition("attachment; filename=\"server.bin\""),
-        );
-        let dir = tempdir();
-        let out = dir.path().join("chosen.dat");
-
-        let path = get(spec(file.url(), &out))
-            .await
-            .expect("download succeeds");
-
-        assert_eq!(path, out);
-        assert_exact(&out, &file);
-    })
+    serve_and_fetch_to_exactly(
+        "/named.bin",
+        FileSpec::new(MIB)
+            .seed(8)
+            .content_disposition("attachment; filename=\"server.bin\""),
+        &["chosen.dat"],
+    )
     .await;
 }
 
@@ -277,13 +261,9 @@ async fn a_slow_segment_is_split_among_free_connections() {
                 .seed(9)
                 .slow_range(slow_from, 512 * 1024),
         );
-        let dir = tempdir();
-        let mut s = spec(file.url(), dir.path());
-        s.threads = 4;
 
-        let path = get(s).await.expect("download succeeds");
+        fetch_exact(&file, |s| s.threads = 4, "download succeeds").await;
 
-        assert_exact(&path, &file);
         let inside: Vec<u64> = file
             .gets()
             .iter()
@@ -304,23 +284,16 @@ async fn a_slow_segment_is_split_among_free_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_advertised_but_ignored_fall_back_to_one_stream() {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        let file = server.serve(
-            "/cdn.bin",
-            FileSpec::new(4 * MIB)
-                .seed(10)
-                .ignore_ranges()
-                .rate(8 * MIB),
-        );
-        let dir = tempdir();
-
-        let path = get(spec(file.url(), dir.path()))
-            .await
-            .expect("download succeeds");
-
-        assert_exact(&path, &file);
-    })
+    serve_and_fetch_exact(
+        30,
+        "/cdn.bin",
+        FileSpec::new(4 * MIB)
+            .seed(10)
+            .ignore_ranges()
+            .rate(8 * MIB),
+        |_| {},
+        "download succeeds",
+    )
     .await;
 }
 
@@ -333,15 +306,14 @@ async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
             "/capped.bin",
             FileSpec::new(4 * MIB).seed(11).max_range(256 * 1024),
         );
-        let dir = tempdir();
-        let mut s = spec(file.url(), dir.path());
-        s.threads = 4;
-        // Every answer is valid, so no retry is needed; few retries keep a failure quick.
-        s.retries = 2;
 
-        let result = get(s).await;
+        let (_dir, result) = fetch_exact_or_clean_error(&file, |s| {
+            s.threads = 4;
+            // Every answer is valid, so no retry is needed; few retries keep a failure quick.
+            s.retries = 2;
+        })
+        .await;
 
-        crate::support::assert_exact_or_clean_error(&result, dir.path(), &file);
         result.expect("a server that serves ranges in pieces can still be downloaded");
     })
     .await;
@@ -390,13 +362,9 @@ async fn a_64_mib_file_over_16_connections_is_exact() {
     bounded(90, async {
         let server = TestServer::start().await;
         let file = server.serve("/huge.bin", FileSpec::new(64 * MIB).seed(13));
-        let dir = tempdir();
-        let mut s = spec(file.url(), dir.path());
-        s.threads = 16;
 
-        let path = get(s).await.expect("download succeeds");
+        fetch_exact(&file, |s| s.threads = 16, "download succeeds").await;
 
-        assert_exact(&path, &file);
         // A split leaves the victim's request asking for more than it will read: what the server pushed into the
         // socket buffers past the new end is wasted, a few MiB on loopback. Fetching the file twice is another matter.
         let served: u64 = file.gets().iter().map(|r| r.body_bytes).sum();
@@ -411,19 +379,11 @@ async fn a_64_mib_file_over_16_connections_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_path_in_a_missing_folder_is_created() {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        let file = server.serve("/deep.bin", FileSpec::new(MIB).seed(14));
-        let dir = tempdir();
-        let out = dir.path().join("a").join("b").join("deep-copy.bin");
-
-        let path = get(spec(file.url(), &out))
-            .await
-            .expect("download succeeds");
-
-        assert_eq!(path, out);
-        assert_exact(&out, &file);
-    })
+    serve_and_fetch_to_exactly(
+        "/deep.bin",
+        FileSpec::new(MIB).seed(14),
+        &["a", "b", "deep-copy.bin"],
+    )
     .await;
 }
 
