@@ -10,43 +10,44 @@ use sdm_tests::{FileSpec, ServedFile, TestServer};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::support::{
-    assert_exact, bounded, finished_files_in, names_in, start_engine, tempdir, until, wait_for,
-    wait_status,
+    add, assert_completed_exact, assert_exact, bounded, complete_exact, finished_files_in,
+    names_in, set_settings, start_engine, stop, tempdir, until, wait_downloaded, wait_for,
+    wait_status, with_engine,
 };
 
 const MIB: u64 = 1024 * 1024;
 const KIB: u64 = 1024;
 
-fn add(engine: &Engine, file: &ServedFile, threads: u32) -> u64 {
-    engine
-        .add(AddRequest {
-            url: file.url().to_string(),
-            threads: Some(threads),
-            ..AddRequest::default()
-        })
-        .expect("add is accepted")
+/// A settings change of `max_concurrent` alone.
+fn max_concurrent(n: u32) -> SettingsPatch {
+    SettingsPatch {
+        max_concurrent: Some(n),
+        ..SettingsPatch::default()
+    }
 }
 
-fn assert_completed_exact(engine: &Engine, id: u64, file: &ServedFile) {
-    let info = engine.get(id).expect("download exists");
-    assert_eq!(info.status, Status::Completed, "{info:?}");
-    assert_exact(Path::new(&info.path), file);
-    assert_eq!(info.total, Some(file.len()), "{info:?}");
-    assert_eq!(info.downloaded, file.len(), "{info:?}");
-    assert!(info.finished_at.is_some(), "{info:?}");
+/// A settings change of `bandwidth_limit` alone.
+fn bandwidth_limit(bytes_per_second: u64) -> SettingsPatch {
+    SettingsPatch {
+        bandwidth_limit: Some(bytes_per_second),
+        ..SettingsPatch::default()
+    }
+}
+
+/// Wait until every download in `downloads` completes, then check each with [`assert_completed_exact`].
+async fn complete_all_exact(engine: &Engine, downloads: &[(u64, &ServedFile)]) {
+    for &(id, _) in downloads {
+        wait_status(engine, id, Status::Completed).await;
+    }
+    for &(id, file) in downloads {
+        assert_completed_exact(engine, id, file);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_downloads_run_two_at_a_time_and_all_complete() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
-        engine
-            .set_settings(SettingsPatch {
-                max_concurrent: Some(2),
-                ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+    with_engine(60, async |_root, engine| {
+        set_settings(engine, max_concurrent(2));
         assert_eq!(engine.settings().max_concurrent, 2);
         let server = TestServer::start().await;
         // Capped per connection so each takes about half a second and the downloads overlap.
@@ -59,7 +60,7 @@ async fn five_downloads_run_two_at_a_time_and_all_complete() {
             })
             .collect();
         let mut events = engine.subscribe();
-        let ids: Vec<u64> = files.iter().map(|f| add(&engine, f, 2)).collect();
+        let ids: Vec<u64> = files.iter().map(|f| add(engine, f, Some(2))).collect();
 
         let mut status: HashMap<u64, Status> = ids.iter().map(|&id| (id, Status::Queued)).collect();
         let mut most_downloading = 0;
@@ -90,7 +91,7 @@ async fn five_downloads_run_two_at_a_time_and_all_complete() {
         }
 
         for (id, file) in ids.iter().zip(&files) {
-            assert_completed_exact(&engine, *id, file);
+            assert_completed_exact(engine, *id, file);
         }
         assert!(
             server.peak_files_at_once() <= 2,
@@ -101,26 +102,20 @@ async fn five_downloads_run_two_at_a_time_and_all_complete() {
             most_downloading, 2,
             "the queue never ran two downloads together"
         );
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_the_transfer_and_resume_continues_it() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |_root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/pause.bin", FileSpec::new(4 * MIB).seed(80).rate(MIB));
-        let id = add(&engine, &file, 2);
+        let id = add(engine, &file, Some(2));
 
-        wait_for(&engine, id, "512 KiB downloaded", |d| {
-            d.downloaded >= 512 * KIB
-        })
-        .await;
+        wait_downloaded(engine, id, 512 * KIB).await;
         engine.pause(id).expect("pause is accepted");
-        let paused = wait_status(&engine, id, Status::Paused).await;
+        let paused = wait_status(engine, id, Status::Paused).await;
         until(5, "the paused download's connections to close", || {
             file.active() == 0
         })
@@ -134,9 +129,7 @@ async fn pause_stops_the_transfer_and_resume_continues_it() {
 
         let resumed_at = Instant::now();
         engine.resume(id).expect("resume is accepted");
-        wait_status(&engine, id, Status::Completed).await;
-
-        assert_completed_exact(&engine, id, &file);
+        complete_exact(engine, id, &file).await;
         let after: Vec<_> = file
             .gets()
             .into_iter()
@@ -153,26 +146,20 @@ async fn pause_stops_the_transfer_and_resume_continues_it() {
             still.downloaded,
             file.len()
         );
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_the_transfer_and_leaves_no_file() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/cancel.bin", FileSpec::new(4 * MIB).seed(81).rate(MIB));
-        let id = add(&engine, &file, 2);
+        let id = add(engine, &file, Some(2));
 
-        wait_for(&engine, id, "256 KiB downloaded", |d| {
-            d.downloaded >= 256 * KIB
-        })
-        .await;
+        wait_downloaded(engine, id, 256 * KIB).await;
         engine.cancel(id).expect("cancel is accepted");
-        let info = wait_status(&engine, id, Status::Cancelled).await;
+        let info = wait_status(engine, id, Status::Cancelled).await;
         until(5, "the cancelled download's connections to close", || {
             file.active() == 0
         })
@@ -192,25 +179,19 @@ async fn cancel_stops_the_transfer_and_leaves_no_file() {
                     .is_some_and(|e| e.code == ErrorCode::InvalidState),
             "resume of a cancelled download: {err:?}"
         );
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_forgets_a_running_download_and_deletes_its_files() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/remove.bin", FileSpec::new(4 * MIB).seed(82).rate(MIB));
         let mut events = engine.subscribe();
-        let id = add(&engine, &file, 2);
+        let id = add(engine, &file, Some(2));
 
-        wait_for(&engine, id, "256 KiB downloaded", |d| {
-            d.downloaded >= 256 * KIB
-        })
-        .await;
+        wait_downloaded(engine, id, 256 * KIB).await;
         engine.remove(id, true).expect("remove is accepted");
 
         // A running download is removed once its transfer has stopped; the `removed` event says when.
@@ -243,47 +224,36 @@ async fn remove_forgets_a_running_download_and_deletes_its_files() {
                 .iter()
                 .all(|d| d.id != id)
         );
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_of_a_completed_download_can_keep_its_file() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |_root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/keep.bin", FileSpec::new(MIB).seed(83));
-        let id = add(&engine, &file, 2);
-        let info = wait_status(&engine, id, Status::Completed).await;
+        let id = add(engine, &file, Some(2));
+        let info = wait_status(engine, id, Status::Completed).await;
 
         engine.remove(id, false).expect("remove is accepted");
 
         assert!(engine.get(id).is_err());
         assert_exact(Path::new(&info.path), &file);
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_bandwidth_limit_applies_to_a_running_download() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |_root, engine| {
         let limit = 512 * KIB;
-        engine
-            .set_settings(SettingsPatch {
-                bandwidth_limit: Some(limit),
-                ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+        set_settings(engine, bandwidth_limit(limit));
         let server = TestServer::start().await;
         let file = server.serve("/live.bin", FileSpec::new(8 * MIB).seed(84));
-        let id = add(&engine, &file, 4);
+        let id = add(engine, &file, Some(4));
 
-        wait_for(&engine, id, "some progress", |d| d.downloaded > 0).await;
+        wait_for(engine, id, "some progress", |d| d.downloaded > 0).await;
         let (t0, d0) = (Instant::now(), engine.get(id).unwrap().downloaded);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (t1, d1) = (Instant::now(), engine.get(id).unwrap().downloaded);
@@ -298,23 +268,17 @@ async fn a_new_bandwidth_limit_applies_to_a_running_download() {
             "downloaded {d1} bytes in 2 s under a 512 KiB/s cap"
         );
 
-        let settings = engine
-            .set_settings(SettingsPatch {
-                bandwidth_limit: Some(0),
-                ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+        let settings = set_settings(engine, bandwidth_limit(0));
         assert_eq!(settings.bandwidth_limit, 0);
         // Uncapped, the remaining ~7 MiB over loopback takes well under the 10 s allowed here; capped it would take 14.
         let info = tokio::time::timeout(
             Duration::from_secs(10),
-            wait_status(&engine, id, Status::Completed),
+            wait_status(engine, id, Status::Completed),
         )
         .await
         .expect("the download sped up once the cap was lifted");
         assert_eq!(info.status, Status::Completed);
-        assert_completed_exact(&engine, id, &file);
-        engine.shutdown().await;
+        assert_completed_exact(engine, id, &file);
     })
     .await;
 }
@@ -341,9 +305,7 @@ async fn cookies_and_referrer_go_to_the_server_but_not_to_history() {
             })
             .expect("add is accepted");
 
-        wait_status(&engine, id, Status::Completed).await;
-
-        assert_completed_exact(&engine, id, &file);
+        complete_exact(&engine, id, &file).await;
         for r in file.requests() {
             assert_eq!(r.header("cookie"), Some("session=s3cr3t"), "{r:?}");
             assert_eq!(
@@ -371,9 +333,7 @@ async fn cookies_and_referrer_go_to_the_server_but_not_to_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_download_limit_holds() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |_root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/slow.bin", FileSpec::new(2 * MIB).seed(86));
         let started = Instant::now();
@@ -386,29 +346,26 @@ async fn a_per_download_limit_holds() {
             })
             .expect("add is accepted");
 
-        wait_status(&engine, id, Status::Completed).await;
+        wait_status(engine, id, Status::Completed).await;
 
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(1600),
             "2 MiB at 1 MiB/s took only {took:?}"
         );
-        assert_completed_exact(&engine, id, &file);
-        engine.shutdown().await;
+        assert_completed_exact(engine, id, &file);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_file_fails_with_a_reason_and_goes_to_history() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/nope.bin", FileSpec::new(MIB).status_always(404));
-        let id = add(&engine, &file, 2);
+        let id = add(engine, &file, Some(2));
 
-        let info = wait_status(&engine, id, Status::Failed).await;
+        let info = wait_status(engine, id, Status::Failed).await;
 
         let reason = info.error.clone().unwrap_or_default();
         assert!(
@@ -425,16 +382,13 @@ async fn a_missing_file_fails_with_a_reason_and_goes_to_history() {
                 .any(|h| h.id == id && h.status == Status::Failed),
             "no failed item in history: {history:?}"
         );
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |_root, engine| {
         let bad = |req: AddRequest| engine.add(req).map_err(|e| e.code);
         let url = "http://127.0.0.1:9/x.bin".to_string();
 
@@ -469,12 +423,7 @@ async fn malformed_requests_are_refused() {
             Err(ErrorCode::InvalidArgument)
         );
         assert_eq!(
-            engine
-                .set_settings(SettingsPatch {
-                    max_concurrent: Some(0),
-                    ..SettingsPatch::default()
-                })
-                .map_err(|e| e.code),
+            engine.set_settings(max_concurrent(0)).map_err(|e| e.code),
             Err(ErrorCode::InvalidArgument)
         );
         assert_eq!(
@@ -482,31 +431,23 @@ async fn malformed_requests_are_refused() {
             Err(ErrorCode::NotFound)
         );
         assert_eq!(engine.list(Default::default()).total, 0);
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_downloads_can_be_paused_cancelled_or_removed_before_they_start() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
-        engine
-            .set_settings(SettingsPatch {
-                max_concurrent: Some(1),
-                ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+    with_engine(60, async |_root, engine| {
+        set_settings(engine, max_concurrent(1));
         let server = TestServer::start().await;
         let running = server.serve("/first.bin", FileSpec::new(2 * MIB).seed(87).rate(MIB));
         let held = server.serve("/held.bin", FileSpec::new(MIB).seed(88));
         let dropped = server.serve("/dropped.bin", FileSpec::new(MIB).seed(89));
         let forgotten = server.serve("/forgotten.bin", FileSpec::new(MIB).seed(90));
-        let a = add(&engine, &running, 1);
-        let b = add(&engine, &held, 1);
-        let c = add(&engine, &dropped, 1);
-        let d = add(&engine, &forgotten, 1);
+        let a = add(engine, &running, Some(1));
+        let b = add(engine, &held, Some(1));
+        let c = add(engine, &dropped, Some(1));
+        let d = add(engine, &forgotten, Some(1));
         assert_eq!(engine.get(b).unwrap().status, Status::Queued);
 
         engine.pause(b).expect("pause a queued download");
@@ -519,7 +460,7 @@ async fn queued_downloads_can_be_paused_cancelled_or_removed_before_they_start()
             Some(ErrorCode::NotFound)
         );
 
-        wait_status(&engine, a, Status::Completed).await;
+        wait_status(engine, a, Status::Completed).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             engine.get(b).unwrap().status,
@@ -531,67 +472,48 @@ async fn queued_downloads_can_be_paused_cancelled_or_removed_before_they_start()
         }
 
         engine.resume(b).expect("resume is accepted");
-        wait_status(&engine, b, Status::Completed).await;
-        assert_completed_exact(&engine, a, &running);
-        assert_completed_exact(&engine, b, &held);
-        engine.shutdown().await;
+        wait_status(engine, b, Status::Completed).await;
+        assert_completed_exact(engine, a, &running);
+        assert_completed_exact(engine, b, &held);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_max_concurrent_starts_a_queued_download_at_once() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
-        engine
-            .set_settings(SettingsPatch {
-                max_concurrent: Some(1),
-                ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+    with_engine(60, async |_root, engine| {
+        set_settings(engine, max_concurrent(1));
         let server = TestServer::start().await;
         let one = server.serve("/one.bin", FileSpec::new(3 * MIB).seed(91).rate(MIB));
         let two = server.serve("/two.bin", FileSpec::new(3 * MIB).seed(92).rate(MIB));
-        let a = add(&engine, &one, 1);
-        let b = add(&engine, &two, 1);
-        wait_status(&engine, a, Status::Downloading).await;
+        let a = add(engine, &one, Some(1));
+        let b = add(engine, &two, Some(1));
+        wait_status(engine, a, Status::Downloading).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(engine.get(b).unwrap().status, Status::Queued);
 
-        engine
-            .set_settings(SettingsPatch {
-                max_concurrent: Some(2),
-                ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+        set_settings(engine, max_concurrent(2));
         let started = tokio::time::timeout(
             Duration::from_secs(1),
-            wait_status(&engine, b, Status::Downloading),
+            wait_status(engine, b, Status::Downloading),
         )
         .await;
         assert!(started.is_ok(), "the second download waited for the first");
         assert_eq!(engine.get(a).unwrap().status, Status::Downloading);
 
-        wait_status(&engine, a, Status::Completed).await;
-        wait_status(&engine, b, Status::Completed).await;
-        assert_completed_exact(&engine, a, &one);
-        assert_completed_exact(&engine, b, &two);
-        engine.shutdown().await;
+        complete_all_exact(engine, &[(a, &one), (b, &two)]).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_events_come_at_most_five_times_a_second() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |_root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/watched.bin", FileSpec::new(4 * MIB).seed(93).rate(MIB));
         let mut events = engine.subscribe();
-        let id = add(&engine, &file, 1);
-        wait_for(&engine, id, "some progress", |d| d.downloaded > 0).await;
+        let id = add(engine, &file, Some(1));
+        wait_for(engine, id, "some progress", |d| d.downloaded > 0).await;
 
         let window = Duration::from_secs(2);
         let began = Instant::now();
@@ -623,71 +545,62 @@ async fn progress_events_come_at_most_five_times_a_second() {
             seen.windows(2).all(|w| w[0] <= w[1]),
             "progress went backwards: {seen:?}"
         );
-        wait_status(&engine, id, Status::Completed).await;
-        assert_completed_exact(&engine, id, &file);
-        engine.shutdown().await;
+        complete_exact(engine, id, &file).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_download_dir_setting_applies_to_new_downloads() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |root, engine| {
         let elsewhere = root.path().join("elsewhere");
-        engine
-            .set_settings(SettingsPatch {
+        set_settings(
+            engine,
+            SettingsPatch {
                 download_dir: Some(elsewhere.to_string_lossy().into_owned()),
                 ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+            },
+        );
         let server = TestServer::start().await;
         let file = server.serve("/moved.bin", FileSpec::new(MIB).seed(94));
-        let id = add(&engine, &file, 2);
+        let id = add(engine, &file, Some(2));
 
-        let info = wait_status(&engine, id, Status::Completed).await;
+        let info = wait_status(engine, id, Status::Completed).await;
 
         assert_eq!(Path::new(&info.path), elsewhere.join("moved.bin"));
-        assert_completed_exact(&engine, id, &file);
-        engine.shutdown().await;
+        assert_completed_exact(engine, id, &file);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_queued_downloads_of_one_url_get_two_files() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |_root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/same.bin", FileSpec::new(2 * MIB).seed(95).rate(4 * MIB));
-        let a = add(&engine, &file, 2);
-        let b = add(&engine, &file, 2);
+        let a = add(engine, &file, Some(2));
+        let b = add(engine, &file, Some(2));
 
-        let ia = wait_status(&engine, a, Status::Completed).await;
-        let ib = wait_status(&engine, b, Status::Completed).await;
+        let ia = wait_status(engine, a, Status::Completed).await;
+        let ib = wait_status(engine, b, Status::Completed).await;
 
         assert_ne!(ia.path, ib.path);
-        assert_completed_exact(&engine, a, &file);
-        assert_completed_exact(&engine, b, &file);
-        engine.shutdown().await;
+        assert_completed_exact(engine, a, &file);
+        assert_completed_exact(engine, b, &file);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_pause_and_resume_still_ends_exact() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
         let file = server.serve(
             "/flicker.bin",
             FileSpec::new(4 * MIB).seed(96).etag().rate(2 * MIB),
         );
-        let id = add(&engine, &file, 4);
-        wait_for(&engine, id, "some progress", |d| d.downloaded > 0).await;
+        let id = add(engine, &file, Some(4));
+        wait_for(engine, id, "some progress", |d| d.downloaded > 0).await;
 
         for i in 0..10 {
             engine.pause(id).expect("pause is accepted");
@@ -697,9 +610,7 @@ async fn a_storm_of_pause_and_resume_still_ends_exact() {
             engine.resume(id).expect("resume is accepted");
             tokio::time::sleep(Duration::from_millis(30 * (i % 4))).await;
         }
-        let info = wait_status(&engine, id, Status::Completed).await;
-
-        assert_completed_exact(&engine, id, &file);
+        let info = complete_exact(engine, id, &file).await;
         let downloads = root.path().join("downloads");
         assert_eq!(
             names_in(&downloads),
@@ -710,25 +621,19 @@ async fn a_storm_of_pause_and_resume_still_ends_exact() {
                 .into_owned()],
             "leftovers beside the download"
         );
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_of_a_paused_download_deletes_its_part_file() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/parked.bin", FileSpec::new(4 * MIB).seed(97).rate(MIB));
-        let id = add(&engine, &file, 2);
-        wait_for(&engine, id, "256 KiB downloaded", |d| {
-            d.downloaded >= 256 * KIB
-        })
-        .await;
+        let id = add(engine, &file, Some(2));
+        wait_downloaded(engine, id, 256 * KIB).await;
         engine.pause(id).expect("pause is accepted");
-        wait_status(&engine, id, Status::Paused).await;
+        wait_status(engine, id, Status::Paused).await;
         let downloads = root.path().join("downloads");
         assert!(
             !names_in(&downloads).is_empty(),
@@ -742,32 +647,30 @@ async fn remove_of_a_paused_download_deletes_its_part_file() {
         })
         .await;
         until(5, "the part file to go", || names_in(&downloads).is_empty()).await;
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_cap_is_shared_by_all_downloads() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
-        engine
-            .set_settings(SettingsPatch {
+    with_engine(60, async |_root, engine| {
+        set_settings(
+            engine,
+            SettingsPatch {
                 bandwidth_limit: Some(MIB),
                 max_concurrent: Some(2),
                 ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+            },
+        );
         let server = TestServer::start().await;
         let a_file = server.serve("/a.bin", FileSpec::new(2 * MIB).seed(100));
         let b_file = server.serve("/b.bin", FileSpec::new(2 * MIB).seed(101));
         let started = Instant::now();
-        let a = add(&engine, &a_file, 2);
-        let b = add(&engine, &b_file, 2);
+        let a = add(engine, &a_file, Some(2));
+        let b = add(engine, &b_file, Some(2));
 
-        wait_status(&engine, a, Status::Completed).await;
-        wait_status(&engine, b, Status::Completed).await;
+        wait_status(engine, a, Status::Completed).await;
+        wait_status(engine, b, Status::Completed).await;
 
         // 4 MiB in all under a 1 MiB/s global cap: 4 s, less a small initial burst.
         let took = started.elapsed();
@@ -775,9 +678,8 @@ async fn the_global_cap_is_shared_by_all_downloads() {
             took >= Duration::from_millis(3400),
             "two downloads under a global 1 MiB/s cap moved 4 MiB in {took:?}"
         );
-        assert_completed_exact(&engine, a, &a_file);
-        assert_completed_exact(&engine, b, &b_file);
-        engine.shutdown().await;
+        assert_completed_exact(engine, a, &a_file);
+        assert_completed_exact(engine, b, &b_file);
     })
     .await;
 }
@@ -788,16 +690,13 @@ async fn list_pages_and_settings_and_history_events() {
         let root = tempdir();
         let engine = start_engine(root.path()).await;
         let mut events = engine.subscribe();
-        let patch = SettingsPatch {
-            max_concurrent: Some(4),
-            ..SettingsPatch::default()
-        };
+        let patch = max_concurrent(4);
         engine.set_settings(patch).expect("settings accepted");
         let server = TestServer::start().await;
         let files: Vec<ServedFile> = (0..5)
             .map(|i| server.serve(&format!("/p{i}.bin"), FileSpec::new(64 * KIB).seed(110 + i)))
             .collect();
-        let ids: Vec<u64> = files.iter().map(|f| add(&engine, f, 1)).collect();
+        let ids: Vec<u64> = files.iter().map(|f| add(&engine, f, Some(1))).collect();
         for &id in &ids {
             wait_status(&engine, id, Status::Completed).await;
         }
@@ -830,8 +729,7 @@ async fn list_pages_and_settings_and_history_events() {
 
         engine.clear_history().expect("history clears");
         assert_eq!(engine.history(Default::default()).unwrap().total, 0);
-        engine.shutdown().await;
-        drop(engine);
+        stop(engine).await;
         let again = start_engine(root.path()).await;
         assert_eq!(
             again.history(Default::default()).unwrap().total,
@@ -845,9 +743,7 @@ async fn list_pages_and_settings_and_history_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_fails_after_its_retries() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |root, engine| {
         // Bind then drop a listener: its port is closed, so connections are refused.
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -861,7 +757,7 @@ async fn an_unreachable_server_fails_after_its_retries() {
             })
             .expect("add is accepted");
 
-        let info = wait_status(&engine, id, Status::Failed).await;
+        let info = wait_status(engine, id, Status::Failed).await;
 
         assert!(info.error.is_some(), "{info:?}");
         assert!(finished_files_in(&root.path().join("downloads")).is_empty());
@@ -873,16 +769,13 @@ async fn an_unreachable_server_fails_after_its_retries() {
             })
             .expect_err("an over-long URL is refused");
         assert_eq!(err.code, ErrorCode::InvalidArgument);
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/whatever.bin", FileSpec::new(MIB).seed(120));
         let downloads = root.path().join("downloads");
@@ -903,7 +796,7 @@ async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
                 }
                 Ok(id) => id,
             };
-            let info = wait_status(&engine, id, Status::Completed).await;
+            let info = wait_status(engine, id, Status::Completed).await;
             let path = Path::new(&info.path);
             assert_eq!(
                 path.parent().unwrap().canonicalize().unwrap(),
@@ -914,46 +807,43 @@ async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
             assert_exact(path, &file);
         }
         let taken = add_named("notes.txt").expect("add is accepted");
-        let taken = wait_status(&engine, taken, Status::Completed).await;
+        let taken = wait_status(engine, taken, Status::Completed).await;
 
         assert_eq!(names_in(root.path()), ["data", "downloads"]);
         assert_eq!(Path::new(&taken.path), downloads.join("notes (1).txt"));
         assert_exact(Path::new(&taken.path), &file);
         assert_eq!(std::fs::read(downloads.join("notes.txt")).unwrap(), b"mine");
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stall_timeout_setting_reaches_running_transfers() {
-    bounded(40, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
-        engine
-            .set_settings(SettingsPatch {
+    with_engine(40, async |_root, engine| {
+        set_settings(
+            engine,
+            SettingsPatch {
                 stall_timeout_secs: Some(2),
                 ..SettingsPatch::default()
-            })
-            .expect("settings accepted");
+            },
+        );
         let server = TestServer::start().await;
         // The first two responses stall after 64 KiB; with the default 20 s timeout this test would time out.
         let file = server.serve(
             "/sticky.bin",
             FileSpec::new(2 * MIB).seed(121).stall_after(64 * KIB, 2),
         );
-        let id = add(&engine, &file, 2);
+        let id = add(engine, &file, Some(2));
 
         let info = tokio::time::timeout(
             Duration::from_secs(15),
-            wait_status(&engine, id, Status::Completed),
+            wait_status(engine, id, Status::Completed),
         )
         .await
         .expect("the stalls were noticed within the 2 s timeout");
 
         assert_eq!(info.status, Status::Completed);
-        assert_completed_exact(&engine, id, &file);
-        engine.shutdown().await;
+        assert_completed_exact(engine, id, &file);
     })
     .await;
 }

@@ -3,14 +3,30 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use protocol::{AddRequest, Status};
-use sdm_tests::{FileSpec, TestServer};
+use protocol::{DownloadId, DownloadInfo, Status};
+use sdm_tests::{FileSpec, ServedFile, TestServer};
 
 use crate::support::{
-    assert_exact, bounded, names_in, start_engine, tempdir, until, wait_for, wait_status,
+    add, assert_exact, bounded, names_in, set_settings, start_engine, stop, tempdir, until,
+    wait_downloaded, wait_for, wait_status,
 };
 
 const MIB: u64 = 1024 * 1024;
+
+/// Start an engine in `root`, add `file` with `threads` connections, and stop the engine once `bytes` are down.
+/// Returns the download's id and its state when it was stopped.
+async fn interrupt_at(
+    root: &Path,
+    file: &ServedFile,
+    threads: u32,
+    bytes: u64,
+) -> (DownloadId, DownloadInfo) {
+    let first = start_engine(root).await;
+    let id = add(&first, file, Some(threads));
+    let before = wait_downloaded(&first, id, bytes).await;
+    stop(first).await;
+    (id, before)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_engine_resumes_where_the_last_one_stopped() {
@@ -19,17 +35,7 @@ async fn a_restarted_engine_resumes_where_the_last_one_stopped() {
         let server = TestServer::start().await;
         let file = server.serve("/long.bin", FileSpec::new(6 * MIB).seed(90).etag().rate(MIB));
 
-        let first = start_engine(root.path()).await;
-        let id = first
-            .add(AddRequest {
-                url: file.url().to_string(),
-                threads: Some(2),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
-        let before = wait_for(&first, id, "1 MiB downloaded", |d| d.downloaded >= MIB).await;
-        first.shutdown().await;
-        drop(first);
+        let (id, before) = interrupt_at(root.path(), &file, 2, MIB).await;
         until(5, "the old engine's connections to close", || file.active() == 0).await;
         // Give a lingering task of the old engine the chance to show itself before the new one starts.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -70,21 +76,11 @@ async fn a_paused_download_stays_paused_across_a_restart() {
         );
 
         let first = start_engine(root.path()).await;
-        let id = first
-            .add(AddRequest {
-                url: file.url().to_string(),
-                threads: Some(2),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
-        wait_for(&first, id, "512 KiB downloaded", |d| {
-            d.downloaded >= MIB / 2
-        })
-        .await;
+        let id = add(&first, &file, Some(2));
+        wait_downloaded(&first, id, MIB / 2).await;
         first.pause(id).expect("pause is accepted");
         let paused = wait_status(&first, id, Status::Paused).await;
-        first.shutdown().await;
-        drop(first);
+        stop(first).await;
 
         let second = start_engine(root.path()).await;
         let requests_before = file.requests().len();
@@ -123,17 +119,7 @@ async fn a_file_changed_while_stopped_is_not_spliced() {
                 .rate(MIB),
         );
 
-        let first = start_engine(root.path()).await;
-        let id = first
-            .add(AddRequest {
-                url: file.url().to_string(),
-                threads: Some(2),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
-        wait_for(&first, id, "1 MiB downloaded", |d| d.downloaded >= MIB).await;
-        first.shutdown().await;
-        drop(first);
+        let (id, _) = interrupt_at(root.path(), &file, 2, MIB).await;
         file.change_content();
 
         let second = start_engine(root.path()).await;
@@ -193,12 +179,7 @@ async fn a_damaged_state_file_is_set_aside_with_a_warning() {
         // The engine still works after that.
         let server = TestServer::start().await;
         let file = server.serve("/after.bin", FileSpec::new(MIB).seed(93));
-        let id = engine
-            .add(AddRequest {
-                url: file.url().to_string(),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
+        let id = add(&engine, &file, None);
         let info = wait_status(&engine, id, Status::Completed).await;
         assert_exact(Path::new(&info.path), &file);
         engine.shutdown().await;
@@ -213,20 +194,7 @@ async fn a_part_file_deleted_while_stopped_means_starting_over() {
         let server = TestServer::start().await;
         let file = server.serve("/lost.bin", FileSpec::new(4 * MIB).seed(94).rate(MIB));
 
-        let first = start_engine(root.path()).await;
-        let id = first
-            .add(AddRequest {
-                url: file.url().to_string(),
-                threads: Some(2),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
-        wait_for(&first, id, "512 KiB downloaded", |d| {
-            d.downloaded >= MIB / 2
-        })
-        .await;
-        first.shutdown().await;
-        drop(first);
+        let (id, _) = interrupt_at(root.path(), &file, 2, MIB / 2).await;
         let downloads = root.path().join("downloads");
         for name in names_in(&downloads) {
             std::fs::remove_file(downloads.join(name)).unwrap();
@@ -258,29 +226,25 @@ async fn settings_history_and_finished_downloads_survive_a_restart() {
         let file = server.serve("/done.bin", FileSpec::new(MIB).seed(95));
 
         let first = start_engine(root.path()).await;
-        first
-            .set_settings(protocol::SettingsPatch {
+        set_settings(
+            &first,
+            protocol::SettingsPatch {
                 max_concurrent: Some(5),
                 bandwidth_limit: Some(123_456),
                 ..Default::default()
-            })
-            .expect("settings accepted");
-        first
-            .set_settings(protocol::SettingsPatch {
+            },
+        );
+        set_settings(
+            &first,
+            protocol::SettingsPatch {
                 bandwidth_limit: Some(0),
                 ..Default::default()
-            })
-            .expect("settings accepted");
-        let id = first
-            .add(AddRequest {
-                url: file.url().to_string(),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
+            },
+        );
+        let id = add(&first, &file, None);
         let done = wait_status(&first, id, Status::Completed).await;
         let history = first.history(Default::default()).unwrap();
-        first.shutdown().await;
-        drop(first);
+        stop(first).await;
 
         let second = start_engine(root.path()).await;
 
@@ -300,12 +264,7 @@ async fn settings_history_and_finished_downloads_survive_a_restart() {
             requests,
             "a completed download was fetched again"
         );
-        let next = second
-            .add(AddRequest {
-                url: file.url().to_string(),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
+        let next = add(&second, &file, None);
         assert_ne!(next, id, "an id was reused after the restart");
         wait_status(&second, next, Status::Completed).await;
         second.shutdown().await;
@@ -325,20 +284,13 @@ async fn a_crash_with_state_behind_the_part_file_still_resumes_exact() {
         let state = root.path().join("data").join("state.json");
 
         let first = start_engine(root.path()).await;
-        let id = first
-            .add(AddRequest {
-                url: file.url().to_string(),
-                threads: Some(3),
-                ..AddRequest::default()
-            })
-            .expect("add is accepted");
-        wait_for(&first, id, "1 MiB downloaded", |d| d.downloaded >= MIB).await;
+        let id = add(&first, &file, Some(3));
+        wait_downloaded(&first, id, MIB).await;
         until(5, "a state file with progress", || state.exists()).await;
         // The state as a crash could leave it: written a while ago, while the part file went on growing.
         let snapshot = std::fs::read(&state).unwrap();
-        wait_for(&first, id, "2 MiB downloaded", |d| d.downloaded >= 2 * MIB).await;
-        first.shutdown().await;
-        drop(first);
+        wait_downloaded(&first, id, 2 * MIB).await;
+        stop(first).await;
         std::fs::write(&state, &snapshot).unwrap();
 
         let second = start_engine(root.path()).await;

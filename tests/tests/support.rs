@@ -4,7 +4,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use protocol::{DownloadId, DownloadInfo, Status};
+use protocol::{AddRequest, DownloadId, DownloadInfo, Settings, SettingsPatch, Status};
 use sdm::engine::transfer::{self, GetSpec};
 use sdm::engine::{Engine, EngineConfig};
 use sdm_tests::{FileSpec, ServedFile, TestServer, sha256_file};
@@ -169,6 +169,68 @@ pub async fn start_engine(root: &Path) -> Engine {
     };
     std::fs::create_dir_all(&config.default_download_dir).expect("create download folder");
     Engine::start(config).await.expect("engine starts")
+}
+
+/// Within `secs`, run `test` on an engine started in a fresh folder (see [`start_engine`]), then shut the engine down.
+pub async fn with_engine(secs: u64, test: impl AsyncFnOnce(&tempfile::TempDir, &Engine)) {
+    bounded(secs, async {
+        let root = tempdir();
+        let engine = start_engine(root.path()).await;
+        test(&root, &engine).await;
+        engine.shutdown().await;
+    })
+    .await;
+}
+
+/// Shut `engine` down and drop it, as a stopped service leaves its data folder.
+pub async fn stop(engine: Engine) {
+    engine.shutdown().await;
+    drop(engine);
+}
+
+/// Add a download of `file` with `threads` connections (the engine's default for `None`).
+pub fn add(engine: &Engine, file: &ServedFile, threads: Option<u32>) -> DownloadId {
+    engine
+        .add(AddRequest {
+            url: file.url().to_string(),
+            threads,
+            ..AddRequest::default()
+        })
+        .expect("add is accepted")
+}
+
+/// Apply `patch` to the engine's settings, which must accept it.
+pub fn set_settings(engine: &Engine, patch: SettingsPatch) -> Settings {
+    engine.set_settings(patch).expect("settings accepted")
+}
+
+/// Wait until download `id` has at least `bytes` bytes.
+pub async fn wait_downloaded(engine: &Engine, id: DownloadId, bytes: u64) -> DownloadInfo {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    let what = if bytes.is_multiple_of(MIB) {
+        format!("{} MiB downloaded", bytes / MIB)
+    } else {
+        format!("{} KiB downloaded", bytes / KIB)
+    };
+    wait_for(engine, id, &what, |d| d.downloaded >= bytes).await
+}
+
+/// Download `id` is completed, and its file and numbers are exactly those of `file`.
+pub fn assert_completed_exact(engine: &Engine, id: DownloadId, file: &ServedFile) {
+    let info = engine.get(id).expect("download exists");
+    assert_eq!(info.status, Status::Completed, "{info:?}");
+    assert_exact(Path::new(&info.path), file);
+    assert_eq!(info.total, Some(file.len()), "{info:?}");
+    assert_eq!(info.downloaded, file.len(), "{info:?}");
+    assert!(info.finished_at.is_some(), "{info:?}");
+}
+
+/// Wait until download `id` completes, then [`assert_completed_exact`].
+pub async fn complete_exact(engine: &Engine, id: DownloadId, file: &ServedFile) -> DownloadInfo {
+    let info = wait_status(engine, id, Status::Completed).await;
+    assert_completed_exact(engine, id, file);
+    info
 }
 
 /// Poll `engine.get(id)` every 20 ms until `pred` holds, and return that state.
