@@ -215,8 +215,7 @@ async fn cookies_do_not_follow_a_redirect_to_another_host() {
         let file = server.serve("/elsewhere.bin", FileSpec::new(2 * MIB).seed(222));
         server.redirect("/go", &format!("http://localhost:{port}/elsewhere.bin"));
         let mut sdm = Sandbox::new();
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         let id = add(
             &mut client,
             AddRequest {

@@ -7,13 +7,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use protocol::{
-    AddRequest, Command as Cmd, DownloadId, DownloadInfo, SettingsPatch, SettingsResult, Status,
-};
+use protocol::{Command as Cmd, DownloadId, DownloadInfo, SettingsPatch, SettingsResult, Status};
 use sdm_tests::{FileSpec, ServedFile, TestServer};
 use serde_json::json;
 
-use crate::fault_support::{Rng, Sandbox, add, list};
+use crate::fault_support::{Rng, Sandbox, add_file, list};
 use crate::support::{assert_exact, bounded};
 
 const KIB: u64 = 1024;
@@ -349,20 +347,11 @@ async fn two_hundred_downloads_under_random_pause_resume_cancel_end_consistent()
         let mut rng = Rng::from_env("200 downloads");
         let server = TestServer::start().await;
         let mut sdm = Sandbox::new();
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         set_max_concurrent(&mut client, 16).await;
         let mut book = Book::default();
         for file in files(&server, "many", N, 9000) {
-            let id = add(
-                &mut client,
-                AddRequest {
-                    url: file.url().to_string(),
-                    threads: Some(2),
-                    ..AddRequest::default()
-                },
-            )
-            .await;
+            let id = add_file(&mut client, &file, Some(2)).await;
             book.added(id, file);
         }
         let ids: Vec<DownloadId> = book.intents.keys().copied().collect();

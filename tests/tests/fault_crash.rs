@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use protocol::{AddRequest, DownloadId, Status};
+use protocol::{DownloadId, Status};
 use sdm::engine::state::DownloadRecord;
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Rng, Sandbox, add, info, wait_info};
+use crate::fault_support::{Rng, Sandbox, add_file, info, wait_info};
 use crate::support::{assert_exact, bounded, finished_files_in};
 
 const KIB: u64 = 1024;
@@ -53,17 +53,8 @@ async fn twenty_kills_mid_download_still_end_exact_and_cost_at_most_a_second_eac
             FileSpec::new(20 * MIB).seed(0xC4A5).etag().rate(PER_CONNECTION),
         );
         let mut sdm = Sandbox::new();
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
-        let id = add(
-            &mut client,
-            AddRequest {
-                url: file.url().to_string(),
-                threads: Some(8),
-                ..AddRequest::default()
-            },
-        )
-        .await;
+        let mut client = sdm.start_and_connect().await;
+        let id = add_file(&mut client, &file, Some(8)).await;
         drop(client);
 
         let tmp = sdm.data().join("state.tmp");
@@ -145,19 +136,10 @@ async fn an_acknowledged_add_survives_a_kill_right_after_the_reply() {
         let server = TestServer::start().await;
         let file = server.serve("/acked.bin", FileSpec::new(MIB).seed(0xAC4).rate(256 * KIB));
         let mut sdm = Sandbox::new();
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
-        let id = add(
-            &mut client,
-            AddRequest {
-                url: file.url().to_string(),
-                ..AddRequest::default()
-            },
-        )
-        .await;
+        let mut client = sdm.start_and_connect().await;
+        let id = add_file(&mut client, &file, None).await;
         tokio::task::block_in_place(|| sdm.kill());
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         let listed = crate::fault_support::list(&mut client).await;
         assert!(
             listed.iter().any(|d| d.id == id),

@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use protocol::{AddRequest, Command as Cmd, SettingsPatch, SettingsResult, Status};
+use protocol::{Command as Cmd, SettingsPatch, SettingsResult, Status};
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Sandbox, add, info, wait_info};
+use crate::fault_support::{Sandbox, add_file, info, wait_info};
 use crate::support::{assert_exact, bounded};
 
 const MIB: u64 = 1024 * 1024;
@@ -35,6 +35,13 @@ impl Tmpfs {
         }
         Ok(Tmpfs(dir.to_path_buf()))
     }
+
+    /// [`mount`](Self::mount), or say on stderr that `test` is skipped, and why.
+    fn mount_or_skip(dir: &Path, options: &str, test: &str) -> Option<Tmpfs> {
+        Tmpfs::mount(dir, options)
+            .inspect_err(|why| eprintln!("SKIPPED {test}: {why}"))
+            .ok()
+    }
 }
 
 impl Drop for Tmpfs {
@@ -43,14 +50,24 @@ impl Drop for Tmpfs {
     }
 }
 
-async fn set_download_dir(client: &mut sdm::client::Client, dir: &Path) {
-    let _: SettingsResult = client
+/// Ask the service to download into `dir` from now on.
+async fn try_set_download_dir(
+    client: &mut sdm::client::Client,
+    dir: &Path,
+) -> Result<SettingsResult, sdm::client::ClientError> {
+    client
         .call(Cmd::SetSettings {
             settings: SettingsPatch {
                 download_dir: Some(dir.display().to_string()),
                 ..SettingsPatch::default()
             },
         })
+        .await
+}
+
+/// [`try_set_download_dir`], which must succeed.
+async fn set_download_dir(client: &mut sdm::client::Client, dir: &Path) {
+    try_set_download_dir(client, dir)
         .await
         .expect("set the download folder");
 }
@@ -60,30 +77,21 @@ async fn a_full_disk_pauses_the_download_which_completes_once_space_is_freed() {
     bounded(90, async {
         let mut sdm = Sandbox::new();
         let dir = sdm.root.path().join("small");
-        let _tmpfs = match Tmpfs::mount(&dir, "size=8m,mode=0700") {
-            Ok(t) => t,
-            Err(why) => {
-                eprintln!("SKIPPED a_full_disk_pauses_the_download...: {why}");
-                return;
-            }
+        let Some(_tmpfs) = Tmpfs::mount_or_skip(
+            &dir,
+            "size=8m,mode=0700",
+            "a_full_disk_pauses_the_download...",
+        ) else {
+            return;
         };
         // 5 MiB of the 8 are taken: a 6 MiB download cannot fit until the filler goes.
         let filler = dir.join("filler");
         std::fs::write(&filler, vec![7u8; 5 * MIB as usize]).unwrap();
         let server = TestServer::start().await;
         let file = server.serve("/big.bin", FileSpec::new(6 * MIB).seed(170).etag());
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         set_download_dir(&mut client, &dir).await;
-        let id = add(
-            &mut client,
-            AddRequest {
-                url: file.url().to_string(),
-                threads: Some(4),
-                ..AddRequest::default()
-            },
-        )
-        .await;
+        let id = add_file(&mut client, &file, Some(4)).await;
 
         let paused = wait_info(&mut client, id, 30, "paused", |d| {
             d.status != Status::Queued && d.status != Status::Downloading
@@ -100,8 +108,7 @@ async fn a_full_disk_pauses_the_download_which_completes_once_space_is_freed() {
         // The service survived, and so did its state: a restart still knows the paused download.
         let _: protocol::PingResult = client.call(Cmd::Ping).await.expect("ping");
         tokio::task::block_in_place(|| sdm.stop());
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         assert_eq!(info(&mut client, id).await.status, Status::Paused);
 
         std::fs::remove_file(&filler).unwrap();
@@ -125,18 +132,10 @@ async fn a_deleted_download_folder_is_created_again() {
         std::fs::create_dir_all(&dir).unwrap();
         let server = TestServer::start().await;
         let file = server.serve("/a.bin", FileSpec::new(2 * MIB).seed(171));
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         set_download_dir(&mut client, &dir).await;
         std::fs::remove_dir_all(&dir).unwrap();
-        let id = add(
-            &mut client,
-            AddRequest {
-                url: file.url().to_string(),
-                ..AddRequest::default()
-            },
-        )
-        .await;
+        let id = add_file(&mut client, &file, None).await;
         let done = wait_info(&mut client, id, 30, "finished", |d| d.status.is_finished()).await;
         assert_eq!(done.status, Status::Completed, "{done:?}");
         assert!(Path::new(&done.path).starts_with(&dir), "{done:?}");
@@ -151,26 +150,18 @@ async fn a_read_only_download_folder_is_a_clear_error() {
         let mut sdm = Sandbox::new();
         let dir = sdm.root.path().join("ro");
         // Root ignores permission bits, so a read-only mount it is.
-        let _tmpfs = match Tmpfs::mount(&dir, "ro,size=1m") {
-            Ok(t) => t,
-            Err(why) => {
-                eprintln!("SKIPPED a_read_only_download_folder_is_a_clear_error: {why}");
-                return;
-            }
+        let Some(_tmpfs) = Tmpfs::mount_or_skip(
+            &dir,
+            "ro,size=1m",
+            "a_read_only_download_folder_is_a_clear_error",
+        ) else {
+            return;
         };
         let server = TestServer::start().await;
         let file = server.serve("/a.bin", FileSpec::new(MIB).seed(172));
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         // Either the setting is refused at once, or the download fails saying why.
-        let set: Result<SettingsResult, _> = client
-            .call(Cmd::SetSettings {
-                settings: SettingsPatch {
-                    download_dir: Some(dir.display().to_string()),
-                    ..SettingsPatch::default()
-                },
-            })
-            .await;
+        let set = try_set_download_dir(&mut client, &dir).await;
         if let Err(e) = set {
             let msg = e.to_string();
             eprintln!("read-only folder refused as a setting: {msg}");
@@ -180,14 +171,7 @@ async fn a_read_only_download_folder_is_a_clear_error() {
             );
             return;
         }
-        let id = add(
-            &mut client,
-            AddRequest {
-                url: file.url().to_string(),
-                ..AddRequest::default()
-            },
-        )
-        .await;
+        let id = add_file(&mut client, &file, None).await;
         let done = wait_info(&mut client, id, 30, "finished or paused", |d| {
             d.status.is_finished() || d.status == Status::Paused
         })

@@ -48,196 +48,93 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
                 }
                 r
             };
+            const INVALID: &str = "invalid_argument";
+            const BAD: &str = "bad_request";
+            let url = |url: &str| json!({"cmd": "add", "url": url});
+            let name = |name: &str| add(json!({"filename": name}));
+            let settings = |settings: Value| json!({"cmd": "set_settings", "settings": settings});
             let cases: Vec<(Value, &str, &str)> = vec![
                 // URLs.
-                (
-                    json!({"cmd": "add", "url": "file:///etc/passwd"}),
-                    "invalid_argument",
-                    "http",
-                ),
-                (
-                    json!({"cmd": "add", "url": "ftp://127.0.0.1/a"}),
-                    "invalid_argument",
-                    "http",
-                ),
-                (
-                    json!({"cmd": "add", "url": "javascript:alert(1)"}),
-                    "invalid_argument",
-                    "http",
-                ),
-                (
-                    json!({"cmd": "add", "url": "data:text/plain,hi"}),
-                    "invalid_argument",
-                    "http",
-                ),
-                (
-                    json!({"cmd": "add", "url": "chrome://settings"}),
-                    "invalid_argument",
-                    "http",
-                ),
-                (
-                    json!({"cmd": "add", "url": "http://user:secret@127.0.0.1/a"}),
-                    "invalid_argument",
-                    "password",
-                ),
-                (
-                    json!({"cmd": "add", "url": "http://user@127.0.0.1/a"}),
-                    "invalid_argument",
-                    "user",
-                ),
-                (
-                    json!({"cmd": "add", "url": long_url}),
-                    "invalid_argument",
-                    "at most",
-                ),
-                (json!({"cmd": "add", "url": ""}), "invalid_argument", "url"),
-                (
-                    json!({"cmd": "add", "url": "http://"}),
-                    "invalid_argument",
-                    "url",
-                ),
-                (
-                    json!({"cmd": "add", "url": "/etc/passwd"}),
-                    "invalid_argument",
-                    "url",
-                ),
+                (url("file:///etc/passwd"), INVALID, "http"),
+                (url("ftp://127.0.0.1/a"), INVALID, "http"),
+                (url("javascript:alert(1)"), INVALID, "http"),
+                (url("data:text/plain,hi"), INVALID, "http"),
+                (url("chrome://settings"), INVALID, "http"),
+                (url("http://user:secret@127.0.0.1/a"), INVALID, "password"),
+                (url("http://user@127.0.0.1/a"), INVALID, "user"),
+                (url(&long_url), INVALID, "at most"),
+                (url(""), INVALID, "url"),
+                (url("http://"), INVALID, "url"),
+                (url("/etc/passwd"), INVALID, "url"),
                 // File names.
-                (
-                    add(json!({"filename": "../../.bashrc"})),
-                    "invalid_argument",
-                    "separator",
-                ),
-                (
-                    add(json!({"filename": "/etc/cron.d/evil"})),
-                    "invalid_argument",
-                    "separator",
-                ),
-                (
-                    add(json!({"filename": "..\\..\\evil.bat"})),
-                    "invalid_argument",
-                    "separator",
-                ),
-                (
-                    add(json!({"filename": "a\u{0}b.txt"})),
-                    "invalid_argument",
-                    "control",
-                ),
-                (
-                    add(json!({"filename": "a\nb.txt"})),
-                    "invalid_argument",
-                    "control",
-                ),
-                (
-                    add(json!({"filename": ".."})),
-                    "invalid_argument",
-                    "not a file name",
-                ),
-                (
-                    add(json!({"filename": "."})),
-                    "invalid_argument",
-                    "not a file name",
-                ),
-                (add(json!({"filename": ""})), "invalid_argument", "empty"),
-                (
-                    add(json!({"filename": "CON"})),
-                    "invalid_argument",
-                    "reserved",
-                ),
-                (
-                    add(json!({"filename": "nul.txt"})),
-                    "invalid_argument",
-                    "reserved",
-                ),
-                (
-                    add(json!({"filename": "LPT1.log"})),
-                    "invalid_argument",
-                    "reserved",
-                ),
-                (
-                    add(json!({"filename": "x".repeat(10_240)})),
-                    "invalid_argument",
-                    "at most",
-                ),
+                (name("../../.bashrc"), INVALID, "separator"),
+                (name("/etc/cron.d/evil"), INVALID, "separator"),
+                (name("..\\..\\evil.bat"), INVALID, "separator"),
+                (name("a\u{0}b.txt"), INVALID, "control"),
+                (name("a\nb.txt"), INVALID, "control"),
+                (name(".."), INVALID, "not a file name"),
+                (name("."), INVALID, "not a file name"),
+                (name(""), INVALID, "empty"),
+                (name("CON"), INVALID, "reserved"),
+                (name("nul.txt"), INVALID, "reserved"),
+                (name("LPT1.log"), INVALID, "reserved"),
+                (name(&"x".repeat(10_240)), INVALID, "at most"),
                 // Numbers out of range.
-                (add(json!({"threads": 0})), "invalid_argument", "threads"),
-                (add(json!({"threads": 33})), "invalid_argument", "threads"),
+                (add(json!({"threads": 0})), INVALID, "threads"),
+                (add(json!({"threads": 33})), INVALID, "threads"),
                 (
                     add(json!({"threads": 4_294_967_295u64})),
-                    "invalid_argument",
+                    INVALID,
                     "threads",
                 ),
-                (add(json!({"threads": -1})), "bad_request", "expected"),
-                (add(json!({"threads": 1e9})), "bad_request", "expected"),
-                (add(json!({"retries": 101})), "invalid_argument", "retries"),
+                (add(json!({"threads": -1})), BAD, "expected"),
+                (add(json!({"threads": 1e9})), BAD, "expected"),
+                (add(json!({"retries": 101})), INVALID, "retries"),
                 (
                     add(json!({"retries": 4_294_967_295u64})),
-                    "invalid_argument",
+                    INVALID,
                     "retries",
                 ),
-                (add(json!({"retries": -5})), "bad_request", "expected"),
-                (
-                    add(json!({"bandwidth_limit": -1})),
-                    "bad_request",
-                    "expected",
-                ),
-                (
-                    add(json!({"bandwidth_limit": "fast"})),
-                    "bad_request",
-                    "expected",
-                ),
-                (
-                    add(json!({"bandwidth_limit": 1.5e30})),
-                    "bad_request",
-                    "expected",
-                ),
+                (add(json!({"retries": -5})), BAD, "expected"),
+                (add(json!({"bandwidth_limit": -1})), BAD, "expected"),
+                (add(json!({"bandwidth_limit": "fast"})), BAD, "expected"),
+                (add(json!({"bandwidth_limit": 1.5e30})), BAD, "expected"),
                 // Headers and referrer.
                 (
                     add(json!({"headers": {"X-A": "b\r\nX-Injected: 1"}})),
-                    "invalid_argument",
+                    INVALID,
                     "header",
                 ),
                 (
                     add(json!({"headers": {"Bad Name": "v"}})),
-                    "invalid_argument",
+                    INVALID,
                     "header",
                 ),
-                (
-                    add(json!({"referrer": "not a url"})),
-                    "invalid_argument",
-                    "referrer",
-                ),
-                (add(json!({"surprise": true})), "bad_request", "surprise"),
+                (add(json!({"referrer": "not a url"})), INVALID, "referrer"),
+                (add(json!({"surprise": true})), BAD, "surprise"),
                 // Settings.
                 (
-                    json!({"cmd": "set_settings", "settings": {"max_concurrent": 0}}),
-                    "invalid_argument",
+                    settings(json!({"max_concurrent": 0})),
+                    INVALID,
                     "max_concurrent",
                 ),
+                (settings(json!({"default_threads": 99})), INVALID, "threads"),
                 (
-                    json!({"cmd": "set_settings", "settings": {"default_threads": 99}}),
-                    "invalid_argument",
-                    "threads",
-                ),
-                (
-                    json!({"cmd": "set_settings", "settings": {"default_retries": 1000}}),
-                    "invalid_argument",
+                    settings(json!({"default_retries": 1000})),
+                    INVALID,
                     "retries",
                 ),
                 (
-                    json!({"cmd": "set_settings", "settings": {"stall_timeout_secs": 0}}),
-                    "invalid_argument",
+                    settings(json!({"stall_timeout_secs": 0})),
+                    INVALID,
                     "stall_timeout",
                 ),
                 (
-                    json!({"cmd": "set_settings", "settings": {"download_dir": "../../tmp"}}),
-                    "invalid_argument",
+                    settings(json!({"download_dir": "../../tmp"})),
+                    INVALID,
                     "absolute",
                 ),
-                (
-                    json!({"cmd": "set_settings", "settings": {"bandwidth_limit": -1}}),
-                    "bad_request",
-                    "expected",
-                ),
+                (settings(json!({"bandwidth_limit": -1})), BAD, "expected"),
                 // Ids that name nothing.
                 (
                     json!({"cmd": "pause", "download_id": 424242}),
@@ -278,8 +175,7 @@ async fn the_largest_bandwidth_limit_does_not_overflow() {
         let server = sdm_tests::TestServer::start().await;
         let file = server.serve("/max.bin", sdm_tests::FileSpec::new(3 << 20).seed(210));
         let mut sdm = Sandbox::new();
-        tokio::task::block_in_place(|| sdm.start());
-        let mut client = sdm.client().await;
+        let mut client = sdm.start_and_connect().await;
         let id = crate::fault_support::add(
             &mut client,
             protocol::AddRequest {

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use protocol::{AddRequest, Command as Cmd, DownloadId, HistoryResult, PageRequest, Status};
+use protocol::{Command as Cmd, DownloadId, HistoryResult, PageRequest, Status};
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Sandbox, add, list, wait_info};
+use crate::fault_support::{Sandbox, add_file, list, wait_info};
 use crate::support::bounded;
 
 const KIB: u64 = 1024;
@@ -21,24 +21,25 @@ struct Before {
     completed: Vec<DownloadId>,
 }
 
-/// A stopped service with three paused downloads in `state.json` and two finished ones in `history.jsonl`.
+/// A stopped service with three paused downloads in `state.json` and two finished ones in `history.jsonl`, and the
+/// server they come from.
+async fn populated() -> (TestServer, Sandbox, Before) {
+    let server = TestServer::start().await;
+    let mut sdm = Sandbox::new();
+    let before = populate(&mut sdm, &server).await;
+    (server, sdm, before)
+}
+
+/// Fill `sdm` as [`populated`] says.
 async fn populate(sdm: &mut Sandbox, server: &TestServer) -> Before {
-    tokio::task::block_in_place(|| sdm.start());
-    let mut client = sdm.client().await;
+    let mut client = sdm.start_and_connect().await;
     let mut completed = Vec::new();
     for i in 0..2 {
         let small = server.serve(
             &format!("/small{i}.bin"),
             FileSpec::new(64 * KIB).seed(180 + i),
         );
-        let id = add(
-            &mut client,
-            AddRequest {
-                url: small.url().to_string(),
-                ..AddRequest::default()
-            },
-        )
-        .await;
+        let id = add_file(&mut client, &small, None).await;
         let done = wait_info(&mut client, id, 20, "completed", |d| d.status.is_finished()).await;
         assert_eq!(done.status, Status::Completed, "{done:?}");
         completed.push(id);
@@ -49,14 +50,7 @@ async fn populate(sdm: &mut Sandbox, server: &TestServer) -> Before {
             &format!("/big{i}.bin"),
             FileSpec::new(4 * MIB).seed(190 + i).rate(256 * KIB),
         );
-        let id = add(
-            &mut client,
-            AddRequest {
-                url: big.url().to_string(),
-                ..AddRequest::default()
-            },
-        )
-        .await;
+        let id = add_file(&mut client, &big, None).await;
         let _: serde_json::Value = client
             .call(Cmd::Pause { download_id: id })
             .await
@@ -106,8 +100,7 @@ async fn restart_on_damage(
     damaged: &str,
     server: &TestServer,
 ) -> Vec<DownloadId> {
-    tokio::task::block_in_place(|| sdm.start());
-    let mut client = sdm.client().await;
+    let mut client = sdm.start_and_connect().await;
     let _: protocol::PingResult = client.call(Cmd::Ping).await.expect("the service answers");
     let set_aside = aside(&sdm.data(), &format!("{damaged}.damaged-"));
     assert_eq!(set_aside.len(), 1, "{damaged} set aside: {set_aside:?}");
@@ -119,14 +112,7 @@ async fn restart_on_damage(
     );
     let listed: Vec<DownloadId> = list(&mut client).await.iter().map(|d| d.id).collect();
     let new = server.serve("/new.bin", FileSpec::new(KIB).seed(199));
-    let id = add(
-        &mut client,
-        AddRequest {
-            url: new.url().to_string(),
-            ..AddRequest::default()
-        },
-    )
-    .await;
+    let id = add_file(&mut client, &new, None).await;
     let taken: Vec<DownloadId> = before
         .paused
         .iter()
@@ -143,9 +129,7 @@ async fn restart_on_damage(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_record_in_the_state_file_costs_only_that_download() {
     bounded(60, async {
-        let server = TestServer::start().await;
-        let mut sdm = Sandbox::new();
-        let before = populate(&mut sdm, &server).await;
+        let (server, mut sdm, before) = populated().await;
         let path = sdm.data().join("state.json");
         let mut state: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -175,9 +159,7 @@ async fn a_garbage_record_in_the_state_file_costs_only_that_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_file_of_garbage_starts_empty_without_reusing_ids() {
     bounded(60, async {
-        let server = TestServer::start().await;
-        let mut sdm = Sandbox::new();
-        let before = populate(&mut sdm, &server).await;
+        let (server, mut sdm, before) = populated().await;
         std::fs::write(sdm.data().join("state.json"), b"\0\xff{{{ this is not json").unwrap();
 
         let listed = restart_on_damage(&mut sdm, &before, "state.json", &server).await;
@@ -197,9 +179,7 @@ async fn a_state_file_of_garbage_starts_empty_without_reusing_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_state_file_keeps_the_downloads_before_the_cut() {
     bounded(60, async {
-        let server = TestServer::start().await;
-        let mut sdm = Sandbox::new();
-        let before = populate(&mut sdm, &server).await;
+        let (server, mut sdm, before) = populated().await;
         let path = sdm.data().join("state.json");
         let text = std::fs::read_to_string(&path).unwrap();
         // Cut in the middle of the last download's record: the two before it are whole.
@@ -224,9 +204,7 @@ async fn a_truncated_state_file_keeps_the_downloads_before_the_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_history_keeps_its_good_lines() {
     bounded(60, async {
-        let server = TestServer::start().await;
-        let mut sdm = Sandbox::new();
-        let before = populate(&mut sdm, &server).await;
+        let (server, mut sdm, before) = populated().await;
         let path = sdm.data().join("history.jsonl");
         let mut text = std::fs::read(&path).unwrap();
         // A garbage line in the middle, and a last line cut short as by a crash mid-append.
@@ -248,9 +226,7 @@ async fn a_damaged_history_keeps_its_good_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_settings_fall_back_to_defaults() {
     bounded(60, async {
-        let server = TestServer::start().await;
-        let mut sdm = Sandbox::new();
-        let before = populate(&mut sdm, &server).await;
+        let (server, mut sdm, before) = populated().await;
         std::fs::write(
             sdm.data().join("settings.json"),
             b"{\"max_concurrent\": \"many\"",

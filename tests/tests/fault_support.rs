@@ -197,6 +197,12 @@ impl Sandbox {
         }
     }
 
+    /// [`start`](Self::start) the service (from async code: the wait blocks in place) and connect to it.
+    pub async fn start_and_connect(&mut self) -> sdm::client::Client {
+        tokio::task::block_in_place(|| self.start());
+        self.client().await
+    }
+
     /// A request/reply connection to the running service.
     pub async fn client(&self) -> sdm::client::Client {
         let stream = tokio::net::UnixStream::connect(self.socket())
@@ -414,6 +420,23 @@ pub async fn add(
         .await
         .expect("add is accepted");
     added.id
+}
+
+/// Add a download of `file` with `threads` connections (the service's default for `None`) and return its id.
+pub async fn add_file(
+    client: &mut sdm::client::Client,
+    file: &sdm_tests::ServedFile,
+    threads: Option<u32>,
+) -> protocol::DownloadId {
+    add(
+        client,
+        protocol::AddRequest {
+            url: file.url().to_string(),
+            threads,
+            ..protocol::AddRequest::default()
+        },
+    )
+    .await
 }
 
 /// Poll the service every 25 ms until download `id` satisfies `pred` (failing after `secs`), and return it.
