@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::support::{assert_exact, bounded, finished_files_in, get, spec, tempdir};
+use crate::support::{assert_exact, bounded, fetch, fetch_exact, finished_files_in};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -13,13 +13,9 @@ async fn a_matching_sha256_passes() {
     bounded(30, async {
         let server = TestServer::start().await;
         let file = server.serve("/sum.bin", FileSpec::new(3 * MIB).seed(60));
-        let dir = tempdir();
-        let mut s = spec(file.url(), dir.path());
-        s.sha256 = Some(file.sha256());
+        let sha256 = file.sha256();
 
-        let path = get(s).await.expect("download succeeds");
-
-        assert_exact(&path, &file);
+        fetch_exact(&file, |s| s.sha256 = Some(sha256), "download succeeds").await;
     })
     .await;
 }
@@ -29,11 +25,9 @@ async fn a_sha256_mismatch_is_an_error_and_leaves_no_file() {
     bounded(30, async {
         let server = TestServer::start().await;
         let file = server.serve("/sum.bin", FileSpec::new(3 * MIB).seed(61));
-        let dir = tempdir();
-        let mut s = spec(file.url(), dir.path());
-        s.sha256 = Some("0".repeat(64));
 
-        let err = get(s).await.expect_err("a wrong checksum cannot succeed");
+        let (dir, result) = fetch(&file, |s| s.sha256 = Some("0".repeat(64))).await;
+        let err = result.expect_err("a wrong checksum cannot succeed");
 
         assert!(
             !dir.path().join("sum.bin").exists(),
@@ -53,13 +47,14 @@ async fn the_bandwidth_cap_holds() {
     bounded(30, async {
         let server = TestServer::start().await;
         let file = server.serve("/capped.bin", FileSpec::new(4 * MIB).seed(62));
-        let dir = tempdir();
-        let mut s = spec(file.url(), dir.path());
-        s.threads = 4;
-        s.limit = MIB;
         let started = Instant::now();
 
-        let path = get(s).await.expect("download succeeds");
+        let (_dir, result) = fetch(&file, |s| {
+            s.threads = 4;
+            s.limit = MIB;
+        })
+        .await;
+        let path = result.expect("download succeeds");
 
         // 4 MiB at 1 MiB/s is 4 s; a small initial burst is fair, a cap that lets twice the rate through is not.
         let took = started.elapsed();
