@@ -10,9 +10,9 @@ use sdm_tests::{FileSpec, ServedFile, TestServer};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::support::{
-    add, assert_completed_exact, assert_exact, bounded, complete_exact, finished_files_in,
-    names_in, set_settings, start_engine, stop, tempdir, until, wait_downloaded, wait_for,
-    wait_status, with_engine,
+    add, assert_completed_exact, assert_exact, bounded, complete_exact, connections_closed,
+    finished_files_in, names_in, set_settings, start_engine, stop, tempdir, until, wait_downloaded,
+    wait_for, wait_status, with_engine,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -32,6 +32,21 @@ fn bandwidth_limit(bytes_per_second: u64) -> SettingsPatch {
         bandwidth_limit: Some(bytes_per_second),
         ..SettingsPatch::default()
     }
+}
+
+/// Serve a 4 MiB file (content `seed`) at `path`, paced at 1 MiB/s a connection, add it with two connections, and
+/// wait until `bytes` are down: a download caught running.
+async fn started(
+    engine: &Engine,
+    server: &TestServer,
+    path: &str,
+    seed: u64,
+    bytes: u64,
+) -> (ServedFile, u64) {
+    let file = server.serve(path, FileSpec::new(4 * MIB).seed(seed).rate(MIB));
+    let id = add(engine, &file, Some(2));
+    wait_downloaded(engine, id, bytes).await;
+    (file, id)
 }
 
 /// Wait until every download in `downloads` completes, then check each with [`assert_completed_exact`].
@@ -110,16 +125,10 @@ async fn five_downloads_run_two_at_a_time_and_all_complete() {
 async fn pause_stops_the_transfer_and_resume_continues_it() {
     with_engine(60, async |_root, engine| {
         let server = TestServer::start().await;
-        let file = server.serve("/pause.bin", FileSpec::new(4 * MIB).seed(80).rate(MIB));
-        let id = add(engine, &file, Some(2));
-
-        wait_downloaded(engine, id, 512 * KIB).await;
+        let (file, id) = started(engine, &server, "/pause.bin", 80, 512 * KIB).await;
         engine.pause(id).expect("pause is accepted");
         let paused = wait_status(engine, id, Status::Paused).await;
-        until(5, "the paused download's connections to close", || {
-            file.active() == 0
-        })
-        .await;
+        connections_closed(&file, "the paused download's").await;
         let sent = file.bytes_sent();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let still = engine.get(id).expect("download exists");
@@ -154,16 +163,10 @@ async fn pause_stops_the_transfer_and_resume_continues_it() {
 async fn cancel_stops_the_transfer_and_leaves_no_file() {
     with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
-        let file = server.serve("/cancel.bin", FileSpec::new(4 * MIB).seed(81).rate(MIB));
-        let id = add(engine, &file, Some(2));
-
-        wait_downloaded(engine, id, 256 * KIB).await;
+        let (file, id) = started(engine, &server, "/cancel.bin", 81, 256 * KIB).await;
         engine.cancel(id).expect("cancel is accepted");
         let info = wait_status(engine, id, Status::Cancelled).await;
-        until(5, "the cancelled download's connections to close", || {
-            file.active() == 0
-        })
-        .await;
+        connections_closed(&file, "the cancelled download's").await;
 
         assert!(
             !Path::new(&info.path).exists(),
@@ -186,12 +189,9 @@ async fn cancel_stops_the_transfer_and_leaves_no_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_forgets_a_running_download_and_deletes_its_files() {
     with_engine(60, async |root, engine| {
-        let server = TestServer::start().await;
-        let file = server.serve("/remove.bin", FileSpec::new(4 * MIB).seed(82).rate(MIB));
         let mut events = engine.subscribe();
-        let id = add(engine, &file, Some(2));
-
-        wait_downloaded(engine, id, 256 * KIB).await;
+        let server = TestServer::start().await;
+        let (file, id) = started(engine, &server, "/remove.bin", 82, 256 * KIB).await;
         engine.remove(id, true).expect("remove is accepted");
 
         // A running download is removed once its transfer has stopped; the `removed` event says when.
@@ -208,10 +208,7 @@ async fn remove_forgets_a_running_download_and_deletes_its_files() {
         assert!(removed.is_ok(), "no `removed` event");
         let err = engine.get(id).expect_err("a removed download is gone");
         assert_eq!(err.code, ErrorCode::NotFound);
-        until(5, "the removed download's connections to close", || {
-            file.active() == 0
-        })
-        .await;
+        connections_closed(&file, "the removed download's").await;
         let downloads = root.path().join("downloads");
         until(5, "the removed download's files to go", || {
             names_in(&downloads).is_empty()
@@ -629,9 +626,7 @@ async fn a_storm_of_pause_and_resume_still_ends_exact() {
 async fn remove_of_a_paused_download_deletes_its_part_file() {
     with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
-        let file = server.serve("/parked.bin", FileSpec::new(4 * MIB).seed(97).rate(MIB));
-        let id = add(engine, &file, Some(2));
-        wait_downloaded(engine, id, 256 * KIB).await;
+        let (_file, id) = started(engine, &server, "/parked.bin", 97, 256 * KIB).await;
         engine.pause(id).expect("pause is accepted");
         wait_status(engine, id, Status::Paused).await;
         let downloads = root.path().join("downloads");

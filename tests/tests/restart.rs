@@ -7,8 +7,8 @@ use protocol::{DownloadId, DownloadInfo, Status};
 use sdm_tests::{FileSpec, ServedFile, TestServer};
 
 use crate::support::{
-    add, assert_exact, bounded, names_in, set_settings, start_engine, stop, tempdir, until,
-    wait_downloaded, wait_for, wait_status,
+    add, assert_exact, bounded, connections_closed, names_in, set_settings, start_engine, stop,
+    tempdir, until, wait_downloaded, wait_for, wait_status,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -36,7 +36,7 @@ async fn a_restarted_engine_resumes_where_the_last_one_stopped() {
         let file = server.serve("/long.bin", FileSpec::new(6 * MIB).seed(90).etag().rate(MIB));
 
         let (id, before) = interrupt_at(root.path(), &file, 2, MIB).await;
-        until(5, "the old engine's connections to close", || file.active() == 0).await;
+        connections_closed(&file, "the old engine's").await;
         // Give a lingering task of the old engine the chance to show itself before the new one starts.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let sent_before_restart = file.bytes_sent();

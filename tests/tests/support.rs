@@ -269,6 +269,14 @@ pub async fn wait_status(engine: &Engine, id: DownloadId, status: Status) -> Dow
     info
 }
 
+/// Wait up to 5 s until no connection is open on `file`; `whose` names them ("the paused download's") for a failure.
+pub async fn connections_closed(file: &ServedFile, whose: &str) {
+    until(5, &format!("{whose} connections to close"), || {
+        file.active() == 0
+    })
+    .await;
+}
+
 /// Wait until `cond` holds, polling every 10 ms for up to `secs`.
 pub async fn until(secs: u64, what: &str, cond: impl Fn() -> bool) {
     let waited = tokio::time::timeout(Duration::from_secs(secs), async {
