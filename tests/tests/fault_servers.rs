@@ -13,7 +13,7 @@ use sdm_tests::{ALWAYS, FileSpec, TestServer, sha256_file, sha256_hex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::support::{bounded, finished_files_in, start_engine, tempdir, wait_for};
+use crate::support::{finished_files_in, wait_for, with_engine};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -31,6 +31,20 @@ fn add(engine: &Engine, url: &str, threads: u32, retries: u32) -> DownloadId {
 
 async fn finished(engine: &Engine, id: DownloadId) -> DownloadInfo {
     wait_for(engine, id, "finished", |d| d.status.is_finished()).await
+}
+
+/// Wait until download `id` has 1 MiB, then pause it and wait until it is paused.
+async fn pause_after_a_mib(engine: &Engine, id: DownloadId) {
+    wait_for(engine, id, "1 MiB down", |d| d.downloaded >= MIB).await;
+    engine.pause(id).expect("pause");
+    wait_for(engine, id, "paused", |d| d.status == Status::Paused).await;
+}
+
+/// Failed, with an error `reason` accepts, and no finished file in the download folder under `root`.
+fn assert_failed_leaving_nothing(info: &DownloadInfo, root: &Path, reason: impl Fn(&str) -> bool) {
+    assert_eq!(info.status, Status::Failed, "{info:?}");
+    assert!(info.error.as_deref().is_some_and(reason), "{info:?}");
+    assert!(finished_files_in(&root.join("downloads")).is_empty());
 }
 
 /// Completed with exactly `sha256`, or failed with a reason (containing one of `reasons`, when given) and nothing but
@@ -66,9 +80,7 @@ fn exact_or_explained(info: &DownloadInfo, dir: &Path, sha256: &str, reasons: &[
 /// Faults that every ranged response carries, not just the first few: the download cannot be rescued by retrying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_every_response_end_exact_or_explained() {
-    bounded(120, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(120, async |root, engine| {
         let server = TestServer::start().await;
         let cases: Vec<(&str, FileSpec, &[&str])> = vec![
             (
@@ -106,8 +118,8 @@ async fn faults_on_every_response_end_exact_or_explained() {
         for (i, (name, spec, reasons)) in cases.into_iter().enumerate() {
             let file = server.serve(&format!("/always{i}.bin"), spec.seed(100 + i as u64));
             let dir = root.path().join("downloads");
-            let id = add(&engine, file.url(), 4, 3);
-            let info = finished(&engine, id).await;
+            let id = add(engine, file.url(), 4, 3);
+            let info = finished(engine, id).await;
             let completed = exact_or_explained(&info, &dir, &file.sha256(), reasons);
             outcomes.push(format!(
                 "{name}: {}",
@@ -123,30 +135,21 @@ async fn faults_on_every_response_end_exact_or_explained() {
             }
         }
         eprintln!("faults on every response:\n  {}", outcomes.join("\n  "));
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_loop_fails_with_a_reason() {
-    bounded(30, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(30, async |root, engine| {
         let server = TestServer::start().await;
         server.redirect("/a", "/b");
         server.redirect("/b", "/a");
-        let id = add(&engine, &server.url("/a"), 4, 2);
-        let info = finished(&engine, id).await;
-        assert_eq!(info.status, Status::Failed, "{info:?}");
-        assert!(
-            info.error
-                .as_deref()
-                .is_some_and(|e| e.to_lowercase().contains("redirect")),
-            "{info:?}"
-        );
-        assert!(finished_files_in(&root.path().join("downloads")).is_empty());
-        engine.shutdown().await;
+        let id = add(engine, &server.url("/a"), 4, 2);
+        let info = finished(engine, id).await;
+        assert_failed_leaving_nothing(&info, root.path(), |e| {
+            e.to_lowercase().contains("redirect")
+        });
     })
     .await;
 }
@@ -154,9 +157,7 @@ async fn a_redirect_loop_fails_with_a_reason() {
 /// The file is replaced on the server while the download is paused: the resumed download never splices the two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_replaced_between_pause_and_resume_is_not_spliced() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
         for (i, spec) in [
             FileSpec::new(6 * MIB).etag(),
@@ -169,14 +170,12 @@ async fn a_file_replaced_between_pause_and_resume_is_not_spliced() {
                 &format!("/changing{i}.bin"),
                 spec.seed(130 + i as u64).rate(MIB),
             );
-            let id = add(&engine, file.url(), 4, 3);
-            wait_for(&engine, id, "1 MiB down", |d| d.downloaded >= MIB).await;
-            engine.pause(id).expect("pause");
-            wait_for(&engine, id, "paused", |d| d.status == Status::Paused).await;
+            let id = add(engine, file.url(), 4, 3);
+            pause_after_a_mib(engine, id).await;
             file.change_content();
             let gets_before = file.gets().len();
             engine.resume(id).expect("resume");
-            let info = finished(&engine, id).await;
+            let info = finished(engine, id).await;
             let dir = root.path().join("downloads");
             exact_or_explained(&info, &dir, &file.sha256(), &[]);
             // Every ranged request after the change carried the old validator, so the server could refuse to mix.
@@ -192,16 +191,13 @@ async fn a_file_replaced_between_pause_and_resume_is_not_spliced() {
                 std::fs::remove_file(&info.path).unwrap();
             }
         }
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stalls_every_connection_fails_in_bounded_time() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         engine
             .set_settings(SettingsPatch {
                 stall_timeout_secs: Some(1),
@@ -214,29 +210,21 @@ async fn a_server_that_stalls_every_connection_fails_in_bounded_time() {
             FileSpec::new(4 * MIB).seed(140).stall_after(0, ALWAYS),
         );
         let started = Instant::now();
-        let id = add(&engine, file.url(), 4, 2);
-        let info = wait_for_long(&engine, id, 45).await;
-        assert_eq!(info.status, Status::Failed, "{info:?}");
-        assert!(
-            info.error.as_deref().is_some_and(|e| !e.is_empty()),
-            "{info:?}"
-        );
-        assert!(finished_files_in(&root.path().join("downloads")).is_empty());
+        let id = add(engine, file.url(), 4, 2);
+        let info = wait_for_long(engine, id, 45).await;
+        assert_failed_leaving_nothing(&info, root.path(), |e| !e.is_empty());
         eprintln!(
             "every connection stalls: failed after {:.1?}: {:?}",
             started.elapsed(),
             info.error
         );
-        engine.shutdown().await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_429_storm_gives_up_with_a_reason() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         let server = TestServer::start().await;
         // The probe goes through; every later request is refused, with a short Retry-After.
         let file = server.serve(
@@ -246,21 +234,15 @@ async fn an_endless_429_storm_gives_up_with_a_reason() {
                 .status_after(1, ALWAYS, 429)
                 .retry_after("1"),
         );
-        let id = add(&engine, file.url(), 4, 2);
-        let info = wait_for_long(&engine, id, 45).await;
-        assert_eq!(info.status, Status::Failed, "{info:?}");
-        assert!(
-            info.error.as_deref().is_some_and(|e| e.contains("429")),
-            "{info:?}"
-        );
-        assert!(finished_files_in(&root.path().join("downloads")).is_empty());
+        let id = add(engine, file.url(), 4, 2);
+        let info = wait_for_long(engine, id, 45).await;
+        assert_failed_leaving_nothing(&info, root.path(), |e| e.contains("429"));
         // Bounded by the retries, not hammering: a few requests per connection, not hundreds.
         assert!(
             file.gets().len() < 60,
             "{} requests in a 429 storm",
             file.gets().len()
         );
-        engine.shutdown().await;
     })
     .await;
 }
@@ -399,19 +381,15 @@ async fn serve_416(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_416_on_resume_ends_exact_or_explained() {
-    bounded(60, async {
-        let root = tempdir();
-        let engine = start_engine(root.path()).await;
+    with_engine(60, async |root, engine| {
         let body = sdm_tests::server::expected_bytes(160, 0, 4 * MIB);
         let sha = sha256_hex(&body);
         let server = Refuses416::start(body).await;
-        let id = add(&engine, &server.url, 4, 2);
-        wait_for(&engine, id, "1 MiB down", |d| d.downloaded >= MIB).await;
-        engine.pause(id).expect("pause");
-        wait_for(&engine, id, "paused", |d| d.status == Status::Paused).await;
+        let id = add(engine, &server.url, 4, 2);
+        pause_after_a_mib(engine, id).await;
         server.refuse.store(true, Ordering::SeqCst);
         engine.resume(id).expect("resume");
-        let info = wait_for_long(&engine, id, 45).await;
+        let info = wait_for_long(engine, id, 45).await;
         let dir = root.path().join("downloads");
         exact_or_explained(&info, &dir, &sha, &["416"]);
         assert!(
@@ -419,7 +397,6 @@ async fn a_416_on_resume_ends_exact_or_explained() {
             "the resume never asked for a range"
         );
         eprintln!("416 on resume: {:?} {:?}", info.status, info.error);
-        engine.shutdown().await;
     })
     .await;
 }
