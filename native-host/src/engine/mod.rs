@@ -325,7 +325,9 @@ impl Engine {
         if self.inner.saved.load(Ordering::SeqCst) >= target {
             return;
         }
-        self.save_locked().await;
+        // Only the queue changed: the running downloads' progress may stay where the last checkpoint left it, so
+        // that acknowledging a command never waits for their data to reach the disk.
+        self.save_locked(false).await;
     }
 
     pub fn add(&self, req: AddRequest) -> Result<DownloadId, ApiError> {
@@ -878,11 +880,12 @@ impl Engine {
     /// Write `state.json`: running downloads' plans only count bytes that are synced to disk.
     async fn save(&self) {
         let _one = self.inner.save_lock.lock().await;
-        self.save_locked().await;
+        self.save_locked(true).await;
     }
 
-    /// [`Engine::save`], with `save_lock` held by the caller.
-    async fn save_locked(&self) {
+    /// [`Engine::save`], with `save_lock` held by the caller. `sync_parts`: sync running downloads' `.part` files and
+    /// save their progress as of now; otherwise save the progress of their last sync.
+    async fn save_locked(&self, sync_parts: bool) {
         let (next_id, records, lives, covers) = {
             let core = lock(&self.inner.core);
             let covers = self.inner.mutations.load(Ordering::SeqCst);
@@ -899,8 +902,13 @@ impl Engine {
         let result = tokio::task::spawn_blocking(move || {
             let mut records = records;
             for (rec, live) in records.iter_mut().zip(lives) {
-                if let Some(plan) = live.and_then(|l| l.durable_plan()) {
-                    rec.plan = Some(plan);
+                let plan = match live {
+                    Some(l) if sync_parts => l.durable_plan(),
+                    Some(l) => l.last_durable_plan(),
+                    None => None,
+                };
+                if plan.is_some() {
+                    rec.plan = plan;
                 }
             }
             state::save_state(&dir, next_id, &records)

@@ -211,6 +211,9 @@ pub struct Live {
     pub downloaded: AtomicU64,
     pub connections: AtomicU32,
     file: Mutex<Option<Arc<File>>>,
+    /// What the last [`Live::durable_plan`] returned: progress known to be on disk, for writers of state that must
+    /// not wait for a sync.
+    last_durable: Mutex<Option<Plan>>,
 }
 
 impl Live {
@@ -243,7 +246,16 @@ impl Live {
             warn!(cause = %e, "cannot sync the part file; saving no progress past the last sync");
             return None;
         }
+        *self.last_durable.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.clone());
         Some(plan)
+    }
+
+    /// The plan of the last [`Live::durable_plan`], without syncing anything now.
+    pub fn last_durable_plan(&self) -> Option<Plan> {
+        self.last_durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_file(&self, file: Option<Arc<File>>) {
@@ -320,6 +332,11 @@ impl Transfer {
 
     /// Forget progress: after a change of file (`reprobe`), or to go on over one connection without ranges.
     fn reset(&self, reprobe: bool, restarts: Option<u32>) {
+        *self
+            .live
+            .last_durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         let mut guard = self.live.plan();
         if let Some(plan) = guard.as_mut() {
             plan.ranges = false;
