@@ -84,14 +84,16 @@ pub async fn acquire(limiters: &[&RateLimiter], n: usize) {
     }
 }
 
-/// The largest read worth charging at once for this cap: about 1/8 s of budget, so a capped stream stays smooth.
-pub fn chunk_budget(limiters: &[&RateLimiter]) -> Option<usize> {
+/// The most bytes to charge and write at once under these caps: 1/32 s of the smallest budget (at least 4 KiB), so
+/// a capped stream advances in small even steps and no 1 s window runs more than a few percent over the cap. `None`
+/// when nothing is capped.
+pub fn piece_size(limiters: &[&RateLimiter]) -> Option<usize> {
     limiters
         .iter()
         .map(|l| l.rate())
         .filter(|&r| r > 0)
         .min()
-        .map(|r| ((r / 8) as usize).max(1024))
+        .map(|r| ((r / 32) as usize).max(4096))
 }
 
 #[cfg(test)]
@@ -127,6 +129,18 @@ mod tests {
         assert_eq!(l.reserve(1 << 20), Duration::ZERO);
         l.set_rate(1_000_000);
         assert!(l.reserve(1000) < Duration::from_millis(2));
+    }
+
+    #[test]
+    fn pieces_are_a_thirty_second_of_the_smallest_cap() {
+        let (a, b, none) = (
+            RateLimiter::new(1 << 20),
+            RateLimiter::new(20 << 20),
+            RateLimiter::new(0),
+        );
+        assert_eq!(piece_size(&[&b, &a, &none]), Some(32 * 1024));
+        assert_eq!(piece_size(&[&RateLimiter::new(1000)]), Some(4096));
+        assert_eq!(piece_size(&[&none]), None);
     }
 
     #[tokio::test(start_paused = true)]

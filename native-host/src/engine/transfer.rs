@@ -767,6 +767,7 @@ impl Transfer {
                         ));
                     }
                     let n = (data.len() as u64).min(s.end - s.pos).min(resp_end - at) as usize;
+                    let n = ratelimit::piece_size(&own).map_or(n, |p| n.min(p));
                     s.claimed = s.pos + n as u64;
                     n
                 };
