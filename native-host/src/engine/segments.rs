@@ -2,10 +2,14 @@
 //!
 //! A file of known size starts as N equal segments. Each connection owns one segment at a time; when it finishes, it
 //! takes a free segment or, failing that, **half of the largest remaining range** of a busy one (never less than
-//! [`MIN_SPLIT`]), so no connection idles while another has a long tail.
+//! [`MIN_SPLIT`]), so no connection idles while another has a long tail. When speeds are known, "largest" means the
+//! most time left, and the cut is placed so that both connections should end together: a connection running at a
+//! fifth of the others' speed keeps a sixth of its range, not half.
 //!
 //! A segment's bytes go through three marks: `pos` (written), `claimed` (handed to a write in progress), `end` (where
 //! the owner stops; a split lowers it). A split cuts only above `claimed`, so a write in progress is never cut in two.
+
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +33,16 @@ pub struct Segment {
     /// A connection owns this segment.
     #[serde(skip)]
     pub busy: bool,
+    /// When its connection took it, and `pos` then: its speed so far.
+    #[serde(skip)]
+    since: Option<(Instant, u64)>,
+    /// Bytes per second its last connection achieved (0: unknown), kept after release as a yardstick.
+    #[serde(skip)]
+    speed: u64,
 }
+
+/// A speed is trusted once it has been measured this long.
+const MEASURED: Duration = Duration::from_millis(500);
 
 impl Segment {
     pub fn new(start: u64, end: u64) -> Segment {
@@ -39,7 +52,22 @@ impl Segment {
             end,
             claimed: start,
             busy: false,
+            since: None,
+            speed: 0,
         }
+    }
+
+    /// Bytes per second since its connection took it, once that is long enough to tell.
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let (t, base) = self.since?;
+        let secs = now.checked_duration_since(t)?;
+        (secs >= MEASURED).then(|| (self.pos - base) as f64 / secs.as_secs_f64())
+    }
+
+    fn own(&mut self, now: Instant) {
+        self.busy = true;
+        self.claimed = self.pos;
+        self.since = Some((now, self.pos));
     }
 
     pub fn remaining(&self) -> u64 {
@@ -64,30 +92,63 @@ pub fn initial(total: u64, connections: u32) -> Vec<Segment> {
         .collect()
 }
 
-/// Give a free connection work: a segment nobody owns, else half of the largest busy one. Marks it busy and returns
-/// its index, or `None` when nothing is left worth a connection.
-pub fn take(segs: &mut Vec<Segment>) -> Option<usize> {
+/// Give a free connection work: a segment nobody owns, else a share of the busy one with the most time left. Marks
+/// it busy and returns its index, or `None` when nothing is left worth a connection.
+pub fn take(segs: &mut Vec<Segment>, now: Instant) -> Option<usize> {
     if let Some(i) = segs.iter().position(|s| !s.busy && !s.is_done()) {
-        segs[i].busy = true;
-        segs[i].claimed = segs[i].pos;
+        segs[i].own(now);
         return Some(i);
     }
-    let (i, left) = segs
+    // What a fresh connection may expect: the best speed any connection of this transfer has shown.
+    let fresh = segs
+        .iter()
+        .filter_map(|s| {
+            if s.busy {
+                s.rate(now)
+            } else {
+                (s.speed > 0).then_some(s.speed as f64)
+            }
+        })
+        .fold(None, |best: Option<f64>, r| {
+            Some(best.map_or(r, |b| b.max(r)))
+        });
+    let (i, left, rate) = segs
         .iter()
         .enumerate()
         .filter(|(_, s)| s.busy && s.end != OPEN_END)
-        .map(|(i, s)| (i, s.end.saturating_sub(s.claimed.max(s.pos))))
-        .max_by_key(|&(_, left)| left)?;
-    if left < 2 * MIN_SPLIT {
-        return None;
-    }
+        .map(|(i, s)| (i, s.end.saturating_sub(s.claimed.max(s.pos)), s.rate(now)))
+        .filter(|&(_, left, _)| left >= 2 * MIN_SPLIT)
+        .max_by(|a, b| {
+            let time_left = |(_, left, rate): &(usize, u64, Option<f64>)| {
+                *left as f64 / rate.or(fresh).unwrap_or(1.0).max(1.0)
+            };
+            time_left(a).total_cmp(&time_left(b))
+        })?;
+    // The victim keeps the share that it should finish when the new connection does; never more than half.
+    let keep = match (rate, fresh) {
+        (Some(v), Some(f)) if v + f > 0.0 => (v / (v + f)).min(0.5),
+        _ => 0.5,
+    };
     let victim = &mut segs[i];
-    let mid = victim.claimed.max(victim.pos) + left / 2;
+    let kept = ((left as f64 * keep) as u64).max(64 * 1024);
+    let mid = victim.claimed.max(victim.pos) + kept;
     let mut stolen = Segment::new(mid, victim.end);
-    stolen.busy = true;
+    stolen.own(now);
     victim.end = mid;
     segs.push(stolen);
     Some(segs.len() - 1)
+}
+
+/// Its connection let segment `idx` go (done, failed or cancelled): note the speed it achieved.
+pub fn release(segs: &mut [Segment], idx: usize, now: Instant) {
+    if let Some(s) = segs.get_mut(idx) {
+        if let Some(rate) = s.rate(now) {
+            s.speed = rate as u64;
+        }
+        s.busy = false;
+        s.claimed = s.pos;
+        s.since = None;
+    }
 }
 
 /// Bytes still to fetch, when every segment has a known end.
@@ -108,6 +169,10 @@ mod tests {
     use proptest::prelude::*;
 
     const MB: u64 = MIN_SPLIT;
+
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     #[test]
     fn small_files_get_one_segment() {
@@ -130,33 +195,60 @@ mod tests {
     #[test]
     fn a_free_connection_takes_half_the_largest_tail() {
         let mut segs = initial(100 * MB, 2);
-        assert_eq!(take(&mut segs), Some(0));
-        assert_eq!(take(&mut segs), Some(1));
+        assert_eq!(take(&mut segs, now()), Some(0));
+        assert_eq!(take(&mut segs, now()), Some(1));
         segs[0].pos = 50 * MB; // first one done
         segs[0].busy = false;
         segs[1].pos = 60 * MB; // 40 MiB left
         segs[1].claimed = 60 * MB;
-        assert_eq!(take(&mut segs), Some(2));
+        assert_eq!(take(&mut segs, now()), Some(2));
         assert_eq!(segs[1].end, 80 * MB);
         assert_eq!(
-            segs[2],
-            Segment {
-                start: 80 * MB,
-                pos: 80 * MB,
-                end: 100 * MB,
-                claimed: 80 * MB,
-                busy: true
-            }
+            (segs[2].start, segs[2].pos, segs[2].end, segs[2].busy),
+            (80 * MB, 80 * MB, 100 * MB, true)
         );
+    }
+
+    #[test]
+    fn a_slow_connection_keeps_only_what_it_can_finish_in_time() {
+        let t0 = now();
+        let mut segs = initial(44 * MB, 2);
+        take(&mut segs, t0);
+        take(&mut segs, t0);
+        let t2 = t0 + Duration::from_secs(2);
+        segs[0].pos = segs[0].end; // 22 MiB done in 2 s: 11 MiB/s
+        release(&mut segs, 0, t2);
+        segs[1].pos += 2 * MB; // 1 MiB/s, 20 MiB left
+        segs[1].claimed = segs[1].pos;
+        assert_eq!(take(&mut segs, t2), Some(2));
+        let kept = segs[1].end - segs[1].pos;
+        assert_eq!(kept, 20 * MB / 12, "1/(1+11) of what is left");
+        assert_eq!(segs[2].end, 44 * MB);
+    }
+
+    #[test]
+    fn the_split_goes_to_the_most_time_left_not_the_most_bytes() {
+        let t0 = now();
+        let mut segs = vec![Segment::new(0, 40 * MB), Segment::new(40 * MB, 60 * MB)];
+        take(&mut segs, t0);
+        take(&mut segs, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        segs[0].pos += 10 * MB; // 30 MiB left at 10 MiB/s: 3 s
+        segs[1].pos += MB; // 19 MiB left at 1 MiB/s: 19 s
+        segs[0].claimed = segs[0].pos;
+        segs[1].claimed = segs[1].pos;
+        take(&mut segs, t1);
+        assert!(segs[1].end < 60 * MB, "the slow one is split");
+        assert_eq!(segs[0].end, 40 * MB);
     }
 
     #[test]
     fn no_split_below_the_minimum_or_a_claim() {
         let mut segs = vec![Segment::new(0, 3 * MB)];
-        take(&mut segs);
+        take(&mut segs, now());
         segs[0].claimed = 2 * MB;
         assert_eq!(
-            take(&mut segs),
+            take(&mut segs, now()),
             None,
             "1 MiB left is not worth a second connection"
         );
@@ -166,8 +258,8 @@ mod tests {
     #[test]
     fn open_ended_segments_are_never_split() {
         let mut segs = vec![Segment::new(0, OPEN_END)];
-        take(&mut segs);
-        assert_eq!(take(&mut segs), None);
+        take(&mut segs, now());
+        assert_eq!(take(&mut segs, now()), None);
         assert_eq!(remaining(&segs), None);
     }
 
@@ -178,7 +270,7 @@ mod tests {
             let mut segs = initial(total, conns);
             for (pick, advance) in steps {
                 if pick % 3 == 0 {
-                    let _ = take(&mut segs);
+                    let _ = take(&mut segs, now());
                 } else if !segs.is_empty() {
                     let i = pick % segs.len();
                     let s = &mut segs[i];

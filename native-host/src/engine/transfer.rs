@@ -518,19 +518,13 @@ impl Transfer {
                 .live
                 .plan()
                 .as_mut()
-                .and_then(|p| segments::take(&mut p.segments))
+                .and_then(|p| segments::take(&mut p.segments, std::time::Instant::now()))
             else {
                 return Ok(());
             };
             let result = self.fetch_with_retries(idx, file, stop).await;
-            if let Some(s) = self
-                .live
-                .plan()
-                .as_mut()
-                .and_then(|p| p.segments.get_mut(idx))
-            {
-                s.busy = false;
-                s.claimed = s.pos;
+            if let Some(p) = self.live.plan().as_mut() {
+                segments::release(&mut p.segments, idx, std::time::Instant::now());
             }
             result?;
         }
