@@ -186,7 +186,7 @@ fn main() -> ExitCode {
         Cmd::Relay => return run_relay(&args),
         Cmd::Get(get_args) => {
             init_logging(None, "warn");
-            block_on_multi(get(get_args))
+            runtime(false).and_then(|rt| rt.block_on(get(get_args)))
         }
         Cmd::Install(install_args) => {
             init_logging(None, "warn");
