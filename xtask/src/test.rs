@@ -59,6 +59,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 )
             });
         }
+        if rust {
+            // The benchmark itself is `cargo xtask bench`; CI runs only its smoke test, which fails only if sdm's
+            // output is wrong.
+            step(
+                &mut steps,
+                "benchmark smoke (cargo xtask bench --smoke)",
+                || crate::bench::run(&["--smoke".to_owned(), "--no-build".to_owned()]),
+            );
+        }
         if let (true, Some(chromium)) = (browser, &chromium) {
             let results = build::target_dir().join("browser-test-results.txt");
             let _ = std::fs::remove_file(&results);
