@@ -137,7 +137,10 @@ pub fn run(args: &[String]) -> Result<()> {
     );
 
     let mut lab = lab::Lab::new(&opts)?;
-    let clients = clients::Clients::find(&sdm, &opts);
+    // Measure a private copy: others may rebuild target/release/sdm while a long run is going.
+    let sdm_copy = lab.dir.join("sdm");
+    std::fs::copy(&sdm, &sdm_copy).with_context(|| format!("cannot copy {}", sdm.display()))?;
+    let clients = clients::Clients::find(&sdm_copy, &opts);
     let scenarios = scenarios::run_all(&mut lab, &clients, &opts)?;
     drop(lab);
 
