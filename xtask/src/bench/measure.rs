@@ -199,12 +199,16 @@ impl Row {
         }
     }
 
-    pub fn median(&self, name: &str) -> Option<f64> {
+    /// Every run's value of metric `name` (none if it was never measured).
+    pub fn values(&self, name: &str) -> &[f64] {
         self.metrics
             .iter()
             .find(|m| m.name == name)
-            .and_then(|m| stats(&m.values))
-            .map(|s| s.median)
+            .map_or(&[], |m| &m.values)
+    }
+
+    pub fn median(&self, name: &str) -> Option<f64> {
+        stats(self.values(name)).map(|s| s.median)
     }
 }
 

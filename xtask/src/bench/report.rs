@@ -181,11 +181,7 @@ fn table(s: &Scenario) -> String {
     for r in &s.rows {
         let _ = write!(t, "| {} | {} |", r.client, r.setting);
         for (n, _) in &names {
-            let cell = r
-                .metrics
-                .iter()
-                .find(|m| m.name == *n)
-                .and_then(|m| stats(&m.values))
+            let cell = stats(r.values(n))
                 .map(|st| {
                     if st.min == st.max {
                         num(st.median)

@@ -413,12 +413,7 @@ fn capped(
                 timeout: timeout_for(file.size, ideal * MIB as f64),
             };
             let mut row = series(lab, opts, &job)?;
-            let speeds = row
-                .metrics
-                .iter()
-                .find(|m| m.name == "speed")
-                .map(|m| m.values.clone())
-                .unwrap_or_default();
+            let speeds = row.values("speed").to_vec();
             for s in speeds {
                 row.push("of ideal", "%", s / ideal * 100.0);
             }
@@ -494,12 +489,7 @@ fn linkcap(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
             timeout: timeout_for(file.size, ideal * MIB as f64),
         };
         let mut row = series(lab, opts, &job)?;
-        let speeds = row
-            .metrics
-            .iter()
-            .find(|m| m.name == "speed")
-            .map(|m| m.values.clone())
-            .unwrap_or_default();
+        let speeds = row.values("speed").to_vec();
         for s in speeds {
             row.push("of ideal", "%", s / ideal * 100.0);
         }
@@ -558,12 +548,7 @@ fn tail(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Result
             timeout: timeout_for(file.size, slow * MIB as f64),
         };
         let mut row = series(lab, opts, &job)?;
-        let walls = row
-            .metrics
-            .iter()
-            .find(|m| m.name == "wall")
-            .map(|m| m.values.clone())
-            .unwrap_or_default();
+        let walls = row.values("wall").to_vec();
         for w in walls {
             row.push("vs fast-only", "×", w / alone);
         }
@@ -1019,12 +1004,7 @@ fn cap_accuracy(
         let goal = "|avg| ≤ 3 %, no 1 s window > +10 %";
         let row = sc.row("sdm", &setting);
         let avg = row.and_then(|r| r.median("avg error"));
-        let worst = row.and_then(|r| {
-            r.metrics
-                .iter()
-                .find(|m| m.name == "max 1 s")
-                .and_then(|m| m.values.iter().copied().reduce(f64::max))
-        });
+        let worst = row.and_then(|r| r.values("max 1 s").iter().copied().reduce(f64::max));
         sc.targets.push(match (avg, worst) {
             (Some(a), Some(w)) => Target {
                 name,
