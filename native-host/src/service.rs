@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
     AddResult, Command, ErrorCode, HistoryResult, MAX_INCOMING_FRAME, MAX_OUTGOING_FRAME,
-    PingResult, Reply, SettingsResult, Status,
+    PingResult, Reply, SettingsResult,
 };
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
@@ -395,17 +395,7 @@ fn encode_page<P: Serialize, T>(
 
 /// Open a completed download's file or folder with the desktop's handler.
 fn open(engine: &Engine, id: protocol::DownloadId, folder: bool) -> Result<(), ApiError> {
-    let info = engine.get(id)?;
-    if info.status != Status::Completed {
-        return Err(ApiError::new(
-            ErrorCode::InvalidState,
-            format!(
-                "download {id} is {}: only a completed download can be opened",
-                info.status.as_str()
-            ),
-        ));
-    }
-    let file = PathBuf::from(&info.path);
+    let file = engine.completed_path(id)?;
     let target = if folder {
         file.parent().map(Path::to_path_buf).unwrap_or(file)
     } else {
@@ -453,7 +443,7 @@ mod tests {
             url: format!("http://127.0.0.1:1/{}", "a".repeat(url_len)),
             filename: "f".into(),
             path: "/tmp/f".into(),
-            status: Status::Failed,
+            status: protocol::Status::Failed,
             total: None,
             downloaded: 0,
             speed: 0,

@@ -533,7 +533,10 @@ impl Engine {
             (Status::Completed, Some(p)) => Ok(p),
             (s, _) => Err(ApiError::new(
                 ErrorCode::InvalidState,
-                format!("download {id} is {}, not completed", s.as_str()),
+                format!(
+                    "download {id} is {}: only a completed download can be opened",
+                    s.as_str()
+                ),
             )),
         }
     }
