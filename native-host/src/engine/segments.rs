@@ -92,6 +92,15 @@ pub fn initial(total: u64, connections: u32) -> Vec<Segment> {
         .collect()
 }
 
+/// The segments of a transfer starting from zero: N equal ones when the server serves ranges of a known size, else
+/// one from zero to the end (or to wherever the stream ends).
+pub fn fresh(total: Option<u64>, ranges: bool, connections: u32) -> Vec<Segment> {
+    match (total, ranges) {
+        (Some(total), true) => initial(total, connections),
+        (total, _) => vec![Segment::new(0, total.unwrap_or(OPEN_END))],
+    }
+}
+
 /// Give a free connection work: a segment nobody owns, else a share of the busy one with the most time left. Marks
 /// it busy and returns its index, or `None` when nothing is left worth a connection.
 pub fn take(segs: &mut Vec<Segment>, now: Instant) -> Option<usize> {

@@ -367,10 +367,7 @@ impl Transfer {
                     Some(p) => p.path.clone(),
                     None => self.choose_path(found.name.as_deref())?,
                 };
-                let segments = match (found.total, found.ranges) {
-                    (Some(total), true) => segments::initial(total, self.options.threads),
-                    (total, _) => vec![Segment::new(0, total.unwrap_or(OPEN_END))],
-                };
+                let segments = segments::fresh(found.total, found.ranges, self.options.threads);
                 Plan {
                     final_url: found.final_url,
                     total: found.total,
@@ -397,11 +394,7 @@ impl Transfer {
                 Ok(f) => Ok(f),
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     warn!(path = %part.display(), "part file is gone; starting from zero");
-                    plan.segments = vec![Segment::new(0, plan.total.unwrap_or(OPEN_END))];
-                    if plan.ranges {
-                        plan.segments =
-                            segments::initial(plan.total.unwrap_or(0), self.options.threads);
-                    }
+                    plan.segments = segments::fresh(plan.total, plan.ranges, self.options.threads);
                     OpenOptions::new()
                         .read(true)
                         .write(true)
