@@ -734,6 +734,7 @@ async fn connection(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
             wr: &mut wr,
             shared: &shared,
             idx,
+            head_only: head.method == "HEAD",
         };
         let after = respond(&shared, &head, &mut out, &mut rd).await;
         lock(&shared.log)[idx].done_at = Some(Instant::now());
@@ -816,6 +817,8 @@ struct Out<'a> {
     wr: &'a mut OwnedWriteHalf,
     shared: &'a Shared,
     idx: usize,
+    /// The request was HEAD: whatever the status, no body follows the head (RFC 9110 §9.3.2).
+    head_only: bool,
 }
 
 impl Out<'_> {
@@ -845,7 +848,7 @@ impl Out<'_> {
             headers.push(("Content-Type".into(), b"text/plain".to_vec()));
         }
         if self.head(status, &headers).await.is_err()
-            || self.wr.write_all(body.as_bytes()).await.is_err()
+            || !self.head_only && self.wr.write_all(body.as_bytes()).await.is_err()
         {
             return After::Close;
         }
@@ -1441,6 +1444,11 @@ mod tests {
 
         server.serve("/gone", FileSpec::new(10).status_always(410));
         assert_eq!(get(&server, "/gone", &[]).await.status, 410);
+        // An error answer to HEAD has no body, so the next request on the connection reads a clean response.
+        let mut conn = connect(&server).await;
+        assert_eq!(exchange(&mut conn, "HEAD", "/gone", &[]).await.status, 410);
+        let after = exchange(&mut conn, "GET", "/gone", &[]).await;
+        assert_eq!((after.status, after.body), (410, b"go away\n".to_vec()));
 
         server.serve("/later", FileSpec::new(10).status_after(1, 1, 503));
         let codes = [
