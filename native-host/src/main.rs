@@ -128,6 +128,9 @@ struct GetArgs {
     /// Fail unless the file's sha256 is this (64 hex digits)
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
     sha256: Option<String>,
+    /// Read every body through memory, not with splice(2) (for comparison, or a file system that mishandles it)
+    #[arg(long)]
+    no_splice: bool,
     /// Drop and retry a connection that sends nothing for this long
     #[arg(long, value_name = "SECS", default_value_t = Settings::default().stall_timeout_secs,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -312,6 +315,7 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         limit: args.limit,
         stall_timeout: Duration::from_secs(args.stall_timeout),
         sha256: args.sha256,
+        splice: !args.no_splice,
     };
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())

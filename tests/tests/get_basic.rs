@@ -301,20 +301,29 @@ async fn ranges_advertised_but_ignored_fall_back_to_one_stream() {
 async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
     bounded(30, async {
         let server = TestServer::start().await;
-        // Every ranged answer stops after 256 KiB, with an honest `Content-Range` saying so.
-        let file = server.serve(
-            "/capped.bin",
-            FileSpec::new(4 * MIB).seed(11).max_range(256 * 1024),
-        );
+        for (path, splice) in [("/capped.bin", true), ("/reqwest/capped.bin", false)] {
+            // Every ranged answer stops after 256 KiB, with an honest `Content-Range` saying so.
+            let file = server.serve(path, FileSpec::new(4 * MIB).seed(11).max_range(256 * 1024));
 
-        let (_dir, result) = fetch_exact_or_clean_error(&file, |s| {
-            s.threads = 4;
-            // Every answer is valid, so no retry is needed; few retries keep a failure quick.
-            s.retries = 2;
-        })
-        .await;
+            let (_dir, result) = fetch_exact_or_clean_error(&file, |s| {
+                s.threads = 4;
+                // Every answer is valid, so no retry is needed; few retries keep a failure quick.
+                s.retries = 2;
+                s.splice = splice;
+            })
+            .await;
 
-        result.expect("a server that serves ranges in pieces can still be downloaded");
+            result.expect("a server that serves ranges in pieces can still be downloaded");
+            // Each answer is read to its end, so its connection carries the next request (keep-alive).
+            let gets = file.gets();
+            let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
+            assert!(
+                conns.len() <= 5 && gets.len() >= 16,
+                "{} requests over {} connections (splice: {splice})",
+                gets.len(),
+                conns.len()
+            );
+        }
     })
     .await;
 }

@@ -27,6 +27,7 @@ pub fn spec(url: &str, output: &Path) -> GetSpec {
         limit: 0,
         stall_timeout: Duration::from_secs(5),
         sha256: None,
+        splice: true,
     }
 }
 
@@ -71,18 +72,21 @@ pub async fn fetch_exact_or_clean_error(
 }
 
 /// The whole of the simplest `transfer::get` test, bounded by `secs`: serve `spec` at `path` on a fresh server,
-/// download it with the test spec changed by `tweak`, expect success (`why` otherwise) and an exact file.
+/// download it with the test spec changed by `tweak`, expect success (`why` otherwise) and an exact file. It runs
+/// twice, each on its own copy of the file and its faults: with bodies spliced, then with bodies read by reqwest.
 pub async fn serve_and_fetch_exact(
     secs: u64,
     path: &str,
     spec: FileSpec,
-    tweak: impl FnOnce(&mut GetSpec),
+    tweak: impl Fn(&mut GetSpec),
     why: &str,
 ) {
     bounded(secs, async {
         let server = TestServer::start().await;
-        let file = server.serve(path, spec);
-        fetch_exact(&file, tweak, why).await;
+        for (path, splice) in both_body_paths(path) {
+            let file = server.serve(&path, spec.clone());
+            let (_dir, _) = fetch_exact(&file, |s| both(s, &tweak, splice), why).await;
+        }
     })
     .await;
 }
@@ -92,14 +96,26 @@ pub async fn serve_and_fetch_exact_or_clean_error(
     secs: u64,
     path: &str,
     spec: FileSpec,
-    tweak: impl FnOnce(&mut GetSpec),
+    tweak: impl Fn(&mut GetSpec),
 ) {
     bounded(secs, async {
         let server = TestServer::start().await;
-        let file = server.serve(path, spec);
-        let _ = fetch_exact_or_clean_error(&file, tweak).await;
+        for (path, splice) in both_body_paths(path) {
+            let file = server.serve(&path, spec.clone());
+            let _ = fetch_exact_or_clean_error(&file, |s| both(s, &tweak, splice)).await;
+        }
     })
     .await;
+}
+
+/// Where the second copy of a file is served, and which body path each copy is fetched with.
+fn both_body_paths(path: &str) -> [(String, bool); 2] {
+    [(path.to_string(), true), (format!("/reqwest{path}"), false)]
+}
+
+fn both(s: &mut GetSpec, tweak: &impl Fn(&mut GetSpec), splice: bool) {
+    tweak(s);
+    s.splice = splice;
 }
 
 /// A fresh temporary folder.

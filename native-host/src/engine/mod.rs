@@ -14,6 +14,7 @@ pub mod filename;
 pub mod probe;
 pub mod ratelimit;
 pub mod segments;
+pub mod splice;
 pub mod state;
 pub mod transfer;
 
@@ -731,6 +732,7 @@ impl Engine {
                 retries: e.rec.retries,
                 stall_timeout: stall,
                 sha256: None,
+                splice: true,
             },
             limiters: vec![e.limiter.clone(), self.inner.global.clone()],
             cancel,

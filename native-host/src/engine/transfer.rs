@@ -14,10 +14,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,7 @@ use super::filename;
 use super::probe::{self, parse_content_range, retry_after};
 use super::ratelimit::{self, RateLimiter};
 use super::segments::{self, OPEN_END, Segment};
+use super::splice;
 
 /// Why a transfer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,9 @@ pub struct Live {
     /// What the last [`Live::durable_plan`] returned: progress known to be on disk, for writers of state that must
     /// not wait for a sync.
     last_durable: Mutex<Option<Plan>>,
+    /// The server answered the splice path with something only reqwest carries (a redirect, a chunked body): every
+    /// later request of this transfer goes through reqwest.
+    splice_off: AtomicBool,
 }
 
 impl Live {
@@ -271,6 +276,8 @@ pub struct Options {
     pub stall_timeout: Duration,
     /// Expected sha256 of the whole file, lowercase hex.
     pub sha256: Option<String>,
+    /// Move plain-HTTP ranged bodies with splice(2) (see [`splice`]); off, every byte goes through reqwest.
+    pub splice: bool,
 }
 
 /// Called once the probe has fixed the final path and size.
@@ -506,6 +513,7 @@ impl Transfer {
 
     /// One connection: take segments until none is left, retrying each with backoff.
     async fn connection(&self, file: &File, stop: &CancellationToken) -> Result<(), TransferError> {
+        let mut conn = None;
         loop {
             let Some(idx) = self
                 .live
@@ -515,7 +523,7 @@ impl Transfer {
             else {
                 return Ok(());
             };
-            let result = self.fetch_with_retries(idx, file, stop).await;
+            let result = self.fetch_with_retries(idx, file, stop, &mut conn).await;
             if let Some(p) = self.live.plan().as_mut() {
                 segments::release(&mut p.segments, idx, std::time::Instant::now());
             }
@@ -528,11 +536,12 @@ impl Transfer {
         idx: usize,
         file: &File,
         stop: &CancellationToken,
+        conn: &mut Option<splice::Conn>,
     ) -> Result<(), TransferError> {
         let mut attempt = 0u32;
         loop {
             let before = self.seg_pos(idx);
-            let err = match self.fetch(idx, file, stop).await {
+            let err = match self.fetch(idx, file, stop, conn).await {
                 Ok(()) if self.seg_done(idx) => return Ok(()),
                 // The server sent less than asked, honestly labelled (RFC 9110 §15.3.7): ask for the rest.
                 Ok(()) if self.seg_pos(idx) > before => {
@@ -611,12 +620,13 @@ impl Transfer {
             .map_or(0, |s| s.pos)
     }
 
-    /// Fetch what is left of segment `idx` over one request.
+    /// Fetch what is left of segment `idx` over one request; `conn` is the plain connection the last one left open.
     async fn fetch(
         &self,
         idx: usize,
         file: &File,
         stop: &CancellationToken,
+        conn: &mut Option<splice::Conn>,
     ) -> Result<(), TransferError> {
         let (url, pos, end, ranges, total, validator, etag, last_modified, path) = {
             let mut guard = self.live.plan();
@@ -644,28 +654,30 @@ impl Transfer {
                 plan.path.clone(),
             )
         };
-        let mut req = self.client.get(&url).headers(self.request_headers(&url));
+        let mut headers = self.request_headers(&url);
         if ranges {
             let range = if end == OPEN_END {
                 format!("bytes={pos}-")
             } else {
                 format!("bytes={pos}-{}", end - 1)
             };
-            req = req.header(header::RANGE, range);
+            headers.insert(
+                header::RANGE,
+                HeaderValue::from_str(&range).expect("digits are a valid header value"),
+            );
             if let Some(v) = validator
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok())
             {
-                req = req.header(header::IF_RANGE, v);
+                headers.insert(header::IF_RANGE, v);
             }
         }
         let stall = self.options.stall_timeout;
-        let mut resp = tokio::select! {
+        let (status, h, mut body) = tokio::select! {
             _ = stop.cancelled() => return Err(TransferError::Cancelled),
-            r = tokio::time::timeout(stall, req.send()) => r.map_err(|_| TransferError::Stalled)?.map_err(TransferError::from_reqwest)?,
+            r = tokio::time::timeout(stall, self.send(&url, headers, ranges, conn)) => r.map_err(|_| TransferError::Stalled)??,
         };
-        let status = resp.status();
-        let h = resp.headers();
+        let h = &h;
         let changed = |what: &str| TransferError::Changed(what.to_string());
         let differs = |name: HeaderName, known: &Option<String>| match (
             known,
@@ -707,7 +719,7 @@ impl Transfer {
             }
             StatusCode::OK if ranges => return Err(TransferError::NoRanges),
             StatusCode::OK => {
-                if let (Some(t), Some(len)) = (total, resp.content_length())
+                if let (Some(t), Some(len)) = (total, content_length(h))
                     && t != len
                 {
                     return Err(changed("size differs"));
@@ -723,11 +735,18 @@ impl Transfer {
         let own: Vec<&RateLimiter> = self.limiters.iter().map(Arc::as_ref).collect();
         let mut at = pos;
         loop {
-            let chunk = tokio::select! {
+            // Never more than one piece of the rate limiters, nor past this response's range.
+            let max = ratelimit::piece_size(&own)
+                .unwrap_or(STAGE_MAX)
+                .min((resp_end - at).min(STAGE_MAX as u64) as usize);
+            if max == 0 {
+                break;
+            }
+            let staged = tokio::select! {
                 _ = stop.cancelled() => return Err(TransferError::Cancelled),
-                r = tokio::time::timeout(stall, resp.chunk()) => r.map_err(|_| TransferError::Stalled)?.map_err(TransferError::from_reqwest)?,
+                r = tokio::time::timeout(stall, body.stage(max)) => r.map_err(|_| TransferError::Stalled)??,
             };
-            let Some(chunk) = chunk else {
+            if staged == 0 {
                 let mut guard = self.live.plan();
                 let plan = guard.as_mut().expect("prepared");
                 let s = &mut plan.segments[idx];
@@ -737,45 +756,88 @@ impl Transfer {
                     plan.total = Some(s.pos);
                     return Ok(());
                 }
-                return if s.is_done() || at == resp_end {
-                    Ok(())
-                } else {
-                    Err(TransferError::EarlyEof(s.remaining()))
-                };
+                if s.is_done() || at == resp_end {
+                    break;
+                }
+                return Err(TransferError::EarlyEof(s.remaining()));
+            }
+            let n = {
+                let mut guard = self.live.plan();
+                let s = &mut guard.as_mut().expect("prepared").segments[idx];
+                if s.pos != at {
+                    return Err(TransferError::Setup(
+                        "internal error: segment moved under its connection".into(),
+                    ));
+                }
+                let n = (staged as u64).min(s.end - s.pos) as usize;
+                s.claimed = s.pos + n as u64;
+                n
             };
-            let mut data = &chunk[..];
-            while !data.is_empty() {
-                let n = {
-                    let mut guard = self.live.plan();
-                    let s = &mut guard.as_mut().expect("prepared").segments[idx];
-                    if s.pos != at {
-                        return Err(TransferError::Setup(
-                            "internal error: segment moved under its connection".into(),
-                        ));
-                    }
-                    let n = (data.len() as u64).min(s.end - s.pos).min(resp_end - at) as usize;
-                    let n = ratelimit::piece_size(&own).map_or(n, |p| n.min(p));
-                    s.claimed = s.pos + n as u64;
-                    n
-                };
-                if n == 0 {
-                    // Done (a split may have shortened this segment, or the response's range is used up): drop
-                    // the rest of the response.
-                    return Ok(());
+            if n == 0 {
+                // A split shortened this segment: drop the rest of the response.
+                return Ok(());
+            }
+            ratelimit::acquire(&own, n).await;
+            body.commit(file, at, n)
+                .map_err(|e| TransferError::io(&path, e))?;
+            at += n as u64;
+            {
+                let mut guard = self.live.plan();
+                let s = &mut guard.as_mut().expect("prepared").segments[idx];
+                s.pos = at;
+            }
+            self.live.downloaded.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        // The response's range is used up: its connection may serve the next request.
+        if let Body::Spliced(b) = body {
+            *conn = b.into_conn();
+        }
+        Ok(())
+    }
+
+    /// Send the GET over the splice path when it can carry it, else through reqwest; the answer's status, headers
+    /// and body.
+    async fn send(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        ranges: bool,
+        conn: &mut Option<splice::Conn>,
+    ) -> Result<(StatusCode, HeaderMap, Body), TransferError> {
+        if ranges
+            && self.options.splice
+            && !self.live.splice_off.load(Ordering::Relaxed)
+            && let Ok(parsed) = url::Url::parse(url)
+            && splice::eligible(&parsed)
+        {
+            match splice::get(conn.take(), &parsed, &headers).await {
+                Ok(splice::Answer::Body(status, h, body)) => {
+                    return Ok((status, h, Body::Spliced(body)));
                 }
-                ratelimit::acquire(&own, n).await;
-                file.write_all_at(&data[..n], at)
-                    .map_err(|e| TransferError::io(&path, e))?;
-                at += n as u64;
-                {
-                    let mut guard = self.live.plan();
-                    let s = &mut guard.as_mut().expect("prepared").segments[idx];
-                    s.pos = at;
+                Ok(splice::Answer::Other(status, h)) => return Ok((status, h, Body::Unread)),
+                Ok(splice::Answer::NotHere) => {
+                    debug!("the server's answer needs reqwest; no more splicing for this transfer");
+                    self.live.splice_off.store(true, Ordering::Relaxed);
                 }
-                self.live.downloaded.fetch_add(n as u64, Ordering::Relaxed);
-                data = &data[n..];
+                Err(e) if e.kind() == ErrorKind::InvalidData => {
+                    return Err(TransferError::Malformed(e.to_string()));
+                }
+                Err(e) => return Err(TransferError::Network(e.to_string())),
             }
         }
+        let resp = self
+            .client
+            .get(url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(TransferError::from_reqwest)?;
+        let (status, h) = (resp.status(), resp.headers().clone());
+        let body = Body::Reqwest {
+            resp,
+            pending: Bytes::new(),
+        };
+        Ok((status, h, body))
     }
 
     /// The caller's headers for `url`, less `Cookie` and `Authorization` when a redirect moved the download to
@@ -830,6 +892,65 @@ impl Transfer {
 
 /// Move `part` to `path`, or to the next free name if something appeared there meanwhile. A hard link refuses to
 /// replace an existing file, which a rename would do silently.
+/// Most bytes staged at once.
+const STAGE_MAX: usize = 1 << 20;
+
+/// A response body on its way into the file: [`Body::stage`] takes bytes off the network, [`Body::commit`] writes
+/// them, so the rate limiters are charged in between.
+enum Body {
+    Reqwest {
+        resp: reqwest::Response,
+        pending: Bytes,
+    },
+    Spliced(splice::Body),
+    /// An error answer's body, never read.
+    Unread,
+}
+
+impl Body {
+    /// Take up to `max` (> 0) bytes; 0 means the body is over.
+    async fn stage(&mut self, max: usize) -> Result<usize, TransferError> {
+        match self {
+            Body::Reqwest { resp, pending } => {
+                while pending.is_empty() {
+                    match resp.chunk().await.map_err(TransferError::from_reqwest)? {
+                        Some(chunk) => *pending = chunk,
+                        None => return Ok(0),
+                    }
+                }
+                Ok(pending.len().min(max))
+            }
+            Body::Spliced(b) => b
+                .stage(max)
+                .await
+                .map_err(|e| TransferError::Network(e.to_string())),
+            Body::Unread => Ok(0),
+        }
+    }
+
+    /// Write the first `n` staged bytes at `at`.
+    fn commit(&mut self, file: &File, at: u64, n: usize) -> std::io::Result<()> {
+        match self {
+            Body::Reqwest { pending, .. } => {
+                file.write_all_at(&pending[..n], at)?;
+                pending.advance(n);
+                Ok(())
+            }
+            Body::Spliced(b) => b.commit(file, at, n),
+            Body::Unread => Ok(()),
+        }
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn place(part: &Path, path: &Path) -> Result<PathBuf, TransferError> {
     let mut target = path.to_path_buf();
     loop {
@@ -946,6 +1067,8 @@ pub struct GetSpec {
     pub stall_timeout: Duration,
     /// Expected sha256 of the whole file, lowercase hex.
     pub sha256: Option<String>,
+    /// Move plain-HTTP ranged bodies with splice(2) (see [`splice`]); off, every byte goes through reqwest.
+    pub splice: bool,
 }
 
 /// The live numbers of a transfer, for a progress bar.
@@ -1018,6 +1141,7 @@ pub async fn get(
             retries: spec.retries,
             stall_timeout: spec.stall_timeout,
             sha256: spec.sha256.clone(),
+            splice: spec.splice,
         },
         limiters: vec![Arc::new(RateLimiter::new(spec.limit))],
         cancel: CancellationToken::new(),

@@ -1,0 +1,348 @@
+//! Ranged GETs over plain HTTP whose bodies never enter the process: socket → pipe → file with splice(2).
+//!
+//! On a fast link most of a download's CPU is the kernel copying bytes, once from the socket into the process and
+//! once from the process into the page cache. splice(2) hands the socket's pages to a pipe and copies them from the
+//! pipe into the file, so the first copy and the syscalls that go with it disappear (BENCHMARKS.md has the numbers).
+//!
+//! This path is taken only where it is plainly the same as reqwest's: an `http://` URL, no proxy in the environment,
+//! and an answer that is a `206` framed by `Content-Length`. Every other answer is read the same way as reqwest's
+//! (status, headers) and judged by the same code; what this path cannot carry (a redirect, a chunked or unframed
+//! body, an interim 1xx) is reported as [`Answer::NotHere`], and the transfer goes back to reqwest for good.
+
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use url::{Host, Position, Url};
+
+/// The largest response head read; a longer one is malformed.
+const MAX_HEAD: usize = 64 * 1024;
+/// How much a pipe holds; one stage moves at most this much.
+const PIPE_SIZE: usize = 1 << 20;
+/// Like reqwest's client (see [`super::probe::client`]).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const USER_AGENT: &str = concat!("sdm/", env!("CARGO_PKG_VERSION"));
+
+/// Whether requests for `url` may take this path: plain HTTP and no proxy configured (reqwest would use one).
+pub fn eligible(url: &Url) -> bool {
+    let proxied = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    url.scheme() == "http" && url.host().is_some() && !proxied
+}
+
+/// A kept-alive connection and its pipe, reused by the next request to the same host and port.
+pub struct Conn {
+    stream: TcpStream,
+    authority: (String, u16),
+    pipe: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// What the server answered.
+pub enum Answer {
+    /// A `206` with a `Content-Length`: its status, headers and body.
+    Body(StatusCode, HeaderMap, Body),
+    /// Any other final answer, whose body is not read: the connection is dropped.
+    Other(StatusCode, HeaderMap),
+    /// Something this path does not carry; ask reqwest.
+    NotHere,
+}
+
+/// Send a GET for `url` with `headers` (on `reuse` when it goes to the same place) and read the answer's head. The
+/// caller bounds the time this takes.
+pub async fn get(reuse: Option<Conn>, url: &Url, headers: &HeaderMap) -> io::Result<Answer> {
+    let authority = (
+        url.host_str().unwrap_or_default().to_string(),
+        url.port_or_known_default().unwrap_or(80),
+    );
+    let request = request_head(url, headers);
+    if let Some(conn) = reuse.filter(|c| c.authority == authority) {
+        // The server may have closed an idle connection; only then is it worth one more try on a new one.
+        match exchange(conn, &request).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+                ) => {}
+            other => return other,
+        }
+    }
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(url))
+        .await
+        .map_err(|_| io::Error::new(ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let conn = Conn {
+        stream,
+        authority,
+        pipe: None,
+    };
+    exchange(conn, &request).await
+}
+
+async fn connect(url: &Url) -> io::Result<TcpStream> {
+    let port = url.port_or_known_default().unwrap_or(80);
+    match url.host() {
+        Some(Host::Domain(d)) => TcpStream::connect((d, port)).await,
+        Some(Host::Ipv4(a)) => TcpStream::connect((a, port)).await,
+        Some(Host::Ipv6(a)) => TcpStream::connect((a, port)).await,
+        None => Err(io::Error::new(ErrorKind::InvalidInput, "URL has no host")),
+    }
+}
+
+fn request_head(url: &Url, headers: &HeaderMap) -> Vec<u8> {
+    let target = &url[Position::BeforePath..Position::AfterQuery];
+    let host = &url[Position::BeforeHost..Position::AfterPort];
+    let mut out = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\n").into_bytes();
+    let mut add = |name: &HeaderName, value: &[u8]| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        if name != header::HOST && name != header::CONNECTION {
+            add(name, value.as_bytes());
+        }
+    }
+    if !headers.contains_key(header::USER_AGENT) {
+        add(&header::USER_AGENT, USER_AGENT.as_bytes());
+    }
+    if !headers.contains_key(header::ACCEPT) {
+        add(&header::ACCEPT, b"*/*");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Send `request` on `conn` and read the answer's head.
+async fn exchange(mut conn: Conn, request: &[u8]) -> io::Result<Answer> {
+    conn.stream.write_all(request).await?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_HEAD {
+                return Err(malformed("response head over 64 KiB"));
+            }
+            buf.reserve(buf.len());
+        }
+        if conn.stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        let mut slots = [httparse::EMPTY_HEADER; 100];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => return Err(malformed(&format!("cannot parse the response head: {e}"))),
+        };
+        let code = resp.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| malformed(&format!("bad status code {code}")))?;
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| malformed("bad header name"))?;
+            let value =
+                HeaderValue::from_bytes(h.value).map_err(|_| malformed("bad header value"))?;
+            headers.append(name, value);
+        }
+        let keep_alive = resp.version == Some(1)
+            && !headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        return Ok(answer(
+            conn,
+            status,
+            headers,
+            buf.split_off(len),
+            keep_alive,
+        ));
+    }
+}
+
+fn answer(
+    conn: Conn,
+    status: StatusCode,
+    headers: HeaderMap,
+    prefix: Vec<u8>,
+    keep_alive: bool,
+) -> Answer {
+    if status.is_informational() || status.is_redirection() {
+        return Answer::NotHere;
+    }
+    if status != StatusCode::PARTIAL_CONTENT {
+        return Answer::Other(status, headers);
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let (Some(length), false) = (length, headers.contains_key(header::TRANSFER_ENCODING)) else {
+        return Answer::NotHere;
+    };
+    let body = Body {
+        conn,
+        left: length,
+        prefix,
+        prefix_at: 0,
+        staged: 0,
+        keep_alive,
+    };
+    Answer::Body(status, headers, body)
+}
+
+fn malformed(what: &str) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, what.to_string())
+}
+
+/// A response body being moved into a file: [`Body::stage`] takes bytes off the network, [`Body::commit`] writes
+/// them, so a rate limiter can be charged in between.
+pub struct Body {
+    conn: Conn,
+    /// Body bytes not yet staged.
+    left: u64,
+    /// Body bytes that came with the head.
+    prefix: Vec<u8>,
+    prefix_at: usize,
+    /// Bytes taken but not yet written (in the pipe, or in `prefix`).
+    staged: usize,
+    keep_alive: bool,
+}
+
+impl Body {
+    /// Take up to `max` bytes of the body; returns how many are staged for [`Body::commit`] (0 once the body is
+    /// over, or the server closed early: the caller knows how much it expected).
+    pub async fn stage(&mut self, max: usize) -> io::Result<usize> {
+        debug_assert_eq!(self.staged, 0, "commit before staging more");
+        let in_prefix = self.prefix.len() - self.prefix_at;
+        if in_prefix > 0 {
+            let n = in_prefix.min(max).min(self.left as usize);
+            self.staged = n;
+            self.left -= n as u64;
+            return Ok(n);
+        }
+        let want = (self.left.min(max as u64) as usize).min(PIPE_SIZE);
+        if want == 0 {
+            return Ok(0);
+        }
+        if self.conn.pipe.is_none() {
+            let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+            // A bigger pipe means fewer, larger moves; the default (64 KiB) still works if the system refuses.
+            let _ = rustix::pipe::fcntl_setpipe_size(&w, PIPE_SIZE);
+            self.conn.pipe = Some((r, w));
+        }
+        let (_, w) = self.conn.pipe.as_ref().expect("made above");
+        let stream = &self.conn.stream;
+        let n = loop {
+            stream.readable().await?;
+            match stream.try_io(Interest::READABLE, || {
+                rustix::pipe::splice(stream, None, w, None, want, SpliceFlags::NONBLOCK)
+                    .map_err(io::Error::from)
+            }) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+                r => break r?,
+            }
+        };
+        self.staged = n;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    /// Write the first `n` staged bytes at `at` in `file`. Staged bytes beyond `n` are dropped, and the connection
+    /// with them: its stream is no longer at a response boundary.
+    pub fn commit(&mut self, file: &File, mut at: u64, n: usize) -> io::Result<()> {
+        assert!(n <= self.staged, "commit more than staged");
+        if self.prefix_at < self.prefix.len() {
+            file.write_all_at(&self.prefix[self.prefix_at..self.prefix_at + n], at)?;
+            self.prefix_at += self.staged;
+            if self.staged > n {
+                self.keep_alive = false;
+            }
+            self.staged = 0;
+            return Ok(());
+        }
+        let (r, _) = self
+            .conn
+            .pipe
+            .as_ref()
+            .expect("staged bytes are in the pipe");
+        let mut left = n;
+        while left > 0 {
+            match rustix::pipe::splice(r, None, file, Some(&mut at), left, SpliceFlags::MOVE) {
+                Ok(0) => return Err(io::Error::other("pipe empty before the staged bytes")),
+                Ok(k) => left -= k,
+                // A file system that takes no splice: copy through memory instead.
+                Err(rustix::io::Errno::INVAL) => {
+                    let mut buf = vec![0; left];
+                    let mut got = 0;
+                    while got < left {
+                        got += rustix::io::read(r, &mut buf[got..])?;
+                    }
+                    file.write_all_at(&buf, at)?;
+                    left = 0;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.staged > n {
+            // What is left in the pipe belongs to no one; the pipe goes with the connection.
+            self.keep_alive = false;
+        }
+        self.staged = 0;
+        Ok(())
+    }
+
+    /// The connection, for the next request, when this body was read to its end and the server keeps it open.
+    pub fn into_conn(self) -> Option<Conn> {
+        (self.keep_alive && self.left == 0 && self.staged == 0).then_some(self.conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_head_names_the_target_host_and_defaults() {
+        let url = Url::parse("http://example.com:8080/a%20b/c.bin?x=1&y=2#frag").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=5-9"));
+        headers.insert(header::HOST, HeaderValue::from_static("evil.example"));
+        let head = String::from_utf8(request_head(&url, &headers)).unwrap();
+        assert_eq!(
+            head,
+            "GET /a%20b/c.bin?x=1&y=2 HTTP/1.1\r\nhost: example.com:8080\r\nrange: bytes=5-9\r\n\
+             user-agent: sdm/0.1.0\r\naccept: */*\r\n\r\n"
+                .replace("0.1.0", env!("CARGO_PKG_VERSION"))
+        );
+        let url = Url::parse("http://[::1]/f").unwrap();
+        let mut with_ua = HeaderMap::new();
+        with_ua.insert(header::USER_AGENT, HeaderValue::from_static("Browser/1"));
+        let head = String::from_utf8(request_head(&url, &with_ua)).unwrap();
+        assert!(head.starts_with("GET /f HTTP/1.1\r\nhost: [::1]\r\nuser-agent: Browser/1\r\n"));
+    }
+
+    #[test]
+    fn only_plain_http_is_eligible() {
+        let ok = |u: &str| eligible(&Url::parse(u).unwrap());
+        if ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+            .iter()
+            .all(|v| std::env::var_os(v).is_none())
+        {
+            assert!(ok("http://example.com/f"));
+        }
+        assert!(!ok("https://example.com/f"));
+        assert!(!ok("ftp://example.com/f"));
+    }
+}
