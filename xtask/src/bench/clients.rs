@@ -8,6 +8,9 @@ use super::{Mode, Options, find_program};
 pub enum Kind {
     /// `sdm get URL -o PATH -c N`.
     Sdm,
+    /// The same with `--no-splice`: every body through user space, as before splice(2) (the loopback scenario's
+    /// before/after).
+    SdmNoSplice,
     /// aria2c as shipped: one connection per server, `--split 5`, `--min-split-size 20M`, preallocation.
     Aria2Default,
     /// aria2c set up like sdm: `-x N -s N -k 1M --file-allocation=none`.
@@ -32,7 +35,10 @@ impl Client {
         let out_s = out.to_string_lossy().into_owned();
         let n_s = n.to_string();
         match self.kind {
-            Kind::Sdm => {
+            Kind::Sdm | Kind::SdmNoSplice => {
+                if self.kind == Kind::SdmNoSplice {
+                    v.push("--no-splice".into());
+                }
                 v.extend([
                     "get".into(),
                     url.into(),
@@ -107,6 +113,13 @@ impl Clients {
             name: "sdm",
             program: sdm.to_path_buf(),
         }];
+        if opts.mode != Mode::Smoke {
+            all.push(Client {
+                kind: Kind::SdmNoSplice,
+                name: "sdm --no-splice",
+                program: sdm.to_path_buf(),
+            });
+        }
         let peers: &[(Kind, &str, &str)] = if opts.mode == Mode::Smoke {
             &[(Kind::Aria2Matched, "aria2c (matched)", "aria2c")]
         } else {

@@ -314,7 +314,7 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
     let peers: Vec<&str> = clients
         .all
         .iter()
-        .filter(|c| c.kind != Kind::Sdm)
+        .filter(|c| !matches!(c.kind, Kind::Sdm | Kind::SdmNoSplice))
         .map(|c| c.name)
         .collect();
     let sdm = sc.row("sdm", "").cloned();
@@ -356,6 +356,22 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
             "Thriftiest peer: {who} at {b:.2} s CPU; sdm/{who} CPU = {:.2}.",
             c / b
         ));
+    }
+    if let Some(before) = sc.row("sdm --no-splice", "").cloned() {
+        let (bc, bw, br) = (
+            before.median("cpu"),
+            before.median("wall"),
+            before.median("rss"),
+        );
+        if let (Some(c), Some(bc), Some(w), Some(bw), Some(r), Some(br)) =
+            (sdm_cpu, bc, sdm_wall, bw, sdm_rss, br)
+        {
+            sc.notes.push(format!(
+                "splice(2) before/after: with `--no-splice` sdm took {bw:.2} s, {bc:.2} s CPU, {br:.1} MB; \
+                 with it {w:.2} s, {c:.2} s CPU, {r:.1} MB (CPU ×{:.2}).",
+                c / bc
+            ));
+        }
     }
     Ok(sc)
 }
