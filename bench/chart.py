@@ -93,8 +93,8 @@ def main():
         panels.append(lambda ax: bars(ax, sc["loopback"]["rows"], "rss", "MB", "loopback: peak RSS"))
     if "capped" in sc:
         panels.append(lambda ax: capped(ax, sc["capped"]))
-    if "linkcap" in sc and sc["linkcap"]["rows"]:
-        panels.append(lambda ax: bars(ax, sc["linkcap"]["rows"], "speed", "MiB/s", "netns link cap", False))
+    if "latency" in sc and sc["latency"]["rows"]:
+        panels.append(lambda ax: bars(ax, sc["latency"]["rows"], "speed", "MiB/s", "100 ms RTT + 0.1 % loss", False))
     if "tail" in sc:
         panels.append(lambda ax: bars(ax, sc["tail"]["rows"], "wall", "s", "one slow range: wall"))
     if "queue" in sc:

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`lab`]: the test bed: test files in tmpfs, our own nginx (own config and prefix, ports on 127.0.0.1), an
-//!   optional network namespace behind a tbf link cap, and the cleanup of all of it when dropped.
+//!   optional network namespace behind a delaying, lossy link, and the cleanup of all of it when dropped.
+//! - [`wire`]: that link, a userspace netem between two TUN devices (this kernel has no `sch_netem`).
 //! - [`measure`]: running one client once: wall time, user+sys CPU and peak RSS (GNU time's `wait4`), the output's
 //!   sha256, and the median / min–max of a series.
 //! - [`clients`]: the command line of each client for a download, a connection count and a speed cap.
@@ -18,6 +19,7 @@ mod lab;
 mod measure;
 mod report;
 mod scenarios;
+pub mod wire;
 
 use std::process::Command;
 use std::time::Instant;
@@ -33,7 +35,7 @@ usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-
   --quick     smaller files and 2 runs; writes the same files under target/bench-quick/
   --smoke     16 MiB from loopback, 1 run, sdm (+ aria2c if installed); fails only if sdm's output is wrong
   --runs N    runs per client and scenario
-  --only      scenarios to run: loopback, capped, linkcap, tail, queue, cap, service
+  --only      scenarios to run: loopback, capped, latency, tail, queue, cap, service
   --no-build  use target/release/sdm as it is
   --keep      keep the lab folder (nginx logs, configs) in /dev/shm for a look afterwards
 ";

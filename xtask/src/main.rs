@@ -40,6 +40,8 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("run") => run::run(),
         Some("bench") => bench::run(&args[1..]),
+        // Started by the bench as the delaying link of its latency scenario.
+        Some("__wire") => bench::wire::main(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -36,9 +36,6 @@ impl Client {
         let n_s = n.to_string();
         match self.kind {
             Kind::Sdm | Kind::SdmNoSplice => {
-                if self.kind == Kind::SdmNoSplice {
-                    v.push("--no-splice".into());
-                }
                 v.extend([
                     "get".into(),
                     url.into(),
@@ -47,6 +44,9 @@ impl Client {
                     "-c".into(),
                     n_s,
                 ]);
+                if self.kind == Kind::SdmNoSplice {
+                    v.push("--no-splice".into());
+                }
                 if let Some(l) = limit {
                     v.extend(["--limit".into(), l.to_string()]);
                 }

@@ -1,6 +1,6 @@
-//! The test bed: test files in tmpfs, our own nginx on 127.0.0.1, and (when root) a network namespace behind a tbf
-//! link cap with a second nginx in it. Dropping the [`Lab`] kills every nginx, deletes the namespace and removes the
-//! files, also when a scenario fails.
+//! The test bed: test files in tmpfs, our own nginx on 127.0.0.1, and (when root) a network namespace with a second
+//! nginx in it, behind a link with 50 ms of delay each way and 0.1 % loss ([`super::wire`]). Dropping the [`Lab`]
+//! kills every nginx and the link, deletes the namespace and removes the files, also when a scenario fails.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,9 +22,9 @@ pub const CONN_CAP: u64 = 5 * MIB;
 /// Slow-tail scenario: the one slow range's rate, and every other range's.
 pub const TAIL_SLOW: u64 = MIB;
 pub const TAIL_FAST: u64 = 5 * MIB;
-/// Link-cap scenario: tbf rate of the namespace's link (Mbit/s) and nginx's per-connection cap in it.
-pub const LINK_MBIT: u64 = 160;
-pub const LINK_CONN_CAP: u64 = 3 * MIB;
+/// Latency scenario: the link's delay each way, and the share of packets it loses (per million, each way).
+pub const WIRE_DELAY_MS: u64 = 50;
+pub const WIRE_LOSS_PPM: u32 = 1000;
 
 /// A served test file.
 #[derive(Clone, Debug)]
@@ -46,6 +46,8 @@ pub struct Lab {
     files: BTreeMap<String, TestFile>,
     nginx: Vec<Child>,
     netns: Option<String>,
+    /// The process that is the namespace's link.
+    wire: Option<Child>,
     nginx_bin: PathBuf,
     /// Range starts the slow-tail location serves slowly (the second of 8 equal segments of the tail's file).
     tail_starts: Vec<u64>,
@@ -79,6 +81,7 @@ impl Lab {
             files: BTreeMap::new(),
             nginx: Vec::new(),
             netns: None,
+            wire: None,
             nginx_bin,
             tail_starts: Vec::new(),
             keep: opts.keep,
@@ -166,45 +169,52 @@ impl Lab {
         Ok(())
     }
 
-    /// A namespace joined to this one by a veth pair whose server side has a tbf cap of [`LINK_MBIT`], with a second
-    /// nginx inside (per-connection cap [`LINK_CONN_CAP`]). Needs root, `ip` and `tc`.
+    /// A namespace joined to this one by [`super::wire`] (a TUN device on each side, [`WIRE_DELAY_MS`] each way,
+    /// [`WIRE_LOSS_PPM`] lost), with a second nginx inside. Needs root and `ip`.
     pub fn start_netns(&mut self) -> Result<()> {
         if !tools::is_root() {
             bail!("the namespace needs root");
         }
         let ip = find_program("ip").context("`ip` not found: apt-get install iproute2")?;
-        let tc = find_program("tc").context("`tc` not found: apt-get install iproute2")?;
         let tag = std::process::id() % 100_000;
         let ns = format!("sdmbench{tag}");
-        let (host_if, ns_if) = (format!("sdmb{tag}h"), format!("sdmb{tag}n"));
+        let (host_if, ns_if) = (format!("sdmw{tag}h"), format!("sdmw{tag}n"));
         let octet = 16 + tag % 200;
         let (host_addr, ns_addr) = (format!("10.231.{octet}.1"), format!("10.231.{octet}.2"));
         quiet(Command::new(&ip).args(["netns", "add", &ns]))?;
         self.netns = Some(ns.clone());
-        let host_cidr = format!("{host_addr}/24");
-        let ns_cidr = format!("{ns_addr}/24");
-        let rate = format!("{LINK_MBIT}mbit");
+        let exe = std::env::current_exe().context("cannot find the xtask binary")?;
+        let mut wire = Command::new(exe)
+            .args(["__wire", &host_if, &ns_if])
+            .arg(WIRE_DELAY_MS.to_string())
+            .arg(WIRE_LOSS_PPM.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start the wire")?;
+        let mut ready = String::new();
+        if let Some(out) = wire.stdout.take() {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready)?;
+        }
+        self.wire = Some(wire);
+        if ready.trim() != "ready" {
+            bail!("the wire did not start (see its error above)");
+        }
         let in_ns = ["netns", "exec", ns.as_str()];
         let ip_in_ns = |rest: &[&str]| -> Result<()> {
             quiet(Command::new(&ip).args(in_ns).arg(&ip).args(rest))
         };
-        quiet(Command::new(&ip).args([
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
-        ]))?;
         quiet(Command::new(&ip).args(["link", "set", &ns_if, "netns", &ns]))?;
-        quiet(Command::new(&ip).args(["addr", "add", &host_cidr, "dev", &host_if]))?;
+        quiet(
+            Command::new(&ip).args(["addr", "add", &host_addr, "peer", &ns_addr, "dev", &host_if]),
+        )?;
         quiet(Command::new(&ip).args(["link", "set", &host_if, "up"]))?;
         ip_in_ns(&["link", "set", "lo", "up"])?;
-        ip_in_ns(&["addr", "add", &ns_cidr, "dev", &ns_if])?;
+        ip_in_ns(&["addr", "add", &ns_addr, "peer", &host_addr, "dev", &ns_if])?;
         ip_in_ns(&["link", "set", &ns_if, "up"])?;
-        // The server's side of the link: a token bucket at LINK_MBIT with a short queue, so TCP meets real drops.
-        quiet(Command::new(&ip).args(in_ns).arg(&tc).args([
-            "qdisc", "add", "dev", &ns_if, "root", "tbf", "rate", &rate, "burst", "64kb",
-            "latency", "25ms",
-        ]))?;
         let port = free_port()?;
         let prefix = self.dir.join("nginx-ns");
-        let conf = self.nginx_conf(&prefix, &ns_addr, port, LINK_CONN_CAP)?;
+        let conf = self.nginx_conf(&prefix, &ns_addr, port, CONN_CAP)?;
         let child = self.spawn_nginx(&prefix, &conf, Some((&ip, &ns)))?;
         self.nginx.push(child);
         wait_listening(&format!("{ns_addr}:{port}"), &prefix, self.nginx.last_mut())?;
@@ -310,10 +320,14 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(wire) = &mut self.wire {
+            // Its TUN devices go with it.
+            let _ = wire.kill();
+            let _ = wire.wait();
+        }
         if let Some(ns) = self.netns.take()
             && let Some(ip) = find_program("ip")
         {
-            // Deleting the namespace destroys its veth end, and with it the pair.
             let _ = quiet(Command::new(ip).args(["netns", "del", &ns]));
         }
         if self.keep {
