@@ -472,12 +472,12 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
              sch_netem): every packet is held {WIRE_DELAY_MS} ms and {loss} % are dropped, each way, with netem's \
              default queue of {} packets per direction. Single-connection clients are left out: at this RTT and \
              loss one TCP connection gets a few MiB/s, and five runs would take most of an hour.",
-            super::wire::QUEUE
+            super::wire::queue()
         ),
     );
     let target = ("100 ms RTT + 0.1 % loss, N=8", "≥ 1.3× aria2c's throughput");
-    // What the delaying queue lets through: QUEUE full-size packets per delay.
-    let link = super::wire::QUEUE as f64 * 1448.0 / (WIRE_DELAY_MS as f64 / 1000.0) / MIB as f64;
+    // What the delaying queue lets through: a full queue of full-size packets per delay.
+    let link = super::wire::queue() as f64 * 1448.0 / (WIRE_DELAY_MS as f64 / 1000.0) / MIB as f64;
     let Some(base) = lab.ns_base.clone() else {
         sc.notes.push(
             "Skipped: the network namespace could not be set up (needs root, `ip` and /dev/net/tun).".into(),
@@ -509,7 +509,7 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
         sc.notes.push(format!(
             "The link carries at most {link:.1} MiB/s of payload (a full queue of {} packets of 1448 payload bytes \
              every {WIRE_DELAY_MS} ms), so nothing can beat {who}'s {a:.1} MiB/s by more than {:.2}×.",
-            super::wire::QUEUE,
+            super::wire::queue(),
             link / a
         ));
     }

@@ -18,6 +18,14 @@ use anyhow::{Context, Result, bail};
 
 /// netem's default `limit`: packets held per direction; more are dropped, as a full queue drops them.
 pub const QUEUE: usize = 1000;
+
+/// The queue in use: [`QUEUE`], or `$SDM_BENCH_WIRE_QUEUE` to see the same link without that bound on its rate.
+pub fn queue() -> usize {
+    std::env::var("SDM_BENCH_WIRE_QUEUE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(QUEUE)
+}
 /// Largest packet a 1500-byte MTU device hands over (no packet-info header: `IFF_NO_PI`).
 const MAX_PACKET: usize = 1500;
 
@@ -70,6 +78,7 @@ fn open_tun(name: &str) -> Result<File> {
 /// Read packets from `from`, and write each to `to` `delay` later, unless it is lost or the queue is full.
 fn forward(mut from: File, to: File, delay: Duration, loss_ppm: u32) -> Result<()> {
     let held = Arc::new(AtomicUsize::new(0));
+    let limit = queue();
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = {
         let held = held.clone();
@@ -78,7 +87,7 @@ fn forward(mut from: File, to: File, delay: Duration, loss_ppm: u32) -> Result<(
     let mut buf = [0u8; MAX_PACKET + 64];
     loop {
         let n = from.read(&mut buf).context("read from the TUN device")?;
-        if fastrand::u32(..1_000_000) < loss_ppm || held.load(Ordering::Relaxed) >= QUEUE {
+        if fastrand::u32(..1_000_000) < loss_ppm || held.load(Ordering::Relaxed) >= limit {
             continue;
         }
         held.fetch_add(1, Ordering::Relaxed);
