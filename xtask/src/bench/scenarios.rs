@@ -469,9 +469,10 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
         ),
         format!(
             "nginx in a network namespace behind a userspace netem (`xtask/src/bench/wire.rs`: this kernel has no \
-             sch_netem): every packet is held {WIRE_DELAY_MS} ms and {loss} % are dropped, each way, with netem's \
-             default queue of {} packets per direction. Single-connection clients are left out: at this RTT and \
-             loss one TCP connection gets a few MiB/s, and five runs would take most of an hour.",
+             sch_netem): every packet is held {WIRE_DELAY_MS} ms and {loss} % are dropped, each way, with a queue \
+             of {} packets per direction (netem's default is 1000; `$SDM_BENCH_WIRE_QUEUE` changes it). \
+             Single-connection clients are left out: at this RTT and loss one TCP connection gets a few MiB/s, and \
+             five runs would take most of an hour.",
             super::wire::queue()
         ),
     );
