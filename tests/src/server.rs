@@ -142,6 +142,8 @@ pub struct FileSpec {
     extra_bytes: Option<Counted<u64>>,
     short_body: Option<Counted<u64>>,
     html_on_range: Option<Counted<()>>,
+    /// Where a GET with `Range` is sent (302) instead of being answered.
+    range_redirect: Option<String>,
     length_lie: Option<Counted<i64>>,
     required_headers: Vec<(String, String)>,
 }
@@ -174,6 +176,7 @@ impl FileSpec {
             extra_bytes: None,
             short_body: None,
             html_on_range: None,
+            range_redirect: None,
             length_lie: None,
             required_headers: Vec::new(),
         }
@@ -238,6 +241,13 @@ impl FileSpec {
     /// transfer's connections rather than its probe.
     pub fn status_after(mut self, skip: u32, n: u32, status: u16) -> Self {
         self.status_window = Some((skip, skip.saturating_add(n), status));
+        self
+    }
+
+    /// Send every GET that carries `Range` to `location` with a 302, as download redirectors do for each request;
+    /// HEAD and plain GETs are answered here.
+    pub fn redirect_ranges(mut self, location: impl Into<String>) -> Self {
+        self.range_redirect = Some(location.into());
         self
     }
 
@@ -982,6 +992,14 @@ async fn respond_file(
     if is_head && !spec.head || !is_head && head.method != "GET" {
         return out
             .simple(405, vec![h("Allow", "GET")], "method not allowed\n")
+            .await;
+    }
+    if let Some(location) = &spec.range_redirect
+        && !is_head
+        && head.header("range").is_some()
+    {
+        return out
+            .simple(302, vec![h("Location", location.clone())], "moved\n")
             .await;
     }
 

@@ -329,6 +329,34 @@ async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_requests_redirected_elsewhere_are_followed() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        // A front that sends every ranged GET to a mirror, as download redirectors do: the splice path cannot carry
+        // a redirect, so it hands the transfer to reqwest, which follows it.
+        let spec = FileSpec::new(4 * MIB).seed(31);
+        let mirror = server.serve("/mirror/file.bin", spec.clone());
+        let front = server.serve("/file.bin", spec.redirect_ranges("/mirror/file.bin"));
+
+        fetch_exact(&front, |_| {}, "download succeeds through the redirects").await;
+
+        let ranged = |f: &sdm_tests::ServedFile| {
+            f.gets()
+                .iter()
+                .filter(|r| r.range_start().is_some())
+                .count()
+        };
+        assert!(ranged(&front) >= 1, "no ranged GET reached the front");
+        assert!(
+            ranged(&mirror) >= 2,
+            "the ranged GETs did not go on to the mirror: {:?}",
+            mirror.gets()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookies_stay_with_their_host_across_a_redirect() {
     bounded(30, async {
         let server = TestServer::start().await;
