@@ -191,13 +191,16 @@ fn answer(
     let (Some(length), false) = (length, headers.contains_key(header::TRANSFER_ENCODING)) else {
         return Answer::NotHere;
     };
+    // Bytes past the body that came with the head mean the stream is not at a response boundary afterwards.
+    let prefix_fits = prefix.len() as u64 <= length;
     let body = Body {
         conn,
         left: length,
         prefix,
         prefix_at: 0,
         staged: 0,
-        keep_alive,
+        whole: true,
+        keep_alive: keep_alive && prefix_fits,
     };
     Answer::Body(status, headers, body)
 }
@@ -217,6 +220,8 @@ pub struct Body {
     prefix_at: usize,
     /// Bytes taken but not yet written (in the pipe, or in `prefix`).
     staged: usize,
+    /// Every staged byte so far was committed; false once a commit dropped some.
+    whole: bool,
     keep_alive: bool,
 }
 
@@ -224,7 +229,12 @@ impl Body {
     /// Take up to `max` bytes of the body; returns how many are staged for [`Body::commit`] (0 once the body is
     /// over, or the server closed early: the caller knows how much it expected).
     pub async fn stage(&mut self, max: usize) -> io::Result<usize> {
-        debug_assert_eq!(self.staged, 0, "commit before staging more");
+        if self.staged > 0 || !self.whole {
+            // Bytes the caller dropped may still fill the pipe; waiting on the socket then would wait for nothing.
+            return Err(io::Error::other(
+                "internal error: staging more after a partial commit",
+            ));
+        }
         let in_prefix = self.prefix.len() - self.prefix_at;
         if in_prefix > 0 {
             let n = in_prefix.min(max).min(self.left as usize);
@@ -266,9 +276,7 @@ impl Body {
         if self.prefix_at < self.prefix.len() {
             file.write_all_at(&self.prefix[self.prefix_at..self.prefix_at + n], at)?;
             self.prefix_at += self.staged;
-            if self.staged > n {
-                self.keep_alive = false;
-            }
+            self.whole &= self.staged == n;
             self.staged = 0;
             return Ok(());
         }
@@ -295,17 +303,16 @@ impl Body {
                 Err(e) => return Err(e.into()),
             }
         }
-        if self.staged > n {
-            // What is left in the pipe belongs to no one; the pipe goes with the connection.
-            self.keep_alive = false;
-        }
+        // What a short commit leaves in the pipe belongs to no one: the body ends here, and the pipe goes with the
+        // connection.
+        self.whole &= self.staged == n;
         self.staged = 0;
         Ok(())
     }
 
     /// The connection, for the next request, when this body was read to its end and the server keeps it open.
     pub fn into_conn(self) -> Option<Conn> {
-        (self.keep_alive && self.left == 0 && self.staged == 0).then_some(self.conn)
+        (self.keep_alive && self.whole && self.left == 0 && self.staged == 0).then_some(self.conn)
     }
 }
 
@@ -331,6 +338,105 @@ mod tests {
         with_ua.insert(header::USER_AGENT, HeaderValue::from_static("Browser/1"));
         let head = String::from_utf8(request_head(&url, &with_ua)).unwrap();
         assert!(head.starts_with("GET /f HTTP/1.1\r\nhost: [::1]\r\nuser-agent: Browser/1\r\n"));
+    }
+
+    /// A one-connection server on loopback that answers every request with a 206 of `body`.
+    async fn serve_206(body: Vec<u8>) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/f", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let mut buf = [0u8; 1024];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{}/{}\r\nContent-Length: {}\r\n\r\n",
+                        body.len() - 1,
+                        body.len(),
+                        body.len()
+                    );
+                    sock.write_all(head.as_bytes()).await.unwrap();
+                    sock.write_all(&body).await.unwrap();
+                }
+            }
+        });
+        url
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_body_is_spliced_whole_and_its_connection_kept() {
+        let body = pattern(3 << 20);
+        let url = serve_206(body.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("out"))
+            .unwrap();
+        let mut conn = None;
+        for _ in 0..2 {
+            let Answer::Body(status, _, mut b) =
+                get(conn.take(), &url, &HeaderMap::new()).await.unwrap()
+            else {
+                panic!("not a body");
+            };
+            assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+            let mut at = 0;
+            loop {
+                let n = b.stage(1 << 20).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                b.commit(&file, at, n).unwrap();
+                at += n as u64;
+            }
+            assert_eq!(at, body.len() as u64);
+            conn = b.into_conn();
+            assert!(
+                conn.is_some(),
+                "a body read to its end keeps its connection"
+            );
+        }
+        assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), body);
+    }
+
+    #[tokio::test]
+    async fn after_a_short_commit_the_body_refuses_more_and_drops_its_connection() {
+        let url = serve_206(pattern(4 << 20)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("out")).unwrap();
+        let Answer::Body(_, _, mut b) = get(None, &url, &HeaderMap::new()).await.unwrap() else {
+            panic!("not a body");
+        };
+        // Skip what came with the head, so the next stage fills the pipe.
+        let mut at = 0;
+        while b.prefix_at < b.prefix.len() {
+            let n = b.stage(1 << 20).await.unwrap();
+            b.commit(&file, at, n).unwrap();
+            at += n as u64;
+        }
+        let staged = b.stage(1 << 20).await.unwrap();
+        assert!(staged > 1);
+        b.commit(&file, at, 1).unwrap();
+        // The rest of the staged bytes still fill the pipe: staging again must fail at once, not wait on the socket.
+        let again = tokio::time::timeout(Duration::from_secs(5), b.stage(1 << 20))
+            .await
+            .expect("staging after a short commit returns at once");
+        assert!(again.is_err());
+        assert!(b.into_conn().is_none());
     }
 
     #[test]

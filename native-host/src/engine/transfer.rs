@@ -735,10 +735,19 @@ impl Transfer {
         let own: Vec<&RateLimiter> = self.limiters.iter().map(Arc::as_ref).collect();
         let mut at = pos;
         loop {
-            // Never more than one piece of the rate limiters, nor past this response's range.
-            let max = ratelimit::piece_size(&own)
-                .unwrap_or(STAGE_MAX)
-                .min((resp_end - at).min(STAGE_MAX as u64) as usize);
+            // Never more than one piece of the rate limiters, nor past this response's range or the segment's end
+            // (a split may have moved it): once the segment is done, nothing more is taken off the network.
+            let max = {
+                let guard = self.live.plan();
+                let s = &guard.as_ref().expect("prepared").segments[idx];
+                if s.pos != at {
+                    return Err(TransferError::Setup(
+                        "internal error: segment moved under its connection".into(),
+                    ));
+                }
+                (s.end - s.pos).min(resp_end - at).min(STAGE_MAX as u64) as usize
+            };
+            let max = ratelimit::piece_size(&own).map_or(max, |p| max.min(p));
             if max == 0 {
                 break;
             }
@@ -764,11 +773,7 @@ impl Transfer {
             let n = {
                 let mut guard = self.live.plan();
                 let s = &mut guard.as_mut().expect("prepared").segments[idx];
-                if s.pos != at {
-                    return Err(TransferError::Setup(
-                        "internal error: segment moved under its connection".into(),
-                    ));
-                }
+                // A split while the bytes were being staged may have moved the end closer.
                 let n = (staged as u64).min(s.end - s.pos) as usize;
                 s.claimed = s.pos + n as u64;
                 n
