@@ -6,6 +6,12 @@
 //! most time left, and the cut is placed so that both connections should end together: a connection running at a
 //! fifth of the others' speed keeps a sixth of its range, not half.
 //!
+//! A new connection does not deliver at once: a kept-alive one waits a round trip for its first byte, a fresh one
+//! also waits for its handshake and for TCP's slow start. Each segment records how long its connection took to its
+//! first byte and to its first [`MIN_SPLIT`]; a split charges the newcomer that lead, so on a long link a cold
+//! connection does not take a piece the victim would have finished first (and the victim, whose response is cut
+//! short, does not lose its warm connection for nothing).
+//!
 //! A segment's bytes go through three marks: `pos` (written), `claimed` (handed to a write in progress), `end` (where
 //! the owner stops; a split lowers it). A split cuts only above `claimed`, so a write in progress is never cut in two.
 
@@ -39,6 +45,11 @@ pub struct Segment {
     /// Bytes per second its last connection achieved (0: unknown), kept after release as a yardstick.
     #[serde(skip)]
     speed: u64,
+    /// How long its last connection took from taking it to its first byte, and to [`MIN_SPLIT`] bytes.
+    #[serde(skip)]
+    first_byte: Option<Duration>,
+    #[serde(skip)]
+    first_mib: Option<Duration>,
 }
 
 /// A speed is trusted once it has been measured this long.
@@ -54,6 +65,20 @@ impl Segment {
             busy: false,
             since: None,
             speed: 0,
+            first_byte: None,
+            first_mib: None,
+        }
+    }
+
+    /// Bytes up to `at` are written, at `now`.
+    pub fn wrote(&mut self, at: u64, now: Instant) {
+        self.pos = at;
+        if let Some((t, base)) = self.since {
+            let took = now.saturating_duration_since(t);
+            self.first_byte.get_or_insert(took);
+            if at - base >= MIN_SPLIT {
+                self.first_mib.get_or_insert(took);
+            }
         }
     }
 
@@ -68,6 +93,8 @@ impl Segment {
         self.busy = true;
         self.claimed = self.pos;
         self.since = Some((now, self.pos));
+        self.first_byte = None;
+        self.first_mib = None;
     }
 
     pub fn remaining(&self) -> u64 {
@@ -102,8 +129,9 @@ pub fn fresh(total: Option<u64>, ranges: bool, connections: u32) -> Vec<Segment>
 }
 
 /// Give a free connection work: a segment nobody owns, else a share of the busy one with the most time left. Marks
-/// it busy and returns its index, or `None` when nothing is left worth a connection.
-pub fn take(segs: &mut Vec<Segment>, now: Instant) -> Option<usize> {
+/// it busy and returns its index, or `None` when nothing is left worth a connection. `warm`: the connection is open
+/// already (kept alive), so it needs no handshake and no slow start.
+pub fn take(segs: &mut Vec<Segment>, now: Instant, warm: bool) -> Option<usize> {
     if let Some(i) = segs.iter().position(|s| !s.busy && !s.is_done()) {
         segs[i].own(now);
         return Some(i);
@@ -121,6 +149,7 @@ pub fn take(segs: &mut Vec<Segment>, now: Instant) -> Option<usize> {
         .fold(None, |best: Option<f64>, r| {
             Some(best.map_or(r, |b| b.max(r)))
         });
+    let lead = lead(segs, fresh, warm);
     let (i, left, rate) = segs
         .iter()
         .enumerate()
@@ -133,19 +162,46 @@ pub fn take(segs: &mut Vec<Segment>, now: Instant) -> Option<usize> {
             };
             time_left(a).total_cmp(&time_left(b))
         })?;
-    // The victim keeps the share that it should finish when the new connection does; never more than half.
-    let keep = match (rate, fresh) {
-        (Some(v), Some(f)) if v + f > 0.0 => (v / (v + f)).min(0.5),
-        _ => 0.5,
+    // The victim keeps what it fetches while the new connection gets going, then the share that it should finish
+    // when the new connection does; of the rest, never more than half.
+    let (keep, head) = match (rate, fresh) {
+        (Some(v), Some(f)) if v + f > 0.0 => ((v / (v + f)).min(0.5), v * lead),
+        (None, Some(f)) => (0.5, f * lead),
+        _ => (0.5, 0.0),
     };
+    let head = (head as u64).min(left);
+    let kept = (head + ((left - head) as f64 * keep) as u64).max(64 * 1024);
+    if left.saturating_sub(kept) < MIN_SPLIT {
+        return None;
+    }
     let victim = &mut segs[i];
-    let kept = ((left as f64 * keep) as u64).max(64 * 1024);
     let mid = victim.claimed.max(victim.pos) + kept;
     let mut stolen = Segment::new(mid, victim.end);
     stolen.own(now);
     victim.end = mid;
     segs.push(stolen);
     Some(segs.len() - 1)
+}
+
+/// Seconds before a new connection delivers at full speed `fresh`, as this transfer's connections have shown: for a
+/// kept-alive one, the quickest first byte (a round trip); for a fresh one, the slowest first [`MIN_SPLIT`] less the
+/// time that many bytes take at full speed (handshake and slow start).
+fn lead(segs: &[Segment], fresh: Option<f64>, warm: bool) -> f64 {
+    let Some(f) = fresh.filter(|&f| f > 0.0) else {
+        return 0.0;
+    };
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    if warm {
+        segs.iter()
+            .filter_map(|s| secs(s.first_byte))
+            .reduce(f64::min)
+            .unwrap_or(0.0)
+    } else {
+        segs.iter()
+            .filter_map(|s| secs(s.first_mib))
+            .reduce(f64::max)
+            .map_or(0.0, |t| (t - MIN_SPLIT as f64 / f).max(0.0))
+    }
 }
 
 /// Its connection let segment `idx` go (done, failed or cancelled): note the speed it achieved.
@@ -204,13 +260,13 @@ mod tests {
     #[test]
     fn a_free_connection_takes_half_the_largest_tail() {
         let mut segs = initial(100 * MB, 2);
-        assert_eq!(take(&mut segs, now()), Some(0));
-        assert_eq!(take(&mut segs, now()), Some(1));
+        assert_eq!(take(&mut segs, now(), true), Some(0));
+        assert_eq!(take(&mut segs, now(), true), Some(1));
         segs[0].pos = 50 * MB; // first one done
         segs[0].busy = false;
         segs[1].pos = 60 * MB; // 40 MiB left
         segs[1].claimed = 60 * MB;
-        assert_eq!(take(&mut segs, now()), Some(2));
+        assert_eq!(take(&mut segs, now(), true), Some(2));
         assert_eq!(segs[1].end, 80 * MB);
         assert_eq!(
             (segs[2].start, segs[2].pos, segs[2].end, segs[2].busy),
@@ -222,14 +278,14 @@ mod tests {
     fn a_slow_connection_keeps_only_what_it_can_finish_in_time() {
         let t0 = now();
         let mut segs = initial(44 * MB, 2);
-        take(&mut segs, t0);
-        take(&mut segs, t0);
+        take(&mut segs, t0, true);
+        take(&mut segs, t0, true);
         let t2 = t0 + Duration::from_secs(2);
         segs[0].pos = segs[0].end; // 22 MiB done in 2 s: 11 MiB/s
         release(&mut segs, 0, t2);
         segs[1].pos += 2 * MB; // 1 MiB/s, 20 MiB left
         segs[1].claimed = segs[1].pos;
-        assert_eq!(take(&mut segs, t2), Some(2));
+        assert_eq!(take(&mut segs, t2, true), Some(2));
         let kept = segs[1].end - segs[1].pos;
         assert_eq!(kept, 20 * MB / 12, "1/(1+11) of what is left");
         assert_eq!(segs[2].end, 44 * MB);
@@ -239,14 +295,14 @@ mod tests {
     fn the_split_goes_to_the_most_time_left_not_the_most_bytes() {
         let t0 = now();
         let mut segs = vec![Segment::new(0, 40 * MB), Segment::new(40 * MB, 60 * MB)];
-        take(&mut segs, t0);
-        take(&mut segs, t0);
+        take(&mut segs, t0, true);
+        take(&mut segs, t0, true);
         let t1 = t0 + Duration::from_secs(1);
         segs[0].pos += 10 * MB; // 30 MiB left at 10 MiB/s: 3 s
         segs[1].pos += MB; // 19 MiB left at 1 MiB/s: 19 s
         segs[0].claimed = segs[0].pos;
         segs[1].claimed = segs[1].pos;
-        take(&mut segs, t1);
+        take(&mut segs, t1, true);
         assert!(segs[1].end < 60 * MB, "the slow one is split");
         assert_eq!(segs[0].end, 40 * MB);
     }
@@ -254,10 +310,10 @@ mod tests {
     #[test]
     fn no_split_below_the_minimum_or_a_claim() {
         let mut segs = vec![Segment::new(0, 3 * MB)];
-        take(&mut segs, now());
+        take(&mut segs, now(), true);
         segs[0].claimed = 2 * MB;
         assert_eq!(
-            take(&mut segs, now()),
+            take(&mut segs, now(), true),
             None,
             "1 MiB left is not worth a second connection"
         );
@@ -265,10 +321,43 @@ mod tests {
     }
 
     #[test]
+    fn a_cold_connection_leaves_a_short_tail_to_the_warm_one() {
+        // Two connections on a long link: 200 ms to the first byte, 1.5 s to the first MiB (slow start).
+        let t0 = now();
+        let mut segs = initial(64 * MB, 2);
+        take(&mut segs, t0, false);
+        take(&mut segs, t0, false);
+        for s in &mut segs {
+            s.wrote(s.pos + 1, t0 + Duration::from_millis(200));
+            s.wrote(s.start + MB, t0 + Duration::from_millis(1500));
+        }
+        let t2 = t0 + Duration::from_secs(2);
+        let end = segs[0].end;
+        segs[0].wrote(end, t2);
+        release(&mut segs, 0, t2);
+        let at = segs[1].end - 12 * MB;
+        segs[1].wrote(at, t2); // 10 MiB/s, 12 MiB (1.2 s) left; the other did 16 MiB/s
+        segs[1].claimed = segs[1].pos;
+        let before = segs.clone();
+        assert_eq!(
+            take(&mut segs, t2, false),
+            None,
+            "a new connection would spend most of the victim's time left getting up to speed"
+        );
+        assert_eq!(segs, before);
+        let i = take(&mut segs, t2, true).expect("a kept-alive connection starts in a round trip");
+        let stolen = segs[i].end - segs[i].start;
+        assert!(
+            (6 * MB..7 * MB).contains(&stolen),
+            "the victim keeps what it fetches in that round trip, then half: stole {stolen}"
+        );
+    }
+
+    #[test]
     fn open_ended_segments_are_never_split() {
         let mut segs = vec![Segment::new(0, OPEN_END)];
-        take(&mut segs, now());
-        assert_eq!(take(&mut segs, now()), None);
+        take(&mut segs, now(), true);
+        assert_eq!(take(&mut segs, now(), true), None);
         assert_eq!(remaining(&segs), None);
     }
 
@@ -279,7 +368,7 @@ mod tests {
             let mut segs = initial(total, conns);
             for (pick, advance) in steps {
                 if pick % 3 == 0 {
-                    let _ = take(&mut segs, now());
+                    let _ = take(&mut segs, now(), true);
                 } else if !segs.is_empty() {
                     let i = pick % segs.len();
                     let s = &mut segs[i];

@@ -514,16 +514,21 @@ impl Transfer {
     /// One connection: take segments until none is left, retrying each with backoff.
     async fn connection(&self, file: &File, stop: &CancellationToken) -> Result<(), TransferError> {
         let mut conn = None;
+        let mut fetched = false;
         loop {
+            // Warm: our spliced connection is still open, or (through reqwest, whose pool we cannot see) connections
+            // of this transfer have finished responses and are pooled.
+            let warm = conn.is_some() || (fetched && !self.splicing_plan());
             let Some(idx) = self
                 .live
                 .plan()
                 .as_mut()
-                .and_then(|p| segments::take(&mut p.segments, std::time::Instant::now()))
+                .and_then(|p| segments::take(&mut p.segments, std::time::Instant::now(), warm))
             else {
                 return Ok(());
             };
             let result = self.fetch_with_retries(idx, file, stop, &mut conn).await;
+            fetched = true;
             if let Some(p) = self.live.plan().as_mut() {
                 segments::release(&mut p.segments, idx, std::time::Instant::now());
             }
@@ -789,7 +794,7 @@ impl Transfer {
             {
                 let mut guard = self.live.plan();
                 let s = &mut guard.as_mut().expect("prepared").segments[idx];
-                s.pos = at;
+                s.wrote(at, std::time::Instant::now());
             }
             self.live.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -798,6 +803,22 @@ impl Transfer {
             *conn = b.into_conn();
         }
         Ok(())
+    }
+
+    /// Ranged bodies of this transfer go over the splice path (when their URL is eligible).
+    fn splicing(&self) -> bool {
+        self.options.splice && !self.live.splice_off.load(Ordering::Relaxed)
+    }
+
+    /// The plan's URL is fetched over the splice path.
+    fn splicing_plan(&self) -> bool {
+        self.splicing()
+            && self
+                .live
+                .plan()
+                .as_ref()
+                .and_then(|p| url::Url::parse(&p.final_url).ok())
+                .is_some_and(|u| splice::eligible(&u))
     }
 
     /// Send the GET over the splice path when it can carry it, else through reqwest; the answer's status, headers
@@ -810,8 +831,7 @@ impl Transfer {
         conn: &mut Option<splice::Conn>,
     ) -> Result<(StatusCode, HeaderMap, Body), TransferError> {
         if ranges
-            && self.options.splice
-            && !self.live.splice_off.load(Ordering::Relaxed)
+            && self.splicing()
             && let Ok(parsed) = url::Url::parse(url)
             && splice::eligible(&parsed)
         {
