@@ -1,5 +1,6 @@
 //! The outputs: `bench/results.json` (every value of every run), `BENCHMARKS.md` (tables and targets) and the chart
-//! `docs/bench.png` (drawn by `bench/chart.py` from the JSON). `--quick` writes them under `target/bench-quick/`.
+//! `docs/bench.png` (drawn by `bench/chart.py` from the JSON). `--quick` writes them under `target/bench-quick/`, and a
+//! partial full run (`--only`, or `--runs` under 5) under `target/bench-partial/`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -220,14 +221,20 @@ pub fn write(
     installed: &Installed,
 ) -> Result<()> {
     let root = tools::root();
-    let (md, json_path, png) = if opts.mode == Mode::Full {
+    // Only a whole run replaces the committed report; `--only` or fewer runs would leave it half a run.
+    let (md, json_path, png) = if opts.mode == Mode::Full && opts.only.is_empty() && opts.runs >= 5
+    {
         (
             root.join("BENCHMARKS.md"),
             root.join("bench/results.json"),
             root.join("docs/bench.png"),
         )
     } else {
-        let d = root.join("target/bench-quick");
+        let d = root.join(if opts.mode == Mode::Full {
+            "target/bench-partial"
+        } else {
+            "target/bench-quick"
+        });
         (
             d.join("BENCHMARKS.md"),
             d.join("results.json"),
