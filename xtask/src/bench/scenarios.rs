@@ -181,6 +181,9 @@ struct Job<'a> {
     n: u32,
     limit: Option<u64>,
     timeout: Duration,
+    /// Run once untimed first: the first run after the lab writes its files, or after another client filled
+    /// gigabytes of tmpfs, can take 2-6× as long on this VM (the same kernel copy, slower), whichever client it is.
+    warmup: bool,
 }
 
 fn series(lab: &Lab, opts: &Options, job: &Job) -> Result<Row> {
@@ -188,6 +191,10 @@ fn series(lab: &Lab, opts: &Options, job: &Job) -> Result<Row> {
     let argv = job.client.argv(&job.url, &out, job.n, job.limit);
     let mut row = Row::new(job.client.name, &job.setting, display(&argv, lab));
     let log = lab.dir.join("client.log");
+    if job.warmup {
+        lab.clear_out()?;
+        measure::timed(&argv, job.timeout, &log)?;
+    }
     for run in 1..=opts.runs {
         lab.clear_out()?;
         let (s, status) = measure::timed(&argv, job.timeout, &log)?;
@@ -296,7 +303,8 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
             "{} MiB from nginx on loopback into tmpfs, {n} connections",
             file.size / MIB
         ),
-        "CPU efficiency: nothing limits the transfer but the clients (and nginx) on 2 cores.",
+        "CPU efficiency: nothing limits the transfer but the clients (and nginx) on 2 cores. Each client runs \
+         once untimed before its timed runs.",
     );
     println!("bench: {}", sc.title);
     let url = format!("{}/{}", lab.base, file.name);
@@ -309,6 +317,7 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
             n,
             limit: None,
             timeout: timeout_for(file.size, 50.0 * MIB as f64),
+            warmup: true,
         };
         sc.rows.push(series(lab, opts, &job)?);
     }
@@ -428,6 +437,7 @@ fn capped(
                 n,
                 limit: None,
                 timeout: timeout_for(file.size, ideal * MIB as f64),
+                warmup: false,
             };
             let mut row = series(lab, opts, &job)?;
             let speeds = row.values("speed").to_vec();
@@ -475,7 +485,8 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
              keep TCP segmentation offload (up to 64 KiB each), as netem sees them on a veth pair. The server's \
              send buffers may grow to 64 MiB per connection (`{SERVER_WMEM}` in its namespace), as on a server \
              tuned for long links: with Linux's default 4 MiB, every connection is held to about 20 MiB/s at this \
-             RTT and every client ties. Single-connection clients are left out to keep the run short.",
+             RTT and every client ties. Each client runs once untimed before its timed runs. Single-connection \
+             clients are left out to keep the run short.",
             super::wire::queue()
         ),
     );
@@ -497,6 +508,7 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
             n,
             limit: None,
             timeout: timeout_for(file.size, 2.0 * MIB as f64),
+            warmup: true,
         };
         sc.rows.push(series(lab, opts, &job)?);
     }
@@ -548,6 +560,7 @@ fn tail(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Result
             n,
             limit: None,
             timeout: timeout_for(file.size, slow * MIB as f64),
+            warmup: false,
         };
         let mut row = series(lab, opts, &job)?;
         let walls = row.values("wall").to_vec();
