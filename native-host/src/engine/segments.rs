@@ -274,12 +274,18 @@ mod tests {
         );
     }
 
+    /// A file of `total` bytes in two segments, both taken now by connections `warm` or not.
+    fn two_taken(total: u64, warm: bool) -> (Instant, Vec<Segment>) {
+        let t0 = now();
+        let mut segs = initial(total, 2);
+        take(&mut segs, t0, warm);
+        take(&mut segs, t0, warm);
+        (t0, segs)
+    }
+
     #[test]
     fn a_slow_connection_keeps_only_what_it_can_finish_in_time() {
-        let t0 = now();
-        let mut segs = initial(44 * MB, 2);
-        take(&mut segs, t0, true);
-        take(&mut segs, t0, true);
+        let (t0, mut segs) = two_taken(44 * MB, true);
         let t2 = t0 + Duration::from_secs(2);
         segs[0].pos = segs[0].end; // 22 MiB done in 2 s: 11 MiB/s
         release(&mut segs, 0, t2);
@@ -323,10 +329,7 @@ mod tests {
     #[test]
     fn a_cold_connection_leaves_a_short_tail_to_the_warm_one() {
         // Two connections on a long link: 200 ms to the first byte, 1.5 s to the first MiB (slow start).
-        let t0 = now();
-        let mut segs = initial(64 * MB, 2);
-        take(&mut segs, t0, false);
-        take(&mut segs, t0, false);
+        let (t0, mut segs) = two_taken(64 * MB, false);
         for s in &mut segs {
             s.wrote(s.pos + 1, t0 + Duration::from_millis(200));
             s.wrote(s.start + MB, t0 + Duration::from_millis(1500));
