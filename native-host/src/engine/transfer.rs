@@ -518,7 +518,10 @@ impl Transfer {
         loop {
             // Warm: our spliced connection is still open, or (through reqwest, whose pool we cannot see) connections
             // of this transfer have finished responses and are pooled.
-            let warm = conn.is_some() || (fetched && !self.splicing_plan());
+            let warm = conn.is_some()
+                || (fetched
+                    && (self.live.plan().as_ref())
+                        .is_none_or(|p| self.splice_url(&p.final_url).is_none()));
             let Some(idx) = self
                 .live
                 .plan()
@@ -805,20 +808,12 @@ impl Transfer {
         Ok(())
     }
 
-    /// Ranged bodies of this transfer go over the splice path (when their URL is eligible).
-    fn splicing(&self) -> bool {
-        self.options.splice && !self.live.splice_off.load(Ordering::Relaxed)
-    }
-
-    /// The plan's URL is fetched over the splice path.
-    fn splicing_plan(&self) -> bool {
-        self.splicing()
-            && self
-                .live
-                .plan()
-                .as_ref()
-                .and_then(|p| url::Url::parse(&p.final_url).ok())
-                .is_some_and(|u| splice::eligible(&u))
+    /// `url`, parsed, when this transfer's ranged bodies from it go over the splice path.
+    fn splice_url(&self, url: &str) -> Option<url::Url> {
+        if !self.options.splice || self.live.splice_off.load(Ordering::Relaxed) {
+            return None;
+        }
+        url::Url::parse(url).ok().filter(splice::eligible)
     }
 
     /// Send the GET over the splice path when it can carry it, else through reqwest; the answer's status, headers
@@ -830,11 +825,7 @@ impl Transfer {
         ranges: bool,
         conn: &mut Option<splice::Conn>,
     ) -> Result<(StatusCode, HeaderMap, Body), TransferError> {
-        if ranges
-            && self.splicing()
-            && let Ok(parsed) = url::Url::parse(url)
-            && splice::eligible(&parsed)
-        {
+        if ranges && let Some(parsed) = self.splice_url(url) {
             match splice::get(conn.take(), &parsed, &headers).await {
                 Ok(splice::Answer::Body(status, h, body)) => {
                     return Ok((status, h, Body::Spliced(body)));
