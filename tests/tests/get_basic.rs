@@ -314,11 +314,14 @@ async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
             .await;
 
             result.expect("a server that serves ranges in pieces can still be downloaded");
-            // Each answer is read to its end, so its connection carries the next request (keep-alive).
+            // Each answer is read to its end, so its connection carries the next request (keep-alive): 4
+            // connections and the probe's. hyper puts a connection back in its pool from a task of its own, so on a
+            // busy machine a request may beat it there and open one more; without reuse there would be one per GET.
             let gets = file.gets();
             let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
+            let most = if splice { 5 } else { 8 };
             assert!(
-                conns.len() <= 5 && gets.len() >= 16,
+                conns.len() <= most && gets.len() >= 16,
                 "{} requests over {} connections (splice: {splice})",
                 gets.len(),
                 conns.len()

@@ -802,8 +802,14 @@ impl Transfer {
             self.live.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         }
         // The response's range is used up: its connection may serve the next request.
-        if let Body::Spliced(b) = body {
-            *conn = b.into_conn();
+        match body {
+            Body::Spliced(b) => *conn = b.into_conn(),
+            // Read the message's end too: hyper hands a connection back to its pool only once it has seen it, and
+            // a next request sent before that opens another connection.
+            Body::Reqwest { mut resp, .. } if at == resp_end => {
+                let _ = tokio::time::timeout(stall, resp.chunk()).await;
+            }
+            _ => {}
         }
         Ok(())
     }
