@@ -119,6 +119,8 @@ pub struct FileSpec {
     seed: u64,
     ranges: bool,
     head: bool,
+    /// How long HEAD waits for its answer.
+    head_delay: Duration,
     accept_ranges_header: bool,
     no_length: Option<NoLength>,
     rate: u64,
@@ -156,6 +158,7 @@ impl FileSpec {
             seed: len ^ 0x5D_5EED,
             ranges: true,
             head: true,
+            head_delay: Duration::ZERO,
             accept_ranges_header: true,
             no_length: None,
             rate: 0,
@@ -211,6 +214,12 @@ impl FileSpec {
     /// Answer HEAD with `405 Method Not Allowed`.
     pub fn no_head(mut self) -> Self {
         self.head = false;
+        self
+    }
+
+    /// Answer HEAD only after `delay`, like a server a long way off.
+    pub fn head_delay(mut self, delay: Duration) -> Self {
+        self.head_delay = delay;
         self
     }
 
@@ -387,6 +396,8 @@ impl FileSpec {
 pub struct Request {
     /// Which connection carried it: equal numbers mean a reused (keep-alive) connection.
     pub conn: u64,
+    /// When that connection was accepted.
+    pub accepted: Instant,
     pub method: String,
     /// The request target as sent (path and query).
     pub path: String,
@@ -692,7 +703,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(connection(stream, id, shared.clone()));
+                conns.spawn(connection(stream, id, Instant::now(), shared.clone()));
             }
             Some(_) = conns.join_next() => {}
         }
@@ -705,7 +716,7 @@ enum After {
     Close,
 }
 
-async fn connection(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
+async fn connection(stream: TcpStream, conn: u64, accepted: Instant, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
@@ -717,6 +728,7 @@ async fn connection(stream: TcpStream, conn: u64, shared: Arc<Shared>) {
             let mut log = lock(&shared.log);
             log.push(Request {
                 conn,
+                accepted,
                 method: head.method.clone(),
                 path: head.target.clone(),
                 headers: head.headers.clone(),
@@ -989,6 +1001,9 @@ async fn respond_file(
         return out.simple(status, headers, "try later\n").await;
     }
     let is_head = head.method == "HEAD";
+    if is_head {
+        tokio::time::sleep(spec.head_delay).await;
+    }
     if is_head && !spec.head || !is_head && head.method != "GET" {
         return out
             .simple(405, vec![h("Allow", "GET")], "method not allowed\n")

@@ -332,6 +332,41 @@ async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_open_while_the_probe_is_out() {
+    bounded(30, async {
+        let server = TestServer::start().await;
+        // A server a long way off, as far as the probe can tell: its HEAD takes 400 ms to answer.
+        let delay = std::time::Duration::from_millis(400);
+        let file = server.serve(
+            "/far.bin",
+            FileSpec::new(4 * MIB).seed(12).head_delay(delay),
+        );
+
+        fetch_exact(&file, |s| s.threads = 4, "download succeeds").await;
+
+        // Each ranged GET goes out on a connection that was opened before the probe's answer came back, so on a long
+        // link it saves a round trip. Without that, every connection would be opened after the HEAD's answer.
+        let requests = file.requests();
+        let head = requests
+            .iter()
+            .find(|r| r.method == "HEAD")
+            .expect("a probe");
+        let answered = head.done_at.expect("the probe was answered");
+        let gets = file.gets();
+        let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
+        assert!(
+            conns.len() == 4 && gets.iter().all(|r| r.accepted < answered),
+            "GETs over {} connections, accepted {:?} after the probe's answer",
+            conns.len(),
+            gets.iter()
+                .map(|r| r.accepted.saturating_duration_since(answered))
+                .collect::<Vec<_>>()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_requests_redirected_elsewhere_are_followed() {
     bounded(30, async {
         let server = TestServer::start().await;

@@ -39,6 +39,7 @@ pub fn eligible(url: &Url) -> bool {
 }
 
 /// A kept-alive connection and its pipe, reused by the next request to the same host and port.
+#[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
     authority: (String, u16),
@@ -58,12 +59,8 @@ pub enum Answer {
 /// Send a GET for `url` with `headers` (on `reuse` when it goes to the same place) and read the answer's head. The
 /// caller bounds the time this takes.
 pub async fn get(reuse: Option<Conn>, url: &Url, headers: &HeaderMap) -> io::Result<Answer> {
-    let authority = (
-        url.host_str().unwrap_or_default().to_string(),
-        url.port_or_known_default().unwrap_or(80),
-    );
     let request = request_head(url, headers);
-    if let Some(conn) = reuse.filter(|c| c.authority == authority) {
+    if let Some(conn) = reuse.filter(|c| c.authority == authority(url)) {
         // The server may have closed an idle connection; only then is it worth one more try on a new one.
         match exchange(conn, &request).await {
             Err(e)
@@ -74,16 +71,27 @@ pub async fn get(reuse: Option<Conn>, url: &Url, headers: &HeaderMap) -> io::Res
             other => return other,
         }
     }
+    exchange(open(url).await?, &request).await
+}
+
+/// A new connection to `url`'s host and port, for [`get`] to send on.
+pub async fn open(url: &Url) -> io::Result<Conn> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(url))
         .await
         .map_err(|_| io::Error::new(ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
-    let conn = Conn {
+    Ok(Conn {
         stream,
-        authority,
+        authority: authority(url),
         pipe: None,
-    };
-    exchange(conn, &request).await
+    })
+}
+
+fn authority(url: &Url) -> (String, u16) {
+    (
+        url.host_str().unwrap_or_default().to_string(),
+        url.port_or_known_default().unwrap_or(80),
+    )
 }
 
 async fn connect(url: &Url) -> io::Result<TcpStream> {

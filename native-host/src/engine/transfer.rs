@@ -23,7 +23,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -219,6 +219,9 @@ pub struct Live {
     /// The server answered the splice path with something only reqwest carries (a redirect, a chunked body): every
     /// later request of this transfer goes through reqwest.
     splice_off: AtomicBool,
+    /// Connections opened while the probe was out, for the first request of each connection (see
+    /// [`Transfer::preconnect`]).
+    spare: Mutex<Vec<JoinHandle<std::io::Result<splice::Conn>>>>,
 }
 
 impl Live {
@@ -261,6 +264,19 @@ impl Live {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn spare(&self) -> MutexGuard<'_, Vec<JoinHandle<std::io::Result<splice::Conn>>>> {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep the first `n` spare connections; close the rest, or stop opening them.
+    fn keep_spare(&self, n: usize) {
+        let mut spare = self.spare();
+        let n = n.min(spare.len());
+        for h in spare.drain(n..) {
+            h.abort();
+        }
     }
 
     fn set_file(&self, file: Option<Arc<File>>) {
@@ -368,6 +384,7 @@ impl Transfer {
         let mut plan = match existing {
             Some(plan) if !needs_probe => plan,
             previous => {
+                self.preconnect();
                 let found = self.probe_with_retries().await?;
                 debug!(total = ?found.total, ranges = found.ranges, "probed");
                 let path = match &previous {
@@ -474,6 +491,14 @@ impl Transfer {
         } else {
             1
         };
+        // The connections opened during the probe that will carry a first request; only the splice path uses them.
+        let usable = match self.live.plan().as_ref() {
+            Some(p) if ranges && self.splice_url(&p.final_url).is_some() => {
+                p.segments.iter().filter(|s| !s.is_done()).count()
+            }
+            _ => 0,
+        };
+        self.live.keep_spare(usable.min(count as usize));
         let stop = self.cancel.child_token();
         let mut set = JoinSet::new();
         for _ in 0..count {
@@ -492,6 +517,7 @@ impl Transfer {
                 }
             }
         }
+        self.live.keep_spare(0);
         if self.cancel.is_cancelled() {
             return Err(TransferError::Cancelled);
         }
@@ -530,12 +556,39 @@ impl Transfer {
             else {
                 return Ok(());
             };
+            if !fetched {
+                conn = self.spare_conn(stop).await;
+            }
             let result = self.fetch_with_retries(idx, file, stop, &mut conn).await;
             fetched = true;
             if let Some(p) = self.live.plan().as_mut() {
                 segments::release(&mut p.segments, idx, std::time::Instant::now());
             }
             result?;
+        }
+    }
+
+    /// Open this transfer's connections while the probe is out, when its requests will go over the splice path:
+    /// on a long link each one's first request then goes out a round trip sooner (BENCHMARKS.md, latency). A
+    /// connection the plan turns out not to need is closed once the probe has answered.
+    fn preconnect(&self) {
+        let Some(url) = self.splice_url(&self.url) else {
+            return;
+        };
+        let mut spare = self.live.spare();
+        for _ in 0..self.options.threads {
+            let url = url.clone();
+            spare.push(tokio::spawn(async move { splice::open(&url).await }));
+        }
+    }
+
+    /// One of the connections [`Transfer::preconnect`] opened, once it is open; `None` when none is left or it
+    /// failed to open (the request then opens its own).
+    async fn spare_conn(&self, stop: &CancellationToken) -> Option<splice::Conn> {
+        let pending = self.live.spare().pop()?;
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            r = pending => r.ok()?.ok(),
         }
     }
 
