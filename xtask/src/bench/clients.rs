@@ -13,6 +13,9 @@ pub enum Kind {
     SdmNoSplice,
     /// aria2c as shipped: one connection per server, `--split 5`, `--min-split-size 20M`, preallocation.
     Aria2Default,
+    /// aria2c with only `-x N` set, the command of Hydra's published benchmark: `--split` stays 5 and
+    /// `--min-split-size` 20M, so it opens at most 5 connections.
+    Aria2X,
     /// aria2c set up like sdm: `-x N -s N -k 1M --file-allocation=none`.
     Aria2Matched,
     /// `axel -n N`.
@@ -51,7 +54,7 @@ impl Client {
                     v.extend(["--limit".into(), l.to_string()]);
                 }
             }
-            Kind::Aria2Default | Kind::Aria2Matched => {
+            Kind::Aria2Default | Kind::Aria2X | Kind::Aria2Matched => {
                 let dir = out.parent().unwrap_or(Path::new("."));
                 let name = out.file_name().unwrap_or_default();
                 v.extend([
@@ -61,9 +64,11 @@ impl Client {
                     "--summary-interval=0".into(),
                     "--download-result=hide".into(),
                 ]);
+                if self.kind != Kind::Aria2Default {
+                    v.push(format!("--max-connection-per-server={n}"));
+                }
                 if self.kind == Kind::Aria2Matched {
                     v.extend([
-                        format!("--max-connection-per-server={n}"),
                         format!("--split={n}"),
                         "--min-split-size=1M".into(),
                         "--file-allocation=none".into(),
@@ -96,6 +101,7 @@ impl Client {
     pub fn connections(&self, n: u32) -> u32 {
         match self.kind {
             Kind::Aria2Default | Kind::Curl => 1,
+            Kind::Aria2X => n.min(5),
             _ => n,
         }
     }
@@ -125,6 +131,7 @@ impl Clients {
         } else {
             &[
                 (Kind::Aria2Default, "aria2c (defaults)", "aria2c"),
+                (Kind::Aria2X, "aria2c -x N", "aria2c"),
                 (Kind::Aria2Matched, "aria2c (matched)", "aria2c"),
                 (Kind::Axel, "axel", "axel"),
                 (Kind::Curl, "curl", "curl"),

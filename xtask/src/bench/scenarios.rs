@@ -292,7 +292,7 @@ fn unmeasured(name: &str, goal: &str) -> Target {
     }
 }
 
-const ARIA2: [&str; 2] = ["aria2c (defaults)", "aria2c (matched)"];
+const ARIA2: [&str; 3] = ["aria2c (defaults)", "aria2c -x N", "aria2c (matched)"];
 
 /// 1 GiB from nginx on loopback into tmpfs, 8 connections: CPU efficiency.
 fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Result<Scenario> {
@@ -499,10 +499,10 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
         return Ok(sc);
     };
     println!("bench: {}", sc.title);
-    for client in clients.pick(&[Kind::Sdm, Kind::Aria2Matched, Kind::Axel]) {
+    for client in clients.pick(&[Kind::Sdm, Kind::Aria2Matched, Kind::Aria2X, Kind::Axel]) {
         let job = Job {
             client,
-            setting: format!("N={n}"),
+            setting: format!("N={}", client.connections(n)),
             url: format!("{base}/{}", file.name),
             file,
             n,
@@ -514,6 +514,16 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
     }
     let sdm = sc.row("sdm", "").and_then(|r| r.median("speed"));
     let aria = sc.best(&ARIA2, "", "speed", false);
+    if let (Some(s), Some(x)) = (
+        sdm,
+        sc.row("aria2c -x N", "").and_then(|r| r.median("speed")),
+    ) {
+        sc.notes.push(format!(
+            "Against `aria2c -x {n}`, the command of Hydra's published benchmark (its `--split` stays 5, so it opens \
+             5 connections): {:.2}×. The target is judged against the best aria2c of the run.",
+            s / x
+        ));
+    }
     sc.targets.push(match (sdm, aria) {
         (Some(s), Some((who, a))) => Target {
             name: target.0.into(),
