@@ -8,9 +8,11 @@
 //!
 //! A new connection does not deliver at once: a kept-alive one waits a round trip for its first byte, a fresh one
 //! also waits for its handshake and for TCP's slow start. Each segment records how long its connection took to its
-//! first byte and to its first [`MIN_SPLIT`]; a split charges the newcomer that lead, so on a long link a cold
-//! connection does not take a piece the victim would have finished first (and the victim, whose response is cut
-//! short, does not lose its warm connection for nothing).
+//! first byte and to its first 1, 2, 4, ... 128 MiB (its ramp); a split charges the newcomer its lead, so on a long
+//! link a cold connection does not take a piece the victim would have finished first (and the victim, whose response
+//! is cut short, does not lose its warm connection for nothing). A cold newcomer's lead is what this transfer's
+//! slowest ramp took to deliver the piece it would take, less the time that piece takes at full speed: slow start
+//! costs more on a bigger piece.
 //!
 //! A segment's bytes go through three marks: `pos` (written), `claimed` (handed to a write in progress), `end` (where
 //! the owner stops; a split lowers it). A split cuts only above `claimed`, so a write in progress is never cut in two.
@@ -45,12 +47,15 @@ pub struct Segment {
     /// Bytes per second its last connection achieved (0: unknown), kept after release as a yardstick.
     #[serde(skip)]
     speed: u64,
-    /// How long its last connection took from taking it to its first byte, and to [`MIN_SPLIT`] bytes.
+    /// How long its last connection took from taking it to its first byte, and to `MIN_SPLIT << k` bytes.
     #[serde(skip)]
     first_byte: Option<Duration>,
     #[serde(skip)]
-    first_mib: Option<Duration>,
+    ramp: [Option<Duration>; RAMP_STEPS],
 }
+
+/// Milestones of a ramp: 1 MiB to 128 MiB.
+const RAMP_STEPS: usize = 8;
 
 /// A speed is trusted once it has been measured this long.
 const MEASURED: Duration = Duration::from_millis(500);
@@ -66,7 +71,7 @@ impl Segment {
             since: None,
             speed: 0,
             first_byte: None,
-            first_mib: None,
+            ramp: [None; RAMP_STEPS],
         }
     }
 
@@ -76,17 +81,42 @@ impl Segment {
         if let Some((t, base)) = self.since {
             let took = now.saturating_duration_since(t);
             self.first_byte.get_or_insert(took);
-            if at - base >= MIN_SPLIT {
-                self.first_mib.get_or_insert(took);
+            for (k, step) in self.ramp.iter_mut().enumerate() {
+                if at - base < MIN_SPLIT << k {
+                    break;
+                }
+                step.get_or_insert(took);
             }
         }
     }
 
-    /// Bytes per second since its connection took it, once that is long enough to tell.
+    /// Seconds its connection took from taking it to `bytes` written: interpolated between its ramp's milestones,
+    /// and at `full` bytes per second past the last one it reached.
+    fn ramp_time(&self, bytes: u64, full: f64) -> Option<f64> {
+        let mut prev = (0, self.first_byte?.as_secs_f64());
+        for (k, t) in self.ramp.iter().enumerate() {
+            let Some(t) = t else { break };
+            let (b, t) = (MIN_SPLIT << k, t.as_secs_f64());
+            if bytes <= b {
+                return Some(prev.1 + (t - prev.1) * (bytes - prev.0) as f64 / (b - prev.0) as f64);
+            }
+            prev = (b, t);
+        }
+        Some(prev.1 + (bytes - prev.0) as f64 / full)
+    }
+
+    /// Bytes per second lately, once that is long enough to tell: since the last milestone of its ramp at least
+    /// [`MEASURED`] ago, else since its connection took it. On a long link a connection's average since the start is
+    /// mostly its slow start.
     fn rate(&self, now: Instant) -> Option<f64> {
         let (t, base) = self.since?;
-        let secs = now.checked_duration_since(t)?;
-        (secs >= MEASURED).then(|| (self.pos - base) as f64 / secs.as_secs_f64())
+        let (from, bytes) = (self.ramp.iter().enumerate().rev())
+            .filter_map(|(k, d)| Some((t + (*d)?, MIN_SPLIT << k)))
+            .find(|&(at, _)| now.saturating_duration_since(at) >= MEASURED)
+            .unwrap_or((t, 0));
+        let secs = now.checked_duration_since(from)?;
+        (secs >= MEASURED)
+            .then(|| (self.pos - base).saturating_sub(bytes) as f64 / secs.as_secs_f64())
     }
 
     fn own(&mut self, now: Instant) {
@@ -94,7 +124,7 @@ impl Segment {
         self.claimed = self.pos;
         self.since = Some((now, self.pos));
         self.first_byte = None;
-        self.first_mib = None;
+        self.ramp = [None; RAMP_STEPS];
     }
 
     pub fn remaining(&self) -> u64 {
@@ -149,7 +179,6 @@ pub fn take(segs: &mut Vec<Segment>, now: Instant, warm: bool) -> Option<usize> 
         .fold(None, |best: Option<f64>, r| {
             Some(best.map_or(r, |b| b.max(r)))
         });
-    let lead = lead(segs, fresh, warm);
     let (i, left, rate) = segs
         .iter()
         .enumerate()
@@ -164,13 +193,31 @@ pub fn take(segs: &mut Vec<Segment>, now: Instant, warm: bool) -> Option<usize> 
         })?;
     // The victim keeps what it fetches while the new connection gets going, then the share that it should finish
     // when the new connection does; of the rest, never more than half.
-    let (keep, head) = match (rate, fresh) {
-        (Some(v), Some(f)) if v + f > 0.0 => ((v / (v + f)).min(0.5), v * lead),
-        (None, Some(f)) => (0.5, f * lead),
-        _ => (0.5, 0.0),
+    let kept = |lead: f64| {
+        let (keep, head) = match (rate, fresh) {
+            (Some(v), Some(f)) if v + f > 0.0 => ((v / (v + f)).min(0.5), v * lead),
+            (None, Some(f)) => (0.5, f * lead),
+            _ => (0.5, 0.0),
+        };
+        let head = (head as u64).min(left);
+        (head + ((left - head) as f64 * keep) as u64).max(64 * 1024)
     };
-    let head = (head as u64).min(left);
-    let kept = (head + ((left - head) as f64 * keep) as u64).max(64 * 1024);
+    // A cold newcomer's lead grows with the piece it takes, and the piece shrinks as the lead grows: settle it from
+    // the smallest piece up, so the piece only ever shrinks.
+    let mut lead_now = lead(segs, fresh, warm, MIN_SPLIT);
+    let mut kept_now = kept(lead_now);
+    for _ in 0..4 {
+        let stolen = left.saturating_sub(kept_now);
+        if warm || stolen < MIN_SPLIT {
+            break;
+        }
+        let next = lead(segs, fresh, warm, stolen);
+        if next <= lead_now {
+            break;
+        }
+        (lead_now, kept_now) = (next, kept(next));
+    }
+    let kept = kept_now;
     if left.saturating_sub(kept) < MIN_SPLIT {
         return None;
     }
@@ -183,25 +230,27 @@ pub fn take(segs: &mut Vec<Segment>, now: Instant, warm: bool) -> Option<usize> 
     Some(segs.len() - 1)
 }
 
-/// Seconds before a new connection delivers at full speed `fresh`, as this transfer's connections have shown: for a
-/// kept-alive one, the quickest first byte (a round trip); for a fresh one, the slowest first [`MIN_SPLIT`] less the
-/// time that many bytes take at full speed (handshake and slow start).
-fn lead(segs: &[Segment], fresh: Option<f64>, warm: bool) -> f64 {
+/// Seconds a new connection loses against one delivering `bytes` at full speed `fresh` from the start, as this
+/// transfer's connections have shown. A kept-alive one loses a round trip: the quickest first byte. A fresh one also
+/// loses its handshake (another round trip: connections opened during the probe did not show it) and its slow start:
+/// the slowest ramp's time to `bytes`, less their time at full speed.
+fn lead(segs: &[Segment], fresh: Option<f64>, warm: bool, bytes: u64) -> f64 {
     let Some(f) = fresh.filter(|&f| f > 0.0) else {
         return 0.0;
     };
-    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    let round_trip = segs
+        .iter()
+        .filter_map(|s| s.first_byte.map(|d| d.as_secs_f64()))
+        .reduce(f64::min)
+        .unwrap_or(0.0);
     if warm {
-        segs.iter()
-            .filter_map(|s| secs(s.first_byte))
-            .reduce(f64::min)
-            .unwrap_or(0.0)
-    } else {
-        segs.iter()
-            .filter_map(|s| secs(s.first_mib))
-            .reduce(f64::max)
-            .map_or(0.0, |t| (t - MIN_SPLIT as f64 / f).max(0.0))
+        return round_trip;
     }
+    segs.iter()
+        .filter(|s| s.ramp[0].is_some())
+        .filter_map(|s| s.ramp_time(bytes, f))
+        .reduce(f64::max)
+        .map_or(0.0, |t| (round_trip + t - bytes as f64 / f).max(0.0))
 }
 
 /// Its connection let segment `idx` go (done, failed or cancelled): note the speed it achieved.
@@ -334,12 +383,12 @@ mod tests {
             s.wrote(s.pos + 1, t0 + Duration::from_millis(200));
             s.wrote(s.start + MB, t0 + Duration::from_millis(1500));
         }
-        let t2 = t0 + Duration::from_secs(2);
+        let t2 = t0 + Duration::from_millis(3500);
         let end = segs[0].end;
         segs[0].wrote(end, t2);
         release(&mut segs, 0, t2);
-        let at = segs[1].end - 12 * MB;
-        segs[1].wrote(at, t2); // 10 MiB/s, 12 MiB (1.2 s) left; the other did 16 MiB/s
+        let at = segs[1].start + 21 * MB;
+        segs[1].wrote(at, t2); // 10 MiB/s since the first MiB, 11 MiB (1.1 s) left; the other did 15.5 MiB/s
         segs[1].claimed = segs[1].pos;
         let before = segs.clone();
         assert_eq!(
@@ -351,9 +400,40 @@ mod tests {
         let i = take(&mut segs, t2, true).expect("a kept-alive connection starts in a round trip");
         let stolen = segs[i].end - segs[i].start;
         assert!(
-            (6 * MB..7 * MB).contains(&stolen),
-            "the victim keeps what it fetches in that round trip, then half: stole {stolen}"
+            (5 * MB..6 * MB).contains(&stolen),
+            "the victim keeps what it fetches in that round trip, then its share by speed (10:15.5): stole {stolen}"
         );
+    }
+
+    #[test]
+    fn a_cold_connection_is_charged_the_slow_start_of_the_piece_it_would_take() {
+        // Two connections on a 100 ms link. Each took 0.1 s to its first byte, then doubled its speed every round
+        // trip: 1 MiB at 0.45 s, 2 at 0.55, ... 32 at 0.95.
+        let t0 = now();
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut segs = vec![Segment::new(0, 64 * MB), Segment::new(64 * MB, 192 * MB)];
+        take(&mut segs, t0, false);
+        take(&mut segs, t0, false);
+        for s in &mut segs {
+            s.wrote(s.pos + 1, at(0.1));
+            for k in 0..6 {
+                s.wrote(s.start + (MB << k), at(0.45 + 0.1 * k as f64));
+            }
+        }
+        // The first is done at 1.33 s (about 96 MiB/s since 8 MiB); the second has done 78 MiB by 1.49 s (about 85
+        // MiB/s since 32 MiB), and 50 MiB are left: about 0.6 s.
+        segs[0].wrote(64 * MB, at(1.33));
+        release(&mut segs, 0, at(1.33));
+        let t = at(1.49);
+        segs[1].wrote(64 * MB + (1 << 26), at(1.33));
+        segs[1].wrote(142 * MB, t);
+        segs[1].claimed = segs[1].pos;
+        let before = segs.clone();
+        // A new connection would need 0.85 s to deliver even 8 MiB.
+        assert_eq!(take(&mut segs, t, false), None, "{:?}", segs.last());
+        assert_eq!(segs, before);
+        let i = take(&mut segs, t, true).expect("a kept-alive connection still helps");
+        assert!(segs[i].start > 150 * MB, "took {:?}", segs[i]);
     }
 
     #[test]
