@@ -193,7 +193,7 @@ pub fn take(segs: &mut Vec<Segment>, now: Instant, warm: bool) -> Option<usize> 
         })?;
     // The victim keeps what it fetches while the new connection gets going, then the share that it should finish
     // when the new connection does; of the rest, never more than half.
-    let kept = |lead: f64| {
+    let kept_for = |lead: f64| {
         let (keep, head) = match (rate, fresh) {
             (Some(v), Some(f)) if v + f > 0.0 => ((v / (v + f)).min(0.5), v * lead),
             (None, Some(f)) => (0.5, f * lead),
@@ -204,20 +204,20 @@ pub fn take(segs: &mut Vec<Segment>, now: Instant, warm: bool) -> Option<usize> 
     };
     // A cold newcomer's lead grows with the piece it takes, and the piece shrinks as the lead grows: settle it from
     // the smallest piece up, so the piece only ever shrinks.
+    // (A warm newcomer's lead is a round trip, whatever the piece.)
     let mut lead_now = lead(segs, fresh, warm, MIN_SPLIT);
-    let mut kept_now = kept(lead_now);
-    for _ in 0..4 {
-        let stolen = left.saturating_sub(kept_now);
-        if warm || stolen < MIN_SPLIT {
+    let mut kept = kept_for(lead_now);
+    for _ in 0..if warm { 0 } else { 4 } {
+        let stolen = left.saturating_sub(kept);
+        if stolen < MIN_SPLIT {
             break;
         }
         let next = lead(segs, fresh, warm, stolen);
         if next <= lead_now {
             break;
         }
-        (lead_now, kept_now) = (next, kept(next));
+        (lead_now, kept) = (next, kept_for(next));
     }
-    let kept = kept_now;
     if left.saturating_sub(kept) < MIN_SPLIT {
         return None;
     }
