@@ -31,7 +31,8 @@ use crate::tools::{self, Installed};
 const USAGE: &str = "\
 usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-build] [--keep]
 
-  (default)   every scenario of issue 4, 5 runs each; writes BENCHMARKS.md, bench/results.json, docs/bench.png
+  (default)   every scenario of issue 4, 5 runs each (latency: 10, in rounds); writes BENCHMARKS.md,
+              bench/results.json, docs/bench.png
               (with --only or --runs under 5: under target/bench-partial/ instead)
   --quick     smaller files and 2 runs; writes the same files under target/bench-quick/
   --smoke     16 MiB from loopback, 1 run, sdm (+ aria2c if installed); fails only if sdm's output is wrong

@@ -187,46 +187,64 @@ struct Job<'a> {
 }
 
 fn series(lab: &Lab, opts: &Options, job: &Job) -> Result<Row> {
-    let out = lab.out.join(&job.file.name);
-    let argv = job.client.argv(&job.url, &out, job.n, job.limit);
-    let mut row = Row::new(job.client.name, &job.setting, display(&argv, lab));
+    let mut rows = rounds(lab, std::slice::from_ref(job), opts.runs)?;
+    Ok(rows.pop().expect("one row per job"))
+}
+
+/// `runs` rounds in which every job runs once, in turn: a slow spell of this VM then falls on every client alike,
+/// not on whichever ran during it. Jobs with `warmup` first run once untimed, before the first round.
+fn rounds(lab: &Lab, jobs: &[Job], runs: usize) -> Result<Vec<Row>> {
     let log = lab.dir.join("client.log");
-    if job.warmup {
+    let argvs: Vec<(Vec<String>, PathBuf)> = jobs
+        .iter()
+        .map(|job| {
+            let out = lab.out.join(&job.file.name);
+            (job.client.argv(&job.url, &out, job.n, job.limit), out)
+        })
+        .collect();
+    let mut rows: Vec<Row> = jobs
+        .iter()
+        .zip(&argvs)
+        .map(|(job, (argv, _))| Row::new(job.client.name, &job.setting, display(argv, lab)))
+        .collect();
+    for (job, (argv, _)) in jobs.iter().zip(&argvs).filter(|(j, _)| j.warmup) {
         lab.clear_out()?;
-        measure::timed(&argv, job.timeout, &log)?;
+        measure::timed(argv, job.timeout, &log)?;
     }
-    for run in 1..=opts.runs {
-        lab.clear_out()?;
-        let (s, status) = measure::timed(&argv, job.timeout, &log)?;
-        row.runs += 1;
-        let verdict = verify(&status, &log, &[(out.clone(), job.file.sha256.as_str())]);
-        let head = format!(
-            "  {:<18} {:<14} run {run}/{}",
-            job.client.name, job.setting, opts.runs
-        );
-        match verdict {
-            Ok(()) => {
-                let speed = job.file.size as f64 / MIB as f64 / s.wall;
-                row.push("wall", "s", s.wall);
-                row.push_opt("cpu", "s", s.cpu);
-                row.push_opt("user cpu", "s", s.user);
-                row.push_opt("rss", "MB", s.rss_mb);
-                row.push("speed", "MiB/s", speed);
-                println!(
-                    "{head}: {:.2} s, {} CPU, {} RSS, {speed:.1} MiB/s",
-                    s.wall,
-                    s.cpu.map_or("?".into(), |c| format!("{c:.2} s")),
-                    s.rss_mb.map_or("?".into(), |r| format!("{r:.1} MB")),
-                );
-            }
-            Err(e) => {
-                println!("{head}: FAILED: {e}");
-                row.failures.push(format!("run {run}: {e}"));
+    for run in 1..=runs {
+        for ((job, (argv, out)), row) in jobs.iter().zip(&argvs).zip(&mut rows) {
+            lab.clear_out()?;
+            let (s, status) = measure::timed(argv, job.timeout, &log)?;
+            row.runs += 1;
+            let verdict = verify(&status, &log, &[(out.clone(), job.file.sha256.as_str())]);
+            let head = format!(
+                "  {:<18} {:<14} run {run}/{runs}",
+                job.client.name, job.setting
+            );
+            match verdict {
+                Ok(()) => {
+                    let speed = job.file.size as f64 / MIB as f64 / s.wall;
+                    row.push("wall", "s", s.wall);
+                    row.push_opt("cpu", "s", s.cpu);
+                    row.push_opt("user cpu", "s", s.user);
+                    row.push_opt("rss", "MB", s.rss_mb);
+                    row.push("speed", "MiB/s", speed);
+                    println!(
+                        "{head}: {:.2} s, {} CPU, {} RSS, {speed:.1} MiB/s",
+                        s.wall,
+                        s.cpu.map_or("?".into(), |c| format!("{c:.2} s")),
+                        s.rss_mb.map_or("?".into(), |r| format!("{r:.1} MB")),
+                    );
+                }
+                Err(e) => {
+                    println!("{head}: FAILED: {e}");
+                    row.failures.push(format!("run {run}: {e}"));
+                }
             }
         }
     }
     lab.clear_out()?;
-    Ok(row)
+    Ok(rows)
 }
 
 /// A run counts only if the client exited 0 and every output has the right sha256.
@@ -291,6 +309,9 @@ fn unmeasured(name: &str, goal: &str) -> Target {
         pass: None,
     }
 }
+
+/// The latency scenario runs this many times the runs of the others: its verdict sits near a client's two modes.
+pub const LATENCY_RUNS_FACTOR: usize = 2;
 
 const ARIA2: [&str; 3] = ["aria2c (defaults)", "aria2c -x N", "aria2c (matched)"];
 
@@ -485,7 +506,7 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
              keep TCP segmentation offload (up to 64 KiB each), as netem sees them on a veth pair. The server's \
              send buffers may grow to 64 MiB per connection (`{SERVER_WMEM}` in its namespace), as on a server \
              tuned for long links: with Linux's default 4 MiB, every connection is held to about 20 MiB/s at this \
-             RTT and every client ties. Each client runs once untimed before its timed runs. Single-connection \
+             RTT and every client ties. Each client runs once untimed before the timed rounds. Single-connection \
              clients are left out to keep the run short.",
             super::wire::queue()
         ),
@@ -499,8 +520,10 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
         return Ok(sc);
     };
     println!("bench: {}", sc.title);
-    for client in clients.pick(&[Kind::Sdm, Kind::Aria2Matched, Kind::Aria2X, Kind::Axel]) {
-        let job = Job {
+    let jobs: Vec<Job> = clients
+        .pick(&[Kind::Sdm, Kind::Aria2Matched, Kind::Aria2X, Kind::Axel])
+        .into_iter()
+        .map(|client| Job {
             client,
             setting: format!("N={}", client.connections(n)),
             url: format!("{base}/{}", file.name),
@@ -509,26 +532,47 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
             limit: None,
             timeout: timeout_for(file.size, 2.0 * MIB as f64),
             warmup: true,
-        };
-        sc.rows.push(series(lab, opts, &job)?);
-    }
-    let sdm = sc.row("sdm", "").and_then(|r| r.median("speed"));
-    let aria = sc.best(&ARIA2, "", "speed", false);
-    if let (Some(s), Some(x)) = (
-        sdm,
-        sc.row("aria2c -x N", "").and_then(|r| r.median("speed")),
-    ) {
+        })
+        .collect();
+    let runs = LATENCY_RUNS_FACTOR * opts.runs;
+    sc.rows = rounds(lab, &jobs, runs)?;
+    // The speed of all runs together: what a user downloading many files over this link gets.
+    let overall = |r: &Row| {
+        let walls = r.values("wall");
+        (!walls.is_empty())
+            .then(|| walls.len() as f64 * (file.size / MIB) as f64 / walls.iter().sum::<f64>())
+    };
+    let overall_of = |client: &str| sc.row(client, "").and_then(overall);
+    let sdm = overall_of("sdm");
+    let aria = ARIA2
+        .iter()
+        .filter_map(|c| overall_of(c).map(|v| (*c, v)))
+        .reduce(|a, b| if b.1 > a.1 { b } else { a });
+    let hydra = sdm.zip(overall_of("aria2c -x N")).map(|(s, x)| s / x);
+    let all_runs = sc
+        .rows
+        .iter()
+        .filter_map(|r| overall(r).map(|v| format!("{} {v:.1} MiB/s", r.client)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sc.notes.push(format!(
+        "The clients take turns: {runs} rounds, each running every client once, so a slow spell of this VM falls on \
+         all of them alike. aria2c has two speeds on this link (its slowest connection either keeps up or trickles \
+         for the last second), so the median of a few runs lands on either and flips between runs of the bench. \
+         The target is therefore judged on all runs together: bytes over seconds, summed over the runs. Over all \
+         runs: {all_runs}."
+    ));
+    if let Some(r) = hydra {
         sc.notes.push(format!(
             "Against `aria2c -x {n}`, the command of Hydra's published benchmark (its `--split` stays 5, so it opens \
-             5 connections): {:.2}×. The target is judged against the best aria2c of the run.",
-            s / x
+             5 connections): {r:.2}×. The target is judged against the best aria2c of the run."
         ));
     }
     sc.targets.push(match (sdm, aria) {
         (Some(s), Some((who, a))) => Target {
             name: target.0.into(),
             goal: target.1.into(),
-            measured: format!("sdm {s:.1} MiB/s vs {who} {a:.1} MiB/s"),
+            measured: format!("sdm {s:.1} MiB/s vs {who} {a:.1} MiB/s, all {runs} runs together"),
             ratio: Some(s / a),
             pass: Some(s / a >= 1.3),
         },
