@@ -325,12 +325,13 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
             file.size / MIB
         ),
         "CPU efficiency: nothing limits the transfer but the clients (and nginx) on 2 cores. Each client runs \
-         once untimed before its timed runs.",
+         once untimed, then the clients take turns, one run each per round, so a slow spell of this VM falls on \
+         all of them alike.",
     );
     println!("bench: {}", sc.title);
     let url = format!("{}/{}", lab.base, file.name);
-    for client in &clients.all {
-        let job = Job {
+    let jobs: Vec<Job> = (clients.all.iter())
+        .map(|client| Job {
             client,
             setting: format!("N={}", client.connections(n)),
             url: url.clone(),
@@ -339,9 +340,9 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
             limit: None,
             timeout: timeout_for(file.size, 50.0 * MIB as f64),
             warmup: true,
-        };
-        sc.rows.push(series(lab, opts, &job)?);
-    }
+        })
+        .collect();
+    sc.rows = rounds(lab, &jobs, opts.runs)?;
     let peers: Vec<&str> = clients
         .all
         .iter()
