@@ -321,10 +321,10 @@ fn markdown(
         t,
         "Written by `cargo xtask bench{}` on {} — rerun it to reproduce (it installs nginx-light, aria2, axel, curl, \
          iproute2 and time from Debian when missing, starts its own nginx, and cleans up after itself). Every \
-         number is the **median (min–max) of {} runs** (the latency scenario {}× as many, in rounds); every output file was checked against the source's sha256 \
-         (failed runs are counted in `ok runs` and never enter a number). Clients run one at a time (where they \
-         are compared with each other, in turns: one run each per round); files are \
-         served from and written to tmpfs (`/dev/shm`), so the disk is out of the picture.\n",
+         number is the **median (min–max) of {} runs** (the latency scenario {}× as many, in rounds); every \
+         output file was checked against the source's sha256 (failed runs are counted in `ok runs` and never enter \
+         a number). Clients run one at a time (where they are compared with each other, in turns: one run each per \
+         round); files are served from and written to tmpfs (`/dev/shm`), so the disk is out of the picture.\n",
         if opts.mode == Mode::Quick {
             " --quick"
         } else {

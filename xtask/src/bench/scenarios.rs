@@ -66,12 +66,23 @@ impl Scenario {
         metric: &str,
         lower: bool,
     ) -> Option<(String, f64)> {
+        self.best_by(clients, setting, lower, |r| r.median(metric))
+    }
+
+    /// The best (lowest when `lower`, else highest) `stat` among the rows of `clients` in `setting`.
+    fn best_by(
+        &self,
+        clients: &[&str],
+        setting: &str,
+        lower: bool,
+        stat: impl Fn(&Row) -> Option<f64>,
+    ) -> Option<(String, f64)> {
         self.rows
             .iter()
             .filter(|r| {
                 clients.contains(&r.client.as_str()) && (setting.is_empty() || r.setting == setting)
             })
-            .filter_map(|r| r.median(metric).map(|v| (r.client.clone(), v)))
+            .filter_map(|r| stat(r).map(|v| (r.client.clone(), v)))
             .reduce(|a, b| if (b.1 < a.1) == lower { b } else { a })
     }
 }
@@ -541,14 +552,11 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
     let overall = |r: &Row| {
         let walls = r.values("wall");
         (!walls.is_empty())
-            .then(|| walls.len() as f64 * (file.size / MIB) as f64 / walls.iter().sum::<f64>())
+            .then(|| walls.len() as f64 * file.size as f64 / MIB as f64 / walls.iter().sum::<f64>())
     };
     let overall_of = |client: &str| sc.row(client, "").and_then(overall);
     let sdm = overall_of("sdm");
-    let aria = ARIA2
-        .iter()
-        .filter_map(|c| overall_of(c).map(|v| (*c, v)))
-        .reduce(|a, b| if b.1 > a.1 { b } else { a });
+    let aria = sc.best_by(&ARIA2, "", false, overall);
     let hydra = sdm.zip(overall_of("aria2c -x N")).map(|(s, x)| s / x);
     let all_runs = sc
         .rows
