@@ -62,7 +62,7 @@ describe("with the host registered and the service running", { timeout: 300_000 
     await browser?.context.close().catch(() => {});
     await svc?.stop();
     await files?.close();
-    stopServicesOf(home);
+    await stopServicesOf(home);
   });
 
   test("the extension loads with its pinned id and its worker reaches the host", async () => {
@@ -307,7 +307,7 @@ describe("closing the browser mid-download", { timeout: 120_000 }, () => {
 
   after(async () => {
     client?.close();
-    stopServicesOf(home);
+    await stopServicesOf(home);
     await files?.close();
   });
 

@@ -55,8 +55,21 @@ export function record(line) {
   if (process.env.SDM_RESULTS) fs.appendFileSync(process.env.SDM_RESULTS, `${line}\n`);
 }
 
+const tempDirs = [];
+process.on("exit", () => {
+  if (process.env.SDM_KEEP_TEMP) {
+    if (tempDirs.length) console.log(`# kept (SDM_KEEP_TEMP): ${tempDirs.join(" ")}`);
+    return;
+  }
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+});
+
+/** A fresh folder under the system's temporary folder, removed when the test process exits (kept if
+ * `$SDM_KEEP_TEMP` is set, to look at a failure). */
 export function tempDir(prefix) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `sdm-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `sdm-${prefix}-`));
+  tempDirs.push(dir);
+  return dir;
 }
 
 /** Deterministic bytes for a name (xorshift32), so the expected sha256 is known without keeping files around. */
@@ -364,15 +377,28 @@ export async function openPopup(context, id) {
   return page;
 }
 
-/** Stop the processes whose environment names `home` as SDM_HOME (a service the relay started detached). */
-export function stopServicesOf(home) {
-  for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+/** Stop the processes whose environment names `home` as SDM_HOME (a service the relay started detached), and
+ * wait until they are gone, so nothing writes into `home` after the test. */
+export async function stopServicesOf(home) {
+  const services = () =>
+    fs
+      .readdirSync("/proc")
+      .filter((p) => /^\d+$/.test(p))
+      .filter((pid) => {
+        try {
+          const env = fs.readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+          const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+          return env.includes(`SDM_HOME=${home}`) && cmd.includes("serve");
+        } catch {
+          return false; // Gone already, or not ours to read.
+        }
+      });
+  for (const pid of services()) {
     try {
-      const env = fs.readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
-      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-      if (env.includes(`SDM_HOME=${home}`) && cmd.includes("serve")) process.kill(Number(pid), "SIGTERM");
+      process.kill(Number(pid), "SIGTERM");
     } catch {
-      // Gone already, or not ours to read.
+      // Exited in between.
     }
   }
+  await waitFor(`the services of ${home} to exit`, () => services().length === 0, { timeoutMs: 10_000 });
 }
