@@ -215,8 +215,10 @@ describe("with the host registered and the service running", { timeout: 300_000 
     await waitFor(`the badge to count ${running} downloads`, async () =>
       (await browser.worker.evaluate(() => chrome.action.getBadgeText({}))) === String(running),
     );
-    fs.mkdirSync(path.join(ROOT, "docs"), { recursive: true });
-    await page.screenshot({ path: path.join(ROOT, "docs/popup.png") });
+    // Into target/ by default, so a test run leaves the tree clean; SDM_SCREENSHOT=docs/popup.png refreshes README's.
+    const shot = path.resolve(ROOT, process.env.SDM_SCREENSHOT || "target/popup.png");
+    fs.mkdirSync(path.dirname(shot), { recursive: true });
+    await page.screenshot({ path: shot });
     await page.close();
 
     // 1,000 queued downloads behind one slow one, then time the popup from opening to its first and last row.
