@@ -492,6 +492,8 @@ async fn talk(command: Cmd) -> anyhow::Result<ExitCode> {
                 bandwidth_limit: args.limit,
                 headers: args.headers.into_iter().collect::<BTreeMap<_, _>>(),
                 referrer: None,
+                client_key: None,
+                expect: None,
             };
             let added: AddResult = client.call(Command::Add(req)).await.map_err(remote)?;
             out(added.id)?;

@@ -9,7 +9,9 @@
 //! replaced by a `too_large` error (or dropped, for an event).
 //!
 //! Each connection has a reader (this module's dispatch) and a writer task; replies and events reach the writer
-//! through one channel, so frames never interleave.
+//! through one channel, so frames never interleave. A verified `add` (it asks the server first) and `find` (it may
+//! wait for one) run in tasks of their own that send their reply to that channel when done, so the connection goes
+//! on answering meanwhile; their replies may overtake earlier ones, and are matched by id.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
@@ -18,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
-    AddResult, Command, ErrorCode, HistoryResult, MAX_INCOMING_FRAME, MAX_OUTGOING_FRAME,
-    PingResult, Reply, SettingsResult,
+    AddResult, Command, ErrorCode, FindResult, HistoryResult, MAX_INCOMING_FRAME,
+    MAX_OUTGOING_FRAME, PingResult, Reply, SettingsResult,
 };
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
@@ -32,6 +34,40 @@ use crate::paths::{self, LOCK_FILE, SOCKET_FILE};
 
 /// Frames queued for one connection's writer. Replies wait for room; a subscriber that falls behind skips events.
 const WRITE_QUEUE: usize = 64;
+
+/// The exit code of a crash asked for by [`Faults::crash_after_add`].
+pub const CRASH_EXIT_CODE: i32 = 86;
+
+/// Fault points for tests, read from the environment once when the service starts. They are for tests only: unset,
+/// nothing changes.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// `SDM_TEST_CRASH_AFTER_ADD=<path>`: once an add that carries a `client_key` is in `state.json`, if `<path>`
+    /// exists, remove it and exit at once with [`CRASH_EXIT_CODE`], without replying: a crash between the write and
+    /// the acknowledgement, which a client recovers from with `find`.
+    pub crash_after_add: Option<PathBuf>,
+}
+
+impl Faults {
+    pub fn from_env() -> Faults {
+        Faults {
+            crash_after_add: std::env::var_os("SDM_TEST_CRASH_AFTER_ADD").map(PathBuf::from),
+        }
+    }
+
+    /// The crash of [`Faults::crash_after_add`], when armed.
+    fn after_keyed_add(&self) {
+        if let Some(path) = &self.crash_after_add
+            && std::fs::remove_file(path).is_ok()
+        {
+            tracing::warn!(
+                code = CRASH_EXIT_CODE,
+                "SDM_TEST_CRASH_AFTER_ADD: exiting after the write, before the reply"
+            );
+            std::process::exit(CRASH_EXIT_CODE);
+        }
+    }
+}
 
 /// What the service needs to know about where it lives.
 #[derive(Debug, Clone)]
@@ -83,14 +119,16 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
     for warning in engine.warnings() {
         tracing::warn!(%warning, "engine start-up");
     }
+    let faults = std::sync::Arc::new(Faults::from_env());
 
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let engine = engine.clone();
+                    let faults = faults.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(engine, stream).await {
+                        if let Err(e) = serve_connection(engine, stream, faults).await {
                             tracing::debug!(cause = %e, "connection ended");
                         }
                     });
@@ -177,8 +215,13 @@ fn bind(socket: &Path) -> Result<UnixListener, ServiceError> {
     bound.map_err(listen_err)
 }
 
-/// Read requests from one connection and answer them in order, until it closes.
-async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> {
+/// Read requests from one connection and answer them, until it closes. Most are answered in order; a verified `add`
+/// and `find` answer from tasks of their own.
+async fn serve_connection(
+    engine: Engine,
+    stream: UnixStream,
+    faults: std::sync::Arc<Faults>,
+) -> io::Result<()> {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, protocol::codec::codec(MAX_INCOMING_FRAME));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
@@ -212,7 +255,30 @@ async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> 
                         tx.clone(),
                     ));
                 }
-                dispatch(&engine, request.id, request.command).await
+                // Commands that may wait (a verified add asks the server first, `find` waits for one) must not
+                // hold up the connection: they answer later, from a task of their own.
+                let id = request.id;
+                match request.command {
+                    Command::Add(add) if add.expect.is_some() => {
+                        let keyed = add.client_key.is_some();
+                        // Its key counts as being verified from now on: a `find` read after it waits for it.
+                        let added = engine.add_verified(add);
+                        let (engine, faults) = (engine.clone(), faults.clone());
+                        reply_later(&tx, async move {
+                            answer_add(&engine, id, keyed, added.await, &faults).await
+                        });
+                        continue;
+                    }
+                    command @ Command::Find { .. } => {
+                        let (engine, faults) = (engine.clone(), faults.clone());
+                        reply_later(
+                            &tx,
+                            async move { dispatch(&engine, id, command, &faults).await },
+                        );
+                        continue;
+                    }
+                    command => dispatch(&engine, id, command, &faults).await,
+                }
             }
         };
         if tx.send(reply).await.is_err() {
@@ -225,6 +291,15 @@ async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> 
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Answer from a task of its own, which runs to the end even if the connection closes first (an add is then found
+/// with `find`), and then sends its reply to the connection's writer.
+fn reply_later(tx: &mpsc::Sender<Vec<u8>>, reply: impl Future<Output = Vec<u8>> + Send + 'static) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let _ = tx.send(reply.await).await;
+    });
 }
 
 /// Pass engine events to a connection's writer. A connection too slow to keep up misses some; it is then sent the
@@ -282,14 +357,12 @@ fn resync(engine: &Engine) -> Vec<protocol::Event> {
 }
 
 /// Run one command and encode its reply (at most [`MAX_OUTGOING_FRAME`] bytes).
-pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
+pub async fn dispatch(engine: &Engine, id: u64, command: Command, faults: &Faults) -> Vec<u8> {
     let empty = serde_json::json!({});
-    // A change is acknowledged only once it is on disk: the browser erases its own copy of a captured download
-    // when `add` is answered, so a crash right after the reply must not lose it.
+    // A change is acknowledged only once it is on disk (`add` sees to its own, in `answer_add`).
     let changes_queue = matches!(
         command,
-        Command::Add(_)
-            | Command::Pause { .. }
+        Command::Pause { .. }
             | Command::Resume { .. }
             | Command::Cancel { .. }
             | Command::Remove { .. }
@@ -301,7 +374,22 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
         ),
-        Command::Add(add) => result(id, engine.add(add).map(|id| AddResult { id })),
+        Command::Add(add) => {
+            let keyed = add.client_key.is_some();
+            let added = if add.expect.is_some() {
+                engine.add_verified(add).await
+            } else {
+                engine.add(add)
+            };
+            return answer_add(engine, id, keyed, added, faults).await;
+        }
+        Command::Find { client_key } => result(
+            id,
+            engine
+                .find(&client_key)
+                .await
+                .map(|download| FindResult { download }),
+        ),
         Command::List(page) => {
             let list = engine.list(page);
             return encode_page(id, list, |l| &mut l.downloads);
@@ -339,6 +427,25 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
     };
     if changes_queue && reply.ok {
         engine.persist().await;
+    }
+    encode_reply(&reply)
+}
+
+/// The reply to an `add`, sent only once the download is in `state.json`: the browser erases its own copy of a
+/// captured download when `add` is answered, so a crash right after the reply must not lose it.
+async fn answer_add(
+    engine: &Engine,
+    id: u64,
+    keyed: bool,
+    added: Result<AddResult, ApiError>,
+    faults: &Faults,
+) -> Vec<u8> {
+    let reply = result(id, added);
+    if reply.ok {
+        engine.persist().await;
+        if keyed {
+            faults.after_keyed_add();
+        }
     }
     encode_reply(&reply)
 }

@@ -40,6 +40,8 @@ pub const MAX_RETRIES: u32 = 100;
 pub const MAX_CONCURRENT_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 16 * 1024;
+/// `client_key`: the accepted length in bytes (of printable ASCII).
+pub const CLIENT_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=128;
 
 /// Numeric id of a download, unique within one service's data directory.
 pub type DownloadId = u64;
@@ -89,6 +91,11 @@ pub enum Command {
     },
     /// From now on, push [`Event`]s on this connection.
     Subscribe,
+    /// The download added with this `client_key`, if it is in the queue. When a verified add with that key is still
+    /// verifying, the answer waits for it, so it is final.
+    Find {
+        client_key: String,
+    },
 }
 
 /// `add`: a new download.
@@ -111,6 +118,26 @@ pub struct AddRequest {
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referrer: Option<String>,
+    /// Chosen by the client ([`CLIENT_KEY_LEN`] bytes of printable ASCII) to make the add idempotent: an add whose key
+    /// is already in the queue answers that download (`existing: true`), and `find` looks it up after a lost reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// What the browser got: present, the add is verified (the server is asked first, and the add fails with
+    /// `fetch_failed` when SDM would not get the same file), and it joins an unfinished download of the same URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+}
+
+/// `add.expect`: what the browser's own download saw, for SDM to check against its first response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The file's size in bytes, when the browser knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The MIME type the browser got (`application/pdf`), when it knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
 }
 
 /// Paging for `list` and `history`.
@@ -297,6 +324,16 @@ pub struct PingResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AddResult {
     pub id: DownloadId,
+    /// The add named a download already in the queue (same `client_key`, or a verified add of a URL being
+    /// downloaded): nothing new was added. Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
+}
+
+/// `find`: the download with that `client_key`, or `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindResult {
+    pub download: Option<DownloadInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +370,9 @@ pub enum ErrorCode {
     TooLarge,
     /// The engine service could not be reached or started.
     Unavailable,
+    /// A verified add could not fetch the file the browser got (an error status, another size, a web page instead
+    /// of the file): nothing was added, and the browser keeps its copy.
+    FetchFailed,
     Io,
     Internal,
 }
@@ -546,6 +586,124 @@ mod tests {
         let big = "x".repeat(100);
         assert!(to_frame(&big, 50).is_err());
         assert!(to_frame(&big, 200).is_ok());
+    }
+
+    #[test]
+    fn a_verified_add_round_trips_and_leaves_out_what_is_absent() {
+        let req = Request {
+            id: 3,
+            command: Command::Add(AddRequest {
+                url: "http://x/a.bin".into(),
+                client_key: Some("k-1".into()),
+                expect: Some(Expect {
+                    size: Some(1234),
+                    mime: Some("application/pdf".into()),
+                }),
+                ..AddRequest::default()
+            }),
+        };
+        let text = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            text,
+            json!({"id": 3, "cmd": "add", "url": "http://x/a.bin", "client_key": "k-1",
+                   "expect": {"size": 1234, "mime": "application/pdf"}})
+        );
+        assert_eq!(parse_request(text.to_string().as_bytes()).unwrap(), req);
+
+        let plain = Request {
+            id: 4,
+            command: Command::Add(AddRequest {
+                url: "http://x/b".into(),
+                expect: Some(Expect::default()),
+                ..AddRequest::default()
+            }),
+        };
+        let text = serde_json::to_value(&plain).unwrap();
+        assert_eq!(
+            text,
+            json!({"id": 4, "cmd": "add", "url": "http://x/b", "expect": {}})
+        );
+        assert_eq!(parse_request(text.to_string().as_bytes()).unwrap(), plain);
+        assert!(
+            parse_request(br#"{"id":5,"cmd":"add","url":"http://x/","expect":{"bytes":1}}"#)
+                .is_err(),
+            "unknown fields of expect are refused"
+        );
+    }
+
+    #[test]
+    fn add_result_says_existing_only_when_true() {
+        let new = AddResult {
+            id: 7,
+            existing: false,
+        };
+        assert_eq!(serde_json::to_value(&new).unwrap(), json!({"id": 7}));
+        assert_eq!(
+            serde_json::from_value::<AddResult>(json!({"id": 7})).unwrap(),
+            new
+        );
+        let joined = AddResult {
+            id: 7,
+            existing: true,
+        };
+        let text = serde_json::to_value(&joined).unwrap();
+        assert_eq!(text, json!({"id": 7, "existing": true}));
+        assert_eq!(serde_json::from_value::<AddResult>(text).unwrap(), joined);
+    }
+
+    #[test]
+    fn find_round_trips_with_a_download_or_null() {
+        let req = Request {
+            id: 9,
+            command: Command::Find {
+                client_key: "k".into(),
+            },
+        };
+        let text = serde_json::to_value(&req).unwrap();
+        assert_eq!(text, json!({"id": 9, "cmd": "find", "client_key": "k"}));
+        assert_eq!(parse_request(text.to_string().as_bytes()).unwrap(), req);
+
+        let none = FindResult { download: None };
+        assert_eq!(
+            serde_json::to_value(&none).unwrap(),
+            json!({"download": null})
+        );
+        let download = DownloadInfo {
+            id: 2,
+            url: "http://x/a".into(),
+            filename: "a".into(),
+            path: "/d/a".into(),
+            status: Status::Queued,
+            total: None,
+            downloaded: 0,
+            speed: 0,
+            eta: None,
+            threads: 8,
+            connections: 0,
+            retries: 5,
+            bandwidth_limit: 0,
+            error: None,
+            created_at: 1,
+            finished_at: None,
+        };
+        let some = FindResult {
+            download: Some(download),
+        };
+        let text = serde_json::to_value(&some).unwrap();
+        assert_eq!(text["download"]["id"], 2);
+        assert_eq!(serde_json::from_value::<FindResult>(text).unwrap(), some);
+    }
+
+    #[test]
+    fn fetch_failed_is_snake_case_on_the_wire() {
+        let reply = Reply::err(
+            Some(1),
+            ErrorCode::FetchFailed,
+            "the server answered 410 Gone",
+        );
+        let text = serde_json::to_value(&reply).unwrap();
+        assert_eq!(text["error"]["code"], "fetch_failed");
+        assert_eq!(serde_json::from_value::<Reply>(text).unwrap(), reply);
     }
 
     #[test]

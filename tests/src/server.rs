@@ -121,6 +121,8 @@ pub struct FileSpec {
     head: bool,
     /// How long HEAD waits for its answer.
     head_delay: Duration,
+    /// How long GET waits for its answer.
+    get_delay: Duration,
     accept_ranges_header: bool,
     no_length: Option<NoLength>,
     rate: u64,
@@ -140,6 +142,8 @@ pub struct FileSpec {
     content_changes_after: Option<u32>,
     content_type: String,
     headers: Vec<(String, Vec<u8>)>,
+    /// Sent on GET responses that carry the file, never on HEAD.
+    get_headers: Vec<(String, Vec<u8>)>,
     wrong_content_range: Option<Counted<()>>,
     extra_bytes: Option<Counted<u64>>,
     short_body: Option<Counted<u64>>,
@@ -159,6 +163,7 @@ impl FileSpec {
             ranges: true,
             head: true,
             head_delay: Duration::ZERO,
+            get_delay: Duration::ZERO,
             accept_ranges_header: true,
             no_length: None,
             rate: 0,
@@ -175,6 +180,7 @@ impl FileSpec {
             content_changes_after: None,
             content_type: "application/octet-stream".into(),
             headers: Vec::new(),
+            get_headers: Vec::new(),
             wrong_content_range: None,
             extra_bytes: None,
             short_body: None,
@@ -220,6 +226,12 @@ impl FileSpec {
     /// Answer HEAD only after `delay`, like a server a long way off.
     pub fn head_delay(mut self, delay: Duration) -> Self {
         self.head_delay = delay;
+        self
+    }
+
+    /// Answer GET only after `delay`: a server slow to start, so a test can act while a request is out.
+    pub fn get_delay(mut self, delay: Duration) -> Self {
+        self.get_delay = delay;
         self
     }
 
@@ -323,6 +335,13 @@ impl FileSpec {
     /// `Content-Disposition: <value>`, written as is (control characters included).
     pub fn content_disposition(self, value: impl Into<Vec<u8>>) -> Self {
         self.header("Content-Disposition", value)
+    }
+
+    /// `Content-Disposition: <value>` on GET responses only, as servers that name a file only when it is fetched.
+    pub fn content_disposition_on_get(mut self, value: impl Into<Vec<u8>>) -> Self {
+        self.get_headers
+            .push(("Content-Disposition".into(), value.into()));
+        self
     }
 
     /// Any extra response header, written as raw bytes.
@@ -1001,8 +1020,13 @@ async fn respond_file(
         return out.simple(status, headers, "try later\n").await;
     }
     let is_head = head.method == "HEAD";
-    if is_head {
-        tokio::time::sleep(spec.head_delay).await;
+    let delay = if is_head {
+        spec.head_delay
+    } else {
+        spec.get_delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     if is_head && !spec.head || !is_head && head.method != "GET" {
         return out
@@ -1097,6 +1121,9 @@ async fn respond_file(
         headers.push(h("Last-Modified", modified.clone()));
     }
     headers.extend(spec.headers.iter().cloned());
+    if !is_head {
+        headers.extend(spec.get_headers.iter().cloned());
+    }
     if status == 206 {
         let shift = if Counted::at(spec.wrong_content_range, resp_no).is_some() {
             4096

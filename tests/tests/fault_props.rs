@@ -85,7 +85,7 @@ fn random_command(rng: &mut Rng) -> Command {
         offset: rng.range(0, 5000) as usize,
         limit: maybe(rng, |rng| rng.range(0, 5000) as usize),
     };
-    match rng.range(0, 13) {
+    match rng.range(0, 14) {
         0 => Command::Ping,
         1 => {
             let mut headers = BTreeMap::new();
@@ -100,6 +100,11 @@ fn random_command(rng: &mut Rng) -> Command {
                 bandwidth_limit: maybe(rng, number),
                 headers,
                 referrer: maybe(rng, |rng| nasty_string(rng, 5)),
+                client_key: maybe(rng, |rng| nasty_string(rng, 3)),
+                expect: maybe(rng, |rng| protocol::Expect {
+                    size: maybe(rng, number),
+                    mime: maybe(rng, |rng| nasty_string(rng, 2)),
+                }),
             })
         }
         2 => Command::List(page),
@@ -131,6 +136,9 @@ fn random_command(rng: &mut Rng) -> Command {
                     (0..rng.range(0, 3)).map(|_| nasty_string(rng, 3)).collect()
                 }),
             },
+        },
+        12 => Command::Find {
+            client_key: nasty_string(rng, 3),
         },
         _ => Command::Subscribe,
     }

@@ -27,6 +27,7 @@ fn add(engine: &Engine, url: &str, threads: u32, retries: u32) -> DownloadId {
             ..AddRequest::default()
         })
         .expect("add is accepted")
+        .id
 }
 
 async fn finished(engine: &Engine, id: DownloadId) -> DownloadInfo {

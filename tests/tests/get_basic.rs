@@ -352,7 +352,12 @@ async fn connections_open_while_the_probe_is_out() {
             .find(|r| r.method == "HEAD")
             .expect("a probe");
         let answered = head.done_at.expect("the probe was answered");
-        let gets = file.gets();
+        // The HEAD named no file, so the probe also asked for the first byte to read a name: not a transfer request.
+        let gets: Vec<_> = file
+            .gets()
+            .into_iter()
+            .filter(|r| r.range() != Some((0, Some(0))))
+            .collect();
         let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
         assert!(
             conns.len() == 4 && gets.iter().all(|r| r.accepted < answered),

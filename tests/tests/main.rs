@@ -20,6 +20,8 @@ mod get_checks;
 mod queue;
 // A restarted `Engine` resumes an interrupted download from where it stopped.
 mod restart;
+// Browser capture: verified adds, client keys, `find`, names sent on GET only, replies out of order.
+mod capture;
 // The real `sdm` binary in a sandbox (service start/kill, relays, CLI) and client helpers for the fault suite.
 mod fault_support;
 // Crash loop: SIGKILL of `sdm serve` mid-download, 20 times; the file ends exact, each kill costs at most ~1 s.

@@ -300,7 +300,8 @@ async fn cookies_and_referrer_go_to_the_server_but_not_to_history() {
                 referrer: Some("http://example.test/page".into()),
                 ..AddRequest::default()
             })
-            .expect("add is accepted");
+            .expect("add is accepted")
+            .id;
 
         complete_exact(&engine, id, &file).await;
         for r in file.requests() {
@@ -341,7 +342,8 @@ async fn a_per_download_limit_holds() {
                 bandwidth_limit: Some(MIB),
                 ..AddRequest::default()
             })
-            .expect("add is accepted");
+            .expect("add is accepted")
+            .id;
 
         wait_status(engine, id, Status::Completed).await;
 
@@ -386,7 +388,7 @@ async fn a_missing_file_fails_with_a_reason_and_goes_to_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused() {
     with_engine(30, async |_root, engine| {
-        let bad = |req: AddRequest| engine.add(req).map_err(|e| e.code);
+        let bad = |req: AddRequest| engine.add(req).map(|a| a.id).map_err(|e| e.code);
         let url = "http://127.0.0.1:9/x.bin".to_string();
 
         assert_eq!(
@@ -750,7 +752,8 @@ async fn an_unreachable_server_fails_after_its_retries() {
                 retries: Some(1),
                 ..AddRequest::default()
             })
-            .expect("add is accepted");
+            .expect("add is accepted")
+            .id;
 
         let info = wait_status(engine, id, Status::Failed).await;
 
@@ -789,7 +792,7 @@ async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
                     assert_eq!(e.code, ErrorCode::InvalidArgument, "{name:?}: {e:?}");
                     continue;
                 }
-                Ok(id) => id,
+                Ok(added) => added.id,
             };
             let info = wait_status(engine, id, Status::Completed).await;
             let path = Path::new(&info.path);
@@ -801,7 +804,7 @@ async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
             );
             assert_exact(path, &file);
         }
-        let taken = add_named("notes.txt").expect("add is accepted");
+        let taken = add_named("notes.txt").expect("add is accepted").id;
         let taken = wait_status(engine, taken, Status::Completed).await;
 
         assert_eq!(names_in(root.path()), ["data", "downloads"]);

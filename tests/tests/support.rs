@@ -213,6 +213,7 @@ pub fn add(engine: &Engine, file: &ServedFile, threads: Option<u32>) -> Download
             ..AddRequest::default()
         })
         .expect("add is accepted")
+        .id
 }
 
 /// Apply `patch` to the engine's settings, which must accept it.

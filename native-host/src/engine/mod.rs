@@ -18,15 +18,15 @@ pub mod splice;
 pub mod state;
 pub mod transfer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::{
-    AddRequest, DownloadId, DownloadInfo, ErrorBody, ErrorCode, Event, HistoryItem, HistoryResult,
-    ListResult, PageRequest, Progress, Settings, SettingsPatch, Status,
+    AddRequest, AddResult, DownloadId, DownloadInfo, ErrorBody, ErrorCode, Event, HistoryItem,
+    HistoryResult, ListResult, PageRequest, Progress, Settings, SettingsPatch, Status,
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -96,6 +96,13 @@ struct Inner {
     saved: AtomicU64,
     stopping: CancellationToken,
     warnings: Vec<String>,
+    /// Verified adds take turns per URL (see [`Engine::add_verified`]): an entry lives while an add holds or waits
+    /// for that URL's turn.
+    url_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Client keys of verified adds that have not answered yet, with how many carry each: `find` waits for them.
+    verifying: Mutex<HashMap<String, usize>>,
+    /// Signalled each time a verified add with a client key answers.
+    verified: Notify,
 }
 
 struct Core {
@@ -124,6 +131,8 @@ struct Entry {
 const TICK: Duration = Duration::from_millis(200);
 /// Running downloads' progress is saved at most this often.
 const CHECKPOINT: Duration = Duration::from_secs(1);
+/// How long a verified add waits for the server's first response.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -141,6 +150,157 @@ fn not_found(id: DownloadId) -> ApiError {
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidArgument, message)
+}
+
+fn fetch_failed(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::FetchFailed, message)
+}
+
+impl Core {
+    /// The download added with this client key, unless it is on its way out.
+    fn by_key(&self, key: &str) -> Option<DownloadId> {
+        self.downloads
+            .values()
+            .find(|e| e.removing.is_none() && e.rec.client_key.as_deref() == Some(key))
+            .map(|e| e.rec.id)
+    }
+
+    /// An unfinished (queued, running or paused) download of this URL.
+    fn unfinished(&self, url: &str) -> Option<DownloadId> {
+        self.downloads
+            .values()
+            .find(|e| e.removing.is_none() && !e.rec.status.is_finished() && e.rec.url == url)
+            .map(|e| e.rec.id)
+    }
+}
+
+/// An add request, checked, before it touches the queue.
+struct NewDownload {
+    url: url::Url,
+    client_key: Option<String>,
+    /// The file name: the request's, or for a verified add the server's (sanitized); `None` leaves it to the probe.
+    name: Option<String>,
+    /// The request's headers, `Referer` included.
+    headers: Vec<(String, String)>,
+    /// `None`: the settings' default at the time of the add.
+    threads: Option<u32>,
+    retries: Option<u32>,
+    bandwidth_limit: u64,
+}
+
+impl NewDownload {
+    /// Check every field of `req`; nothing is sent or saved.
+    fn check(req: AddRequest) -> Result<NewDownload, ApiError> {
+        let url = validate_url(&req.url)?;
+        if let Some(t) = req.threads {
+            in_range("threads", t, protocol::THREADS_RANGE)?;
+        }
+        if let Some(r) = req.retries {
+            in_range("retries", r, 0..=protocol::MAX_RETRIES)?;
+        }
+        if let Some(name) = &req.filename {
+            filename::validate_user_name(name).map_err(invalid)?;
+        }
+        if let Some(key) = &req.client_key {
+            check_client_key(key)?;
+        }
+        if req.headers.len() > 64 {
+            return Err(invalid("at most 64 headers"));
+        }
+        let mut headers: Vec<(String, String)> = req.headers.into_iter().collect();
+        if let Some(referrer) = req.referrer.filter(|r| !r.is_empty()) {
+            url::Url::parse(&referrer)
+                .map_err(|e| invalid(format!("referrer is not a URL: {e}")))?;
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("referer"))
+            {
+                headers.push(("Referer".into(), referrer));
+            }
+        }
+        transfer::header_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(invalid)?;
+        Ok(NewDownload {
+            url,
+            client_key: req.client_key,
+            name: req.filename,
+            headers,
+            threads: req.threads,
+            retries: req.retries,
+            bandwidth_limit: req.bandwidth_limit.unwrap_or(0),
+        })
+    }
+}
+
+/// A client key is 1 to 128 bytes of printable ASCII: it is logged and stored, so nothing that could break a line.
+fn check_client_key(key: &str) -> Result<(), ApiError> {
+    if protocol::CLIENT_KEY_LEN.contains(&key.len())
+        && key.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "client_key must be {} to {} characters of printable ASCII",
+            protocol::CLIENT_KEY_LEN.start(),
+            protocol::CLIENT_KEY_LEN.end()
+        )))
+    }
+}
+
+/// One URL's turn among verified adds, held until dropped. Dropped by the last add that held or waited for it, it
+/// takes the URL out of [`Inner::url_turns`].
+struct UrlTurn {
+    engine: Engine,
+    url: String,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UrlTurn {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut turns = lock(&self.engine.inner.url_turns);
+        // Two references: the map's and ours. Anyone else waiting holds a third.
+        if turns
+            .get(&self.url)
+            .is_some_and(|t| Arc::ptr_eq(t, &self.turn) && Arc::strong_count(t) == 2)
+        {
+            turns.remove(&self.url);
+        }
+    }
+}
+
+/// Marks a client key as being verified, from before the verification starts until its add has answered.
+struct Verifying {
+    engine: Engine,
+    key: String,
+}
+
+impl Verifying {
+    fn start(engine: &Engine, key: String) -> Verifying {
+        *lock(&engine.inner.verifying)
+            .entry(key.clone())
+            .or_default() += 1;
+        Verifying {
+            engine: engine.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Verifying {
+    fn drop(&mut self) {
+        {
+            let mut verifying = lock(&self.engine.inner.verifying);
+            if let Some(n) = verifying.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    verifying.remove(&self.key);
+                }
+            }
+        }
+        self.engine.inner.verified.notify_waiters();
+    }
 }
 
 impl Entry {
@@ -282,6 +442,9 @@ impl Engine {
                 saved: AtomicU64::new(0),
                 stopping: CancellationToken::new(),
                 warnings,
+                url_turns: Mutex::new(HashMap::new()),
+                verifying: Mutex::new(HashMap::new()),
+                verified: Notify::new(),
             }),
         };
         engine.schedule(&mut lock(&engine.inner.core));
@@ -331,38 +494,140 @@ impl Engine {
         self.save_locked(false).await;
     }
 
-    pub fn add(&self, req: AddRequest) -> Result<DownloadId, ApiError> {
-        let url = validate_url(&req.url)?;
-        let mut core = lock(&self.inner.core);
-        let threads = in_range(
-            "threads",
-            req.threads.unwrap_or(core.settings.default_threads),
-            protocol::THREADS_RANGE,
-        )?;
-        let retries = in_range(
-            "retries",
-            req.retries.unwrap_or(core.settings.default_retries),
-            0..=protocol::MAX_RETRIES,
-        )?;
-        if let Some(name) = &req.filename {
-            filename::validate_user_name(name).map_err(invalid)?;
+    /// Add a download. When its `client_key` is already in the queue, nothing is added and that download is the
+    /// answer (`existing`). `req.expect` is not looked at: browser capture goes through [`Engine::add_verified`].
+    pub fn add(&self, req: AddRequest) -> Result<AddResult, ApiError> {
+        self.insert(NewDownload::check(req)?)
+    }
+
+    /// A verified add, as browser capture makes it. The browser lets go of its own copy once this answers, so it
+    /// answers only when SDM can fetch the same file:
+    /// 1. a `client_key` already in the queue, or else an unfinished download of the same URL, is the answer
+    ///    (`existing`): a second capture of a URL joins the first;
+    /// 2. otherwise the server is asked for the first byte, with the add's headers, within 20 s; an error status, a
+    ///    size other than `expect.size`, or a web page where the browser got something else fails with
+    ///    `fetch_failed`, and nothing is added or written;
+    /// 3. then the download is added, named by the request, else by that response (its Content-Disposition, else
+    ///    its URL), and written to `state.json` before this returns.
+    ///
+    /// Verified adds of one URL take turns, so the second of two at once sees the first's download in step 1.
+    ///
+    /// The key counts as being verified from this call on, before the returned future first runs, so a
+    /// [`Engine::find`] asked after the call waits for the answer.
+    pub fn add_verified(
+        &self,
+        req: AddRequest,
+    ) -> impl Future<Output = Result<AddResult, ApiError>> + Send + 'static {
+        let verifying = req
+            .client_key
+            .as_deref()
+            .filter(|k| check_client_key(k).is_ok())
+            .map(|k| Verifying::start(self, k.to_string()));
+        let engine = self.clone();
+        async move {
+            let result = engine.verify_and_add(req).await;
+            drop(verifying);
+            result
         }
-        if req.headers.len() > 64 {
-            return Err(invalid("at most 64 headers"));
+    }
+
+    async fn verify_and_add(&self, req: AddRequest) -> Result<AddResult, ApiError> {
+        let expect = req.expect.clone().unwrap_or_default();
+        let mut new = NewDownload::check(req)?;
+        let joined = |id| AddResult { id, existing: true };
+        let known = |core: &Core| {
+            new.client_key
+                .as_deref()
+                .and_then(|k| core.by_key(k))
+                .or_else(|| core.unfinished(new.url.as_str()))
+        };
+        if let Some(id) = known(&lock(&self.inner.core)) {
+            return Ok(joined(id));
         }
-        let mut headers: Vec<(String, String)> = req.headers.into_iter().collect();
-        if let Some(referrer) = req.referrer.filter(|r| !r.is_empty()) {
-            url::Url::parse(&referrer)
-                .map_err(|e| invalid(format!("referrer is not a URL: {e}")))?;
-            if !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("referer"))
-            {
-                headers.push(("Referer".into(), referrer));
+        let turn = self.url_turn(new.url.as_str()).await;
+        // The add that held the turn before may have added this very download.
+        if let Some(id) = known(&lock(&self.inner.core)) {
+            return Ok(joined(id));
+        }
+        let headers =
+            transfer::header_map(new.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(invalid)?;
+        let first = probe::first_byte(
+            &self.inner.client,
+            new.url.as_str(),
+            &headers,
+            VERIFY_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+            TransferError::Stalled => fetch_failed(format!(
+                "the server did not answer within {} s",
+                VERIFY_TIMEOUT.as_secs()
+            )),
+            e => fetch_failed(format!("cannot fetch the file: {e}")),
+        })?;
+        if let Err(why) = first.check(expect.size, expect.mime.as_deref()) {
+            info!(cause = %why, "verified add refused");
+            return Err(fetch_failed(why));
+        }
+        if new.name.is_none() {
+            new.name = first.name.as_deref().map(filename::sanitize);
+        }
+        // The add may write the id reservation (and fsync it): off the async threads.
+        let engine = self.clone();
+        let added = tokio::task::spawn_blocking(move || engine.insert(new))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the add failed: {e}")))??;
+        // The download is in the queue: the next add of this URL joins it, and need not wait for the write.
+        drop(turn);
+        self.persist().await;
+        Ok(added)
+    }
+
+    /// The download added with `key`, if it is in the queue. A verified add of that key still under way is waited
+    /// for first, so the answer is final.
+    pub async fn find(&self, key: &str) -> Result<Option<DownloadInfo>, ApiError> {
+        check_client_key(key)?;
+        loop {
+            // Made before the check, so an add that answers in between still wakes us.
+            let answered = self.inner.verified.notified();
+            if !lock(&self.inner.verifying).contains_key(key) {
+                break;
             }
+            answered.await;
         }
-        transfer::header_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map_err(invalid)?;
+        let core = lock(&self.inner.core);
+        Ok(core
+            .by_key(key)
+            .and_then(|id| core.downloads.get(&id))
+            .map(Entry::info))
+    }
+
+    /// Wait for `url`'s turn among verified adds; it lasts until the returned value is dropped.
+    async fn url_turn(&self, url: &str) -> UrlTurn {
+        let turn = lock(&self.inner.url_turns)
+            .entry(url.to_string())
+            .or_default()
+            .clone();
+        // Built before waiting, so an add dropped while it waits still takes the URL out of the map.
+        let mut guard = UrlTurn {
+            engine: self.clone(),
+            url: url.to_string(),
+            turn: turn.clone(),
+            held: None,
+        };
+        guard.held = Some(turn.lock_owned().await);
+        guard
+    }
+
+    /// Put a checked download in the queue, unless its client key is there already.
+    fn insert(&self, new: NewDownload) -> Result<AddResult, ApiError> {
+        let mut core = lock(&self.inner.core);
+        if let Some(id) = new.client_key.as_deref().and_then(|k| core.by_key(k)) {
+            return Ok(AddResult { id, existing: true });
+        }
+        let threads = new.threads.unwrap_or(core.settings.default_threads);
+        let retries = new.retries.unwrap_or(core.settings.default_retries);
         let dir = self.download_dir(&core.settings);
         let id = core.next_id;
         if id >= core.reserved_ids {
@@ -376,36 +641,40 @@ impl Engine {
             core.reserved_ids = until;
         }
         core.next_id += 1;
-        let shown = req
-            .filename
+        let shown = new
+            .name
             .clone()
-            .or_else(|| filename::from_url(&url).map(|n| filename::sanitize(&n)));
+            .or_else(|| filename::from_url(&new.url).map(|n| filename::sanitize(&n)));
         let rec = DownloadRecord {
             id,
-            url: url.to_string(),
-            headers,
+            url: new.url.to_string(),
+            headers: new.headers,
             filename: shown.unwrap_or_else(|| "download".into()),
             dest: Dest::Dir {
                 dir,
-                name: req.filename,
+                name: new.name,
             },
             status: Status::Queued,
             threads,
             retries,
-            bandwidth_limit: req.bandwidth_limit.unwrap_or(0),
+            bandwidth_limit: new.bandwidth_limit,
             error: None,
             created_at: now_ms(),
             finished_at: None,
             plan: None,
             path: None,
             size: None,
+            client_key: new.client_key,
         };
         info!(id, "added");
         let entry = Entry::new(rec);
         self.changed(&entry);
         core.downloads.insert(id, entry);
         self.schedule(&mut core);
-        Ok(id)
+        Ok(AddResult {
+            id,
+            existing: false,
+        })
     }
 
     fn download_dir(&self, settings: &Settings) -> PathBuf {

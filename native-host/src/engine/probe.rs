@@ -38,12 +38,16 @@ pub struct ProbeResult {
     pub name: Option<String>,
 }
 
-/// HEAD the URL; when HEAD fails, GET it with `Range: bytes=0-0`.
+/// HEAD the URL; when HEAD fails, GET it with `Range: bytes=0-0`. `want_name`: the caller takes the server's name
+/// for the file, so when a successful HEAD carries no Content-Disposition, the first byte is also fetched with GET and
+/// its Content-Disposition is read (some servers name the file on GET only). A caller with a fixed name pays no
+/// second round trip.
 pub async fn probe(
     client: &Client,
     url: &str,
     headers: &HeaderMap,
     timeout: Duration,
+    want_name: bool,
 ) -> Result<ProbeResult, TransferError> {
     let head =
         tokio::time::timeout(timeout, client.head(url).headers(headers.clone()).send()).await;
@@ -51,9 +55,37 @@ pub async fn probe(
         && resp.status().is_success()
         && resp.headers().get(header::CONTENT_ENCODING).is_none()
     {
-        return Ok(read(&resp, false));
+        let mut found = read(&resp, false);
+        let named = resp.headers().contains_key(header::CONTENT_DISPOSITION);
+        drop(resp);
+        if want_name && !named {
+            // Best effort: when this GET fails, the transfer's own requests will say why; the name stays the URL's.
+            if let Ok(get) = get_first_byte(client, url, headers, timeout).await
+                && get.status().is_success()
+                && let Some(name) = disposition_name(get.headers())
+            {
+                found.name = Some(name);
+            }
+        }
+        return Ok(found);
     }
-    let resp = tokio::time::timeout(
+    let resp = get_first_byte(client, url, headers, timeout).await?;
+    let status = resp.status();
+    if status == StatusCode::PARTIAL_CONTENT || status.is_success() {
+        return Ok(read(&resp, status == StatusCode::PARTIAL_CONTENT));
+    }
+    Err(TransferError::from_status(status, resp.headers()))
+}
+
+/// GET the URL's first byte (`Range: bytes=0-0`); the response head must come within `timeout`. Redirects are
+/// followed. The body is not read: dropping the response closes its connection.
+async fn get_first_byte(
+    client: &Client,
+    url: &str,
+    headers: &HeaderMap,
+    timeout: Duration,
+) -> Result<Response, TransferError> {
+    tokio::time::timeout(
         timeout,
         client
             .get(url)
@@ -63,12 +95,93 @@ pub async fn probe(
     )
     .await
     .map_err(|_| TransferError::Stalled)?
-    .map_err(TransferError::from_reqwest)?;
+    .map_err(TransferError::from_reqwest)
+}
+
+/// The file name a response's Content-Disposition gives, unsanitized.
+fn disposition_name(h: &HeaderMap) -> Option<String> {
+    h.get(header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::filename::from_content_disposition)
+}
+
+/// What the first response to a GET says, for a verified add to check against what the browser got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstByte {
+    pub status: StatusCode,
+    /// The whole file's size: the `Content-Range` total of a 206, the `Content-Length` of a 200.
+    pub total: Option<u64>,
+    /// The media type alone, lowercase (`text/html`, without parameters).
+    pub mime: Option<String>,
+    /// The name from Content-Disposition, else from the URL after redirects; unsanitized.
+    pub name: Option<String>,
+}
+
+/// GET the URL's first byte and read what its response says of the file.
+pub async fn first_byte(
+    client: &Client,
+    url: &str,
+    headers: &HeaderMap,
+    timeout: Duration,
+) -> Result<FirstByte, TransferError> {
+    let resp = get_first_byte(client, url, headers, timeout).await?;
     let status = resp.status();
-    if status == StatusCode::PARTIAL_CONTENT || status.is_success() {
-        return Ok(read(&resp, status == StatusCode::PARTIAL_CONTENT));
+    let h = resp.headers();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let total = if status == StatusCode::PARTIAL_CONTENT {
+        text(header::CONTENT_RANGE)
+            .and_then(parse_content_range)
+            .and_then(|r| r.total)
+    } else if status.is_success() && h.get(header::CONTENT_ENCODING).is_none() {
+        text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok())
+    } else {
+        None
+    };
+    Ok(FirstByte {
+        status,
+        total,
+        mime: text(header::CONTENT_TYPE).map(media_type),
+        name: disposition_name(h).or_else(|| super::filename::from_url(resp.url())),
+    })
+}
+
+/// `Text/HTML; charset=utf-8` -> `text/html`.
+fn media_type(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+impl FirstByte {
+    /// Whether this response is the file the browser got (`size`, `mime`: what the browser saw, when known); if not,
+    /// what differs, in words for the user.
+    pub fn check(&self, size: Option<u64>, mime: Option<&str>) -> Result<(), String> {
+        if !self.status.is_success() {
+            return Err(format!(
+                "the server answered {}{}",
+                self.status.as_u16(),
+                self.status
+                    .canonical_reason()
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let (Some(want), Some(got)) = (size, self.total)
+            && want != got
+        {
+            return Err(format!(
+                "the server offers {got} bytes, the browser got {want}"
+            ));
+        }
+        let html = |m: &str| media_type(m) == "text/html";
+        if self.mime.as_deref().is_some_and(html) && mime.is_some_and(|m| !html(m)) {
+            return Err("the server sent a web page, not the file".into());
+        }
+        Ok(())
     }
-    Err(TransferError::from_status(status, resp.headers()))
 }
 
 fn read(resp: &Response, partial: bool) -> ProbeResult {
@@ -95,9 +208,7 @@ fn read(resp: &Response, partial: bool) -> ProbeResult {
             text(header::ACCEPT_RANGES).is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
         (total, ranges && total.is_some())
     };
-    let name = text(header::CONTENT_DISPOSITION)
-        .and_then(|v| super::filename::from_content_disposition(&v))
-        .or_else(|| super::filename::from_url(resp.url()));
+    let name = disposition_name(h).or_else(|| super::filename::from_url(resp.url()));
     ProbeResult {
         final_url: resp.url().to_string(),
         total,
@@ -168,6 +279,49 @@ mod tests {
         assert_eq!(parse_content_range("bytes 0-100/100"), None);
         assert_eq!(parse_content_range("items 0-1/2"), None);
         assert_eq!(parse_content_range("bytes */100"), None);
+    }
+
+    fn first(status: u16, total: Option<u64>, mime: Option<&str>) -> FirstByte {
+        FirstByte {
+            status: StatusCode::from_u16(status).unwrap(),
+            total,
+            mime: mime.map(media_type),
+            name: None,
+        }
+    }
+
+    #[test]
+    fn the_first_byte_must_be_the_file_the_browser_got() {
+        let ok = first(206, Some(100), Some("application/octet-stream"));
+        assert_eq!(
+            ok.check(Some(100), Some("application/octet-stream")),
+            Ok(())
+        );
+        assert_eq!(ok.check(None, None), Ok(()));
+        assert_eq!(
+            first(410, None, Some("text/plain")).check(None, None),
+            Err("the server answered 410 Gone".into())
+        );
+        assert_eq!(
+            ok.check(Some(456), None),
+            Err("the server offers 100 bytes, the browser got 456".into())
+        );
+        assert_eq!(
+            first(200, None, None).check(Some(456), None),
+            Ok(()),
+            "an unknown size is not a mismatch"
+        );
+        let page = first(200, Some(90), Some("Text/HTML; charset=utf-8"));
+        assert_eq!(
+            page.check(None, Some("application/pdf")),
+            Err("the server sent a web page, not the file".into())
+        );
+        assert_eq!(
+            page.check(None, Some("text/html")),
+            Ok(()),
+            "the browser got a page too"
+        );
+        assert_eq!(page.check(None, None), Ok(()), "nothing to compare with");
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct DownloadRecord {
     /// The size of the completed file (a completed download keeps no plan).
     #[serde(default)]
     pub size: Option<u64>,
+    /// The key the client added it with (`add.client_key`): a second add with the same key, or `find`, names this
+    /// download, across restarts too. Absent in older state files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -364,6 +368,7 @@ mod tests {
             plan: None,
             path: None,
             size: None,
+            client_key: None,
         }
     }
 
@@ -376,6 +381,26 @@ mod tests {
         assert!(w.is_empty());
         assert_eq!(s.next_id, 3);
         assert_eq!(s.downloads, vec![record(1), record(2)]);
+    }
+
+    #[test]
+    fn client_keys_are_kept_and_older_records_without_one_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyed = DownloadRecord {
+            client_key: Some("capture-7".into()),
+            ..record(7)
+        };
+        save_state(dir.path(), 9, &[keyed.clone(), record(8)]).unwrap();
+        let text: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join(STATE)).unwrap()).unwrap();
+        assert_eq!(text["downloads"][0]["client_key"], "capture-7");
+        assert!(text["downloads"][1].get("client_key").is_none());
+        let mut w = vec![];
+        assert_eq!(
+            load_state(dir.path(), &mut w).downloads,
+            vec![keyed, record(8)]
+        );
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

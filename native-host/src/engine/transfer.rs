@@ -385,7 +385,10 @@ impl Transfer {
             Some(plan) if !needs_probe => plan,
             previous => {
                 self.preconnect();
-                let found = self.probe_with_retries().await?;
+                // The server's name matters only to a new file whose name the caller left open.
+                let want_name =
+                    previous.is_none() && matches!(self.dest, Dest::Dir { name: None, .. });
+                let found = self.probe_with_retries(want_name).await?;
                 debug!(total = ?found.total, ranges = found.ranges, "probed");
                 let path = match &previous {
                     Some(p) => p.path.clone(),
@@ -649,13 +652,16 @@ impl Transfer {
         }
     }
 
-    async fn probe_with_retries(&self) -> Result<probe::ProbeResult, TransferError> {
+    async fn probe_with_retries(
+        &self,
+        want_name: bool,
+    ) -> Result<probe::ProbeResult, TransferError> {
         let headers = self.request_headers(&self.url);
         let mut attempt = 0;
         loop {
             let err = tokio::select! {
                 _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
-                r = probe::probe(&self.client, &self.url, &headers, self.options.stall_timeout) => match r {
+                r = probe::probe(&self.client, &self.url, &headers, self.options.stall_timeout, want_name) => match r {
                     Ok(found) => return Ok(found),
                     Err(e) => e,
                 },

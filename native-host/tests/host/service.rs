@@ -1,12 +1,14 @@
-//! `sdm serve` on its own: the lock, file permissions, stale sockets and signals.
+//! `sdm serve` on its own: the lock, file permissions, stale sockets, signals, and a crash between saving an add and
+//! answering it.
 
-use std::os::unix::net::UnixListener;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Guard, STEP, Sandbox, mode, wait_exit};
+use crate::support::{FileServer, Guard, STEP, Sandbox, mode, wait_exit};
 
 fn serve(sandbox: &Sandbox) -> Guard {
     let child = sandbox
@@ -97,4 +99,102 @@ fn the_cli_starts_the_service_too() {
     assert!(sandbox.service_pid().is_some());
     let log = std::fs::read_to_string(sandbox.data().join("service.log")).unwrap();
     assert!(log.contains("listening"), "{log}");
+}
+
+/// Connect to the service's socket, waiting (up to [`STEP`]) for a service to accept: after a crash, the socket file
+/// left behind answers nobody until the next service replaces it.
+fn connect(sandbox: &Sandbox) -> UnixStream {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        match UnixStream::connect(sandbox.socket()) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(STEP)).unwrap();
+                return stream;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "no service accepts on the socket: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send(conn: &mut UnixStream, request: serde_json::Value) {
+    conn.write_all(&protocol::codec::encode(request.to_string().as_bytes()))
+        .unwrap();
+}
+
+/// The next frame that is a reply (events skipped).
+fn reply(conn: &mut UnixStream) -> serde_json::Value {
+    loop {
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).expect("a frame from the service");
+        let mut body = vec![0u8; u32::from_ne_bytes(len) as usize];
+        conn.read_exact(&mut body).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if value.get("event").is_none() {
+            return value;
+        }
+    }
+}
+
+#[test]
+fn a_crash_between_saving_a_keyed_add_and_replying_loses_only_the_reply() {
+    let sandbox = Sandbox::new();
+    let body = vec![7u8; 64 * 1024];
+    let server = FileServer::start(body.clone());
+    let flag = sandbox.root.path().join("crash-after-add");
+    std::fs::write(&flag, b"").unwrap();
+    let mut crashing = Guard(
+        sandbox
+            .command(&["serve"])
+            .env("SDM_TEST_CRASH_AFTER_ADD", &flag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut conn = connect(&sandbox);
+    let add = json!({"id": 1, "cmd": "add", "url": server.url("captured.bin"),
+                     "client_key": "capture-1", "expect": {"size": body.len()}});
+    send(&mut conn, add.clone());
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("the connection drops, it does not hang");
+    assert!(
+        rest.is_empty(),
+        "the service replied before crashing: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let status = wait_exit(&mut crashing.0, STEP);
+    assert_eq!(status.code(), Some(sdm::service::CRASH_EXIT_CODE));
+    assert!(!flag.exists(), "the fault is spent");
+
+    // Restarted, the service has the download the client never heard about, once.
+    let _service = serve(&sandbox);
+    let mut conn = connect(&sandbox);
+    send(
+        &mut conn,
+        json!({"id": 2, "cmd": "find", "client_key": "capture-1"}),
+    );
+    let found = reply(&mut conn);
+    assert_eq!(found["id"], 2, "{found}");
+    let download = &found["result"]["download"];
+    assert_eq!(download["url"], server.url("captured.bin"), "{found}");
+    send(&mut conn, json!({"id": 3, "cmd": "list"}));
+    let list = reply(&mut conn);
+    assert_eq!(list["result"]["total"], 1, "{list}");
+    assert_eq!(list["result"]["downloads"][0]["id"], download["id"]);
+
+    // Sent again (the client retrying its add), it is the same download.
+    let mut again = add;
+    again["id"] = json!(4);
+    send(&mut conn, again);
+    let again = reply(&mut conn);
+    assert_eq!(
+        again["result"],
+        json!({"id": download["id"], "existing": true})
+    );
 }
