@@ -1,7 +1,7 @@
 // SDM's service worker (Chrome) / background script (Firefox): a router between the browser and SDM's host.
 // It holds no download state the host does not own. One file per concern:
 //   host.js    the native port: requests, replies, events, reconnection
-//   capture.js taking over browser downloads (pause → add → cancel+erase, or resume)
+//   capture.js taking over browser downloads (verified add, then cancel + erase; never lost, never doubled)
 //   menu.js    the "Download with SDM" context menu
 //   badge.js   badge count and notifications
 //   policy.js  pure decisions (what to capture, which headers), unit-tested under node

@@ -7,7 +7,9 @@ export const HOST_NAME = "com.sdm.host";
 export const REQUEST_TIMEOUT_MS = 10_000;
 const BACKOFF_MS = [1_000, 2_000, 5_000, 10_000, 30_000, 60_000];
 
-/** A failed request: `code` is the host's error code, or "unavailable" / "timeout" from here. */
+/** A failed request: `code` is the host's error code, or from here "not_installed" (the browser found no host to
+ * start, so nothing was sent), "unavailable" (the host went away: a request may or may not have reached it) or
+ * "timeout". */
 export class HostError extends Error {
   constructor(code, message) {
     super(message);
@@ -25,6 +27,10 @@ let failures = 0;
 let retryTimer = null;
 /** Why the last port closed, for the popup's and the console's benefit. */
 let lastError = null;
+
+/** What a port's closing means for the requests on it: a host that was never found cannot have received them. */
+const codeFor = (why) =>
+  /not found|forbidden|no such native application/i.test(why ?? "") ? "not_installed" : "unavailable";
 
 export const status = () => ({ connected: port !== null, lastError });
 export const onEvent = (fn) => eventListeners.push(fn);
@@ -65,7 +71,7 @@ export function connect() {
     pending.clear();
     for (const entry of failed) {
       clearTimeout(entry.timer);
-      entry.reject(new HostError("unavailable", why));
+      entry.reject(new HostError(codeFor(why), why));
     }
     scheduleReconnect();
   });
@@ -101,7 +107,7 @@ function scheduleReconnect() {
 /** Send `{id, cmd, ...fields}` and wait for its reply's `result`; rejects with a HostError. */
 export function request(cmd, fields = {}, timeoutMs = REQUEST_TIMEOUT_MS) {
   const p = port ?? connect();
-  if (!p) return Promise.reject(new HostError("unavailable", lastError ?? "cannot start the native host"));
+  if (!p) return Promise.reject(new HostError(codeFor(lastError), lastError ?? "cannot start the native host"));
   const id = nextId++;
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {

@@ -35,6 +35,9 @@ export function isExcluded(host, excluded) {
  */
 export function reasonToLeave(item, settings, seen) {
   if (!settings.capture_enabled) return "capture is off";
+  // Private downloads stay with the browser: SDM keeps a queue, history and state on disk, and a private window's
+  // download must leave none of that behind.
+  if (item.incognito) return "private window";
   const url = item.finalUrl || item.url || "";
   let parsed;
   try {
@@ -48,10 +51,16 @@ export function reasonToLeave(item, settings, seen) {
   // A POST's body cannot be replayed from outside the browser.
   if (seen && seen.method && seen.method !== "GET") return `${seen.method} request`;
   if (isExcluded(parsed.hostname, settings.capture_exclude)) return "excluded site";
-  const size = item.fileSize > 0 ? item.fileSize : item.totalBytes > 0 ? item.totalBytes : 0;
+  const size = knownSize(item);
   // Unknown sizes (0 or -1) are captured: big downloads often do not announce a length.
   if (size > 0 && size < settings.capture_min_size) return "smaller than the minimum size";
   return null;
+}
+
+/** The download's size when the browser knows it, else 0 (Firefox reports -1 in `fileSize` until the end). */
+export function knownSize(item) {
+  if (item.totalBytes > 0) return item.totalBytes;
+  return item.fileSize > 0 ? item.fileSize : 0;
 }
 
 /** The last path segment of a browser-chosen file path ("" when the browser has not chosen one yet). */
@@ -72,6 +81,7 @@ export function pickHeaders(requestHeaders) {
     const lower = name.toLowerCase();
     if (value === undefined) continue;
     if (lower === "cookie") out.Cookie = value;
+    else if (lower === "authorization") out.Authorization = value;
     else if (lower === "user-agent") out["User-Agent"] = value;
     else if (lower === "referer") out.Referer = value;
   }
@@ -110,16 +120,73 @@ export class HeaderMemory {
   }
 }
 
-/** The headers sent with an `add`: what the browser sent if known, else the URL's own cookies and our user agent. */
+/**
+ * The headers sent with an `add`. When the browser's own request for the URL was seen, exactly what it sent: no
+ * cookie it did not send is added (it may have withheld a SameSite=Strict cookie on a cross-site navigation).
+ * Otherwise the URL's cookies from the download's own store, as filtered by `sendableCookies`.
+ */
 export function addHeaders({ seen, cookies, userAgent, referrer }) {
   const h = {};
   const s = seen?.headers ?? {};
-  const cookie = s.Cookie ?? cookieHeader(cookies ?? []);
+  const cookie = seen ? s.Cookie : cookieHeader(cookies ?? []);
   if (cookie) h.Cookie = cookie;
+  if (s.Authorization) h.Authorization = s.Authorization;
   h["User-Agent"] = s["User-Agent"] ?? userAgent;
-  const ref = s.Referer ?? referrer;
+  const ref = seen ? s.Referer : referrer;
   if (ref) h.Referer = ref;
   // Compressed responses break ranged downloads.
   h["Accept-Encoding"] = "identity";
   return h;
+}
+
+/**
+ * A host's site, for SameSite: the last two labels of a name (an approximation of the registrable domain without
+ * the public suffix list, which errs towards "cross-site" only for names under multi-label suffixes), the whole of
+ * an IP address or a single-label name.
+ */
+export function siteOf(url) {
+  let host;
+  try {
+    host = new URL(url).hostname.toLowerCase();
+  } catch {
+    return null;
+  }
+  if (/^[\d.]+$/.test(host) || host.includes(":") || host.startsWith("[")) return host;
+  return host.split(".").slice(-2).join(".");
+}
+
+/** Cookies from `cookies.getAll({url})` that the browser itself would send on a navigation to that URL from
+ * `referrer`: SameSite=Strict ones only when the navigation is same-site. */
+export function sendableCookies(cookies, url, referrer) {
+  const sameSite = referrer ? siteOf(referrer) === siteOf(url) : false;
+  return (cookies ?? []).filter((c) => c.sameSite !== "strict" || sameSite);
+}
+
+/** The Referer for a link taken from a page (the context menu): the page itself when it is the link's origin, else
+ * the page's origin only, as the browser's default referrer policy sends it across origins. */
+export function referrerFor(pageUrl, targetUrl) {
+  if (!pageUrl) return undefined;
+  try {
+    const page = new URL(pageUrl);
+    if (page.protocol !== "http:" && page.protocol !== "https:") return undefined;
+    return page.origin === new URL(targetUrl).origin ? pageUrl : `${page.origin}/`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A capture's idempotency key: this browser profile's random id and the download's id and start, so a retried
+ * `add` is recognised by the host and two browsers sharing one service never collide. */
+export function captureKey(instance, item) {
+  const start = Date.parse(item.startTime ?? "") || 0;
+  return `${instance}/${item.id}/${start}`;
+}
+
+/** What SDM's first response must match for the hand-off to go ahead (see the host's verified add). */
+export function expectation(item) {
+  const out = {};
+  const size = knownSize(item);
+  if (size > 0) out.size = size;
+  if (item.mime) out.mime = item.mime;
+  return out;
 }

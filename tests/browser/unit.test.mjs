@@ -6,11 +6,16 @@ import { test } from "node:test";
 import {
   addHeaders,
   basename,
+  captureKey,
   captureSettings,
   DEFAULT_CAPTURE,
   HeaderMemory,
   isExcluded,
+  expectation,
   reasonToLeave,
+  referrerFor,
+  sendableCookies,
+  siteOf,
 } from "../../extension/policy.js";
 
 const item = (over = {}) => ({ id: 1, url: "https://h.example/f.iso", state: "in_progress", totalBytes: 0, fileSize: 0, ...over });
@@ -75,4 +80,46 @@ test("basename takes the last path segment", () => {
   assert.equal(basename("/home/u/Downloads/f.iso"), "f.iso");
   assert.equal(basename("C:\\Users\\u\\f.iso"), "f.iso");
   assert.equal(basename(""), "");
+});
+
+test("a seen request's headers are sent as they were: no cookie is added to a request that carried none", () => {
+  const seen = { headers: { "User-Agent": "UA1" } };
+  assert.deepEqual(addHeaders({ seen, cookies: [{ name: "x", value: "y" }], userAgent: "UA2", referrer: "https://q/" }), {
+    "User-Agent": "UA1",
+    "Accept-Encoding": "identity",
+  });
+});
+
+test("jar cookies: SameSite=Strict only for a same-site referrer", () => {
+  const jar = [
+    { name: "lax", value: "1", sameSite: "lax" },
+    { name: "strict", value: "2", sameSite: "strict" },
+    { name: "none", value: "3", sameSite: "no_restriction" },
+  ];
+  const names = (cs) => cs.map((c) => c.name).join(",");
+  assert.equal(names(sendableCookies(jar, "http://127.0.0.1:8/f", "http://localhost:8/p")), "lax,none");
+  assert.equal(names(sendableCookies(jar, "http://127.0.0.1:8/f", "http://127.0.0.1:9/p")), "lax,strict,none");
+  assert.equal(names(sendableCookies(jar, "https://dl.h.example/f", "https://www.h.example/")), "lax,strict,none");
+  assert.equal(names(sendableCookies(jar, "https://h.example/f", undefined)), "lax,none");
+  assert.equal(siteOf("http://[::1]:8/"), "[::1]");
+  assert.equal(siteOf("not a url"), null);
+});
+
+test("the context menu's referrer is the page when same-origin, else its origin only", () => {
+  assert.equal(referrerFor("http://a.example/p?q=1", "http://a.example/f.bin"), "http://a.example/p?q=1");
+  assert.equal(referrerFor("http://a.example/p?q=1", "http://b.example/f.bin"), "http://a.example/");
+  assert.equal(referrerFor("http://a.example:81/p", "http://a.example/f.bin"), "http://a.example:81/");
+  assert.equal(referrerFor("about:blank", "http://a.example/f.bin"), undefined);
+  assert.equal(referrerFor(undefined, "http://a.example/f.bin"), undefined);
+});
+
+test("private downloads stay with the browser", () => {
+  assert.match(reasonToLeave(item({ incognito: true }), DEFAULT_CAPTURE, null), /private/);
+});
+
+test("a capture's key and expectation", () => {
+  assert.equal(captureKey("abc", { id: 4, startTime: "1970-01-01T00:00:01.000Z" }), "abc/4/1000");
+  assert.equal(captureKey("abc", { id: 4 }), "abc/4/0");
+  assert.deepEqual(expectation(item({ totalBytes: 10, mime: "application/zip" })), { size: 10, mime: "application/zip" });
+  assert.deepEqual(expectation(item({ totalBytes: -1, fileSize: -1 })), {});
 });

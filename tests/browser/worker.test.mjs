@@ -1,20 +1,46 @@
-// The worker's capture order against a fake extension API and a fake host, without a browser: pause → add → cancel +
-// erase on the host's ok; resume on an error reply or a missing host; leave alone what should stay with the browser.
+// The worker's capture order (Chromium's strategy) against a fake extension API and a fake host, without a browser:
+// pause → verified add → cancel + erase on the host's ok; resume on a refusal or a missing host; after a lost reply,
+// ask the host by key before resuming; settle what an earlier worker left paused; leave alone what should stay with
+// the browser. The real browsers run the same code in capture.test.mjs.
 
 import assert from "node:assert/strict";
 import { beforeEach, test } from "node:test";
 
 const calls = [];
 const listeners = {};
-/** How the fake host answers a request frame: "ok", "error", "gone" (not installed) or "silent". */
+/** How the fake host answers `add`: "ok", "refuse" (fetch_failed), "gone" (not installed), "silent", or "lost" (the
+ * service saved it and died before replying: the relay answers `unavailable`, and `find` then knows the key). */
 let hostMode = "ok";
 let lastAdd = null;
+/** client_key → download the fake host has. */
+const known = new Map();
 const connects = [];
+const storage = new Map();
+/** Download id → the name the fake Chromium chooses for it, reported through onChanged. */
+const namesChosen = new Map();
 
 const event = (name) => ({ addListener: (fn) => (listeners[name] ??= []).push(fn) });
 const record = (name) => async (arg) => {
   calls.push([name, arg]);
 };
+
+function answer(msg) {
+  if (msg.cmd === "find") {
+    return { id: msg.id, ok: true, result: { download: known.get(msg.client_key) ?? null } };
+  }
+  if (msg.cmd !== "add") return { id: msg.id, ok: true, result: {} };
+  lastAdd = msg;
+  switch (hostMode) {
+    case "refuse":
+      return { id: msg.id, ok: false, error: { code: "fetch_failed", message: "the server answered 410 Gone" } };
+    case "lost":
+      known.set(msg.client_key, { id: 7, url: msg.url });
+      return { id: msg.id, ok: false, error: { code: "unavailable", message: "the service went away" } };
+    default:
+      known.set(msg.client_key, { id: 1, url: msg.url });
+      return { id: msg.id, ok: true, result: { id: 1 } };
+  }
+}
 
 function fakePort() {
   const onMessage = [];
@@ -24,15 +50,12 @@ function fakePort() {
     onDisconnect: { addListener: (fn) => onDisconnect.push(fn) },
     postMessage(msg) {
       setTimeout(() => {
-        if (msg.cmd === "add") lastAdd = msg;
         if (hostMode === "gone") {
           globalThis.chrome.runtime.lastError = { message: "Specified native messaging host not found." };
           for (const fn of onDisconnect) fn(port);
           globalThis.chrome.runtime.lastError = undefined;
-        } else if (hostMode === "error") {
-          for (const fn of onMessage) fn({ id: msg.id, ok: false, error: { code: "invalid_argument", message: "no" } });
-        } else if (hostMode === "ok") {
-          for (const fn of onMessage) fn({ id: msg.id, ok: true, result: msg.cmd === "add" ? { id: 1 } : {} });
+        } else if (hostMode !== "silent" || msg.cmd !== "add") {
+          for (const fn of onMessage) fn(answer(msg));
         }
       }, 1);
     },
@@ -58,10 +81,34 @@ globalThis.chrome = {
     resume: record("resume"),
     cancel: record("cancel"),
     erase: record("erase"),
+    search: async ({ id }) => [{ id, filename: namesChosen.get(id) ?? "" }],
     onCreated: event("onCreated"),
+    onChanged: event("onChanged"),
   },
-  storage: { local: { get: async () => ({}), set: async () => {} } },
-  cookies: { getAll: async ({ url }) => (url.includes("cookie") ? [{ name: "jar", value: "1" }] : []) },
+  storage: {
+    local: {
+      get: async (keys) => {
+        if (keys === null) return Object.fromEntries(storage);
+        const list = Array.isArray(keys) ? keys : [keys];
+        return Object.fromEntries(list.filter((k) => storage.has(k)).map((k) => [k, storage.get(k)]));
+      },
+      set: async (obj) => {
+        for (const [k, v] of Object.entries(obj)) storage.set(k, v);
+      },
+      remove: async (k) => {
+        storage.delete(k);
+      },
+    },
+  },
+  cookies: {
+    getAll: async ({ url }) =>
+      url.includes("cookie")
+        ? [
+            { name: "jar", value: "1", sameSite: "lax" },
+            { name: "strict", value: "2", sameSite: "strict" },
+          ]
+        : [],
+  },
   webRequest: {
     onBeforeSendHeaders: {
       addListener: (fn, _filter, spec) => {
@@ -82,11 +129,22 @@ Object.defineProperty(globalThis, "navigator", {
   },
 });
 
-const { initCapture } = await import("../../extension/capture.js");
+const { initCapture, settlePaused, timing } = await import("../../extension/capture.js");
 const host = await import("../../extension/host.js");
+timing.findMs = 300;
+timing.nameMs = 300;
+timing.addMs = 500;
 initCapture();
 
-const item = (over = {}) => ({ id: 1, url: "https://h.example/big.iso", state: "in_progress", totalBytes: 0, ...over });
+const item = (over = {}) => ({
+  id: 1,
+  url: "https://h.example/big.iso",
+  state: "in_progress",
+  totalBytes: 0,
+  filename: "/tmp/big.iso",
+  startTime: "2026-11-29T00:00:00.000Z",
+  ...over,
+});
 
 /** Fire onCreated and wait for the capture to finish (the listener returns its promise). */
 async function created(it) {
@@ -94,15 +152,17 @@ async function created(it) {
 }
 
 const names = () => calls.map(([n]) => n);
+const pausedLeft = () => [...storage.keys()].filter((k) => k.startsWith("paused/"));
 
 beforeEach(() => {
   calls.length = 0;
   hostMode = "ok";
   lastAdd = null;
   navigatorThrows = false;
+  known.clear();
 });
 
-test("an acknowledged add cancels and erases the browser's download, with the headers the browser sent", async () => {
+test("a verified add cancels and erases the browser's download, with the headers the browser sent", async () => {
   listeners.sendHeaders({
     url: "https://h.example/big.iso",
     method: "GET",
@@ -110,25 +170,47 @@ test("an acknowledged add cancels and erases the browser's download, with the he
       { name: "Cookie", value: "session=abc" },
       { name: "User-Agent", value: "TestUA" },
       { name: "Referer", value: "https://h.example/page" },
+      { name: "Authorization", value: "Basic dTpw" },
     ],
   });
-  await created(item({ referrer: "https://h.example/page", filename: "/tmp/big.iso" }));
+  await created(item({ referrer: "https://h.example/page", totalBytes: 5_000_000, mime: "application/x-iso9660-image" }));
   assert.deepEqual(names(), ["pause", "cancel", "erase"]);
   assert.equal(lastAdd.url, "https://h.example/big.iso");
   assert.equal(lastAdd.filename, "big.iso");
-  assert.equal(lastAdd.referrer, "https://h.example/page");
+  assert.equal(lastAdd.referrer, undefined, "the Referer travels in the headers only");
+  assert.deepEqual(lastAdd.expect, { size: 5_000_000, mime: "application/x-iso9660-image" });
+  assert.match(lastAdd.client_key, /^[0-9a-f-]{36}\/1\/\d+$/);
   assert.deepEqual(lastAdd.headers, {
     Cookie: "session=abc",
+    Authorization: "Basic dTpw",
     "User-Agent": "TestUA",
     Referer: "https://h.example/page",
     "Accept-Encoding": "identity",
   });
+  assert.deepEqual(pausedLeft(), [], "nothing is left recorded as paused");
 });
 
-test("without seen headers, the URL's own cookies and the browser's user agent are sent", async () => {
-  await created(item({ url: "https://h.example/cookie.bin" }));
+test("a request the browser sent without a cookie gets none from the jar", async () => {
+  listeners.sendHeaders({ url: "https://h.example/cookie-withheld.bin", method: "GET", requestHeaders: [] });
+  await created(item({ id: 11, url: "https://h.example/cookie-withheld.bin" }));
+  assert.equal(lastAdd.headers.Cookie, undefined);
+});
+
+test("unseen requests get the URL's cookies, without Strict ones from another site", async () => {
+  await created(item({ id: 12, url: "https://h.example/cookie.bin", referrer: "https://other.example/" }));
   assert.equal(lastAdd.headers.Cookie, "jar=1");
   assert.equal(lastAdd.headers["User-Agent"], "FallbackUA");
+  await created(item({ id: 13, url: "https://h.example/cookie.bin", referrer: "https://www.h.example/p" }));
+  assert.equal(lastAdd.headers.Cookie, "jar=1; strict=2");
+});
+
+test("the name Chromium chooses after onCreated is waited for", async () => {
+  namesChosen.set(14, "/dl/chosen name.bin");
+  const it = item({ id: 14, filename: "" });
+  const done = created(it);
+  setTimeout(() => listeners.onChanged.forEach((fn) => fn({ id: 14, filename: { current: "/dl/chosen name.bin" } })), 20);
+  await done;
+  assert.equal(lastAdd.filename, "chosen name.bin");
 });
 
 test("an unexpected error after pausing still resumes the browser's download", async () => {
@@ -136,18 +218,28 @@ test("an unexpected error after pausing still resumes the browser's download", a
   await created(item({ id: 4, url: "https://h.example/other.bin" }));
   assert.deepEqual(names(), ["pause", "resume"]);
   assert.equal(lastAdd, null);
+  assert.deepEqual(pausedLeft(), []);
 });
 
-test("an error reply resumes the browser's download", async () => {
-  hostMode = "error";
+test("a refused add (SDM cannot fetch the file) resumes the browser's download", async () => {
+  hostMode = "refuse";
   await created(item({ id: 2 }));
   assert.deepEqual(names(), ["pause", "resume"]);
 });
 
-test("a missing host resumes the browser's download", async () => {
+test("a lost reply: the host is asked by key, has the download, and the browser's copy goes (no double)", async () => {
+  hostMode = "lost";
+  await created(item({ id: 8 }));
+  assert.deepEqual(names(), ["pause", "cancel", "erase"]);
+  assert.ok(known.has(lastAdd.client_key));
+});
+
+test("a missing host resumes the browser's download at once", async () => {
   hostMode = "gone";
+  const started = Date.now();
   await created(item({ id: 3 }));
   assert.deepEqual(names(), ["pause", "resume"]);
+  assert.ok(Date.now() - started < timing.findMs, "no waiting for a host that is not installed");
 });
 
 test("after the host goes away the port is reopened with backoff, and reports why it closed", async () => {
@@ -164,12 +256,25 @@ test("after the host goes away the port is reopened with backoff, and reports wh
   assert.equal(host.status().connected, true);
 });
 
-test("a host that never answers: the browser's download is resumed after the 10 s timeout", { timeout: 20_000 }, async () => {
+test("a host that never answers: after the timeout it is asked by key, then the browser's download resumes", async () => {
   hostMode = "silent";
   const started = Date.now();
   await created(item({ id: 5 }));
   assert.deepEqual(names(), ["pause", "resume"]);
-  assert.ok(Date.now() - started >= 9_900, `resumed after ${Date.now() - started} ms`);
+  assert.ok(Date.now() - started >= timing.addMs - 10, `resumed after ${Date.now() - started} ms`);
+});
+
+test("what an earlier worker left paused is settled: cancelled when the host has it, else resumed", async () => {
+  storage.set("paused/21", { key: "k-host-has", at: 0 });
+  storage.set("paused/22", { key: "k-host-lacks", at: 0 });
+  known.set("k-host-has", { id: 3 });
+  await settlePaused();
+  assert.deepEqual(calls, [
+    ["cancel", 21],
+    ["erase", { id: 21 }],
+    ["resume", 22],
+  ]);
+  assert.deepEqual(pausedLeft(), []);
 });
 
 test("a download that cannot be paused is left alone", async () => {
@@ -178,10 +283,11 @@ test("a download that cannot be paused is left alone", async () => {
   assert.equal(lastAdd, null);
 });
 
-test("small, blob:, data: and POST downloads are not touched", async () => {
+test("small, private, blob:, data: and POST downloads are not touched", async () => {
   listeners.sendHeaders({ url: "https://h.example/form", method: "POST", requestHeaders: [] });
   for (const it of [
     item({ totalBytes: 1000 }),
+    item({ incognito: true }),
     item({ url: "blob:https://h.example/x" }),
     item({ url: "data:text/plain,hi" }),
     item({ url: "https://h.example/form" }),
