@@ -30,7 +30,9 @@ import {
 
 const SETTINGS_KEY = "captureSettings";
 const INSTANCE_KEY = "instance";
-const PAUSED_PREFIX = "paused/";
+const CAPTURE_PREFIX = "capture/";
+/** A record whose download the browser has not listed again by then is dropped. */
+const RECORD_MAX_AGE_MS = 10 * 60_000;
 /** How long each step may take. Exported so the unit tests can shorten them. */
 export const timing = {
   /** The host verifies within 20 s; this leaves room for the relay, the state write and a cold service. */
@@ -40,6 +42,8 @@ export const timing = {
   /** How long Chromium may take to choose a name, and Firefox to learn a size. */
   nameMs: 5_000,
   sizeMs: 2_000,
+  /** How long Firefox's capture waits to see the download's request. */
+  seenMs: 500,
 };
 
 const isFirefox = typeof api.runtime.getBrowserInfo === "function";
@@ -101,27 +105,43 @@ function rememberRequest(details) {
   memory.remember(details.url, details.method, details.requestHeaders);
 }
 
-// --- the record of what Chromium's capture paused ---------------------------------------------------------------
+// --- the record of captures under way ------------------------------------------------------------------------
+// Written before the hand-over starts and removed once the browser's side is settled, so a worker or browser that
+// stops in between leaves a trace: at the next start, `settle` asks the host and finishes the job. One storage key
+// per capture, so concurrent captures never overwrite each other's record. Firefox gives downloads new ids in each
+// session, so a record also names the download by its URL and start time.
 
-// One storage key per paused download, so concurrent captures never overwrite each other's record.
-const pausedKey = (id) => `${PAUSED_PREFIX}${id}`;
+const recordKey = (key) => `${CAPTURE_PREFIX}${key}`;
 
-/** Download id → its capture key, for every download a capture paused and has not settled. */
-async function pausedRecord() {
+/** Every capture record: `{key, id, url, startTime, paused, at}`. */
+async function captureRecords() {
   try {
     const all = (await api.storage.local.get(null)) ?? {};
-    return Object.fromEntries(
-      Object.entries(all)
-        .filter(([k]) => k.startsWith(PAUSED_PREFIX))
-        .map(([k, v]) => [k.slice(PAUSED_PREFIX.length), v.key]),
-    );
+    return Object.entries(all)
+      .filter(([k]) => k.startsWith(CAPTURE_PREFIX))
+      .map(([, v]) => v);
   } catch {
-    return {};
+    return [];
   }
 }
 
-const notePaused = (id, key) => api.storage.local.set({ [pausedKey(id)]: { key, at: Date.now() } });
-const forgetPaused = (id) => api.storage.local.remove(pausedKey(id)).catch(() => {});
+const noteCapture = (key, item, paused) =>
+  api.storage.local.set({
+    [recordKey(key)]: { key, id: item.id, url: item.url, startTime: item.startTime, paused, at: Date.now() },
+  });
+const forgetCapture = (key) => api.storage.local.remove(recordKey(key)).catch(() => {});
+
+/** The browser's download a record names, in this session's ids. */
+async function recordedItem(rec) {
+  const same = (d) => d && d.url === rec.url && d.startTime === rec.startTime;
+  const byId = await current(rec.id);
+  if (same(byId)) return byId;
+  try {
+    return (await api.downloads.search({ url: rec.url })).find(same) ?? null;
+  } catch {
+    return null;
+  }
+}
 
 // --- talking to the host ----------------------------------------------------------------------------------------
 
@@ -141,11 +161,14 @@ async function findByKey(key) {
   }
 }
 
-/** Hand a download over. Resolves to the host's download id when SDM has it, `null` when it does not (the host
- * refused, or cannot be reached). Never leaves the answer unknown: a lost reply is followed by a `find`. */
+/** Hand a download over. Resolves to `{id, joined?}` when SDM has it (`joined`: another capture's download of the
+ * same URL), `null` when it does not (the host refused, or cannot be reached). Never leaves the answer unknown: a
+ * lost reply is followed by a `find`. */
 async function handOver(add) {
   try {
-    return (await request("add", add, timing.addMs)).id;
+    const { id, existing } = await request("add", add, timing.addMs);
+    // A capture that joined another one's download must never remove it: that capture's browser copy is gone.
+    return existing ? { id, joined: true } : { id };
   } catch (e) {
     if (!transient(e)) {
       console.info(`SDM: the host did not take ${add.url}: ${e.message}; the browser keeps it`);
@@ -153,7 +176,7 @@ async function handOver(add) {
     }
     try {
       const found = await findByKey(add.client_key);
-      return found ? found.id : null;
+      return found ? { id: found.id } : null;
     } catch (err) {
       console.warn(`SDM: the host cannot be reached (${err.message}); the browser keeps the download`);
       return null;
@@ -237,7 +260,7 @@ async function captureChromium(item, url, key) {
   // From here on the browser's download is paused: any failure at all must resume it.
   let taken = null;
   try {
-    await notePaused(item.id, key);
+    await noteCapture(key, item, true);
     const filename = await chosenName(item);
     taken = await handOver(await buildAdd({ ...item, filename }, url, key));
   } catch (e) {
@@ -245,26 +268,40 @@ async function captureChromium(item, url, key) {
   }
   if (taken !== null) await dropBrowserCopy(item.id);
   else await api.downloads.resume(item.id).catch((err) => console.warn("SDM: resume failed:", err));
-  await forgetPaused(item.id);
+  await forgetCapture(key);
+}
+
+/** Firefox may tell of a download before its webRequest listener has seen the request (a POST, say): wait a little
+ * for it. */
+async function seenRequest(url) {
+  const deadline = Date.now() + timing.seenMs;
+  while (!memory.recall(url) && Date.now() < deadline) await sleep(25);
 }
 
 async function captureFirefox(item, url, key) {
+  await seenRequest(url);
   const sized = await withSize(item);
   const reason = reasonToLeave(sized, settings, memory.recall(url));
   if (reason) {
     console.info(`SDM: leaving download ${item.id} to the browser: ${reason}`);
     return;
   }
+  await noteCapture(key, item, false);
   const taken = await handOver(await buildAdd(sized, url, key));
-  if (taken === null) return;
-  const now = await current(item.id);
-  if (now?.state === "complete") {
-    // The browser was faster: keep its copy, drop SDM's (unless another capture's download was joined).
-    console.info(`SDM: the browser finished ${url} first; SDM drops its copy`);
-    await request("remove", { download_id: taken, delete_file: true }).catch(() => {});
-    return;
+  if (taken !== null) await keepOneCopy(await current(item.id), taken);
+  await forgetCapture(key);
+}
+
+/** SDM has download `taken` of the browser's download `item`: drop the browser's copy, or, when the browser already
+ * finished it, SDM's. */
+async function keepOneCopy(item, taken) {
+  if (item?.state === "complete") {
+    if (taken.joined) return;
+    console.info(`SDM: the browser finished ${item.url} first; SDM drops its copy`);
+    await request("remove", { download_id: taken.id, delete_file: true }).catch(() => {});
+  } else if (item) {
+    await dropBrowserCopy(item.id);
   }
-  await dropBrowserCopy(item.id);
 }
 
 async function onCreated(item) {
@@ -285,10 +322,11 @@ async function onCreated(item) {
 }
 
 /**
- * Settle what an earlier worker paused and could not finish handing over (it was stopped, or the browser closed):
- * the host has it → the browser's copy goes; otherwise the browser's copy is resumed.
+ * Settle the captures an earlier worker or browser session started and did not finish (it was stopped, or the
+ * browser closed): when the host has the download, the browser's copy goes (or SDM's, if the browser finished
+ * first); otherwise what was paused is resumed. Runs at worker start and on each host connect.
  */
-export function settlePaused() {
+export function settle() {
   // One pass at a time: a reconnect during a pass queues another pass behind it.
   settling = settling.then(settleOnce, settleOnce);
   return settling;
@@ -298,19 +336,24 @@ let settling = Promise.resolve();
 
 async function settleOnce() {
   await loaded;
-  const paused = await pausedRecord();
-  for (const [id, key] of Object.entries(paused)) {
-    if (inFlight.has(key)) continue;
-    let found = null;
+  for (const rec of await captureRecords()) {
+    if (inFlight.has(rec.key)) continue;
+    let taken = null;
     try {
-      found = await findByKey(key);
+      const found = await findByKey(rec.key);
+      if (found) taken = { id: found.id };
     } catch (e) {
-      console.warn(`SDM: cannot ask the host about paused download ${id} (${e.message}); the browser continues it`);
+      console.warn(`SDM: cannot ask the host about capture ${rec.key} (${e.message}); the browser continues it`);
     }
-    const numeric = Number(id);
-    if (found) await dropBrowserCopy(numeric);
-    else await api.downloads.resume(numeric).catch(() => {});
-    await forgetPaused(numeric);
+    const item = await recordedItem(rec);
+    if (taken !== null) {
+      // Firefox lists the last session's downloads again a little after start: wait for it, within reason.
+      if (!item && Date.now() - rec.at < RECORD_MAX_AGE_MS) continue;
+      await keepOneCopy(item, taken);
+    } else if (item && rec.paused) {
+      await api.downloads.resume(item.id).catch(() => {});
+    }
+    await forgetCapture(rec.key);
   }
 }
 
@@ -328,7 +371,5 @@ export function initCapture() {
   api.downloads.onCreated.addListener((item) =>
     onCreated(item).catch((e) => console.warn("SDM: capture failed:", e)),
   );
-  if (!isFirefox) {
-    onConnect(() => settlePaused().catch((e) => console.warn("SDM: settling paused downloads failed:", e)));
-  }
+  onConnect(() => settle().catch((e) => console.warn("SDM: settling earlier captures failed:", e)));
 }

@@ -132,7 +132,9 @@ export function addHeaders({ seen, cookies, userAgent, referrer }) {
   if (cookie) h.Cookie = cookie;
   if (s.Authorization) h.Authorization = s.Authorization;
   h["User-Agent"] = s["User-Agent"] ?? userAgent;
-  const ref = seen ? s.Referer : referrer;
+  // Chromium does not show webRequest the Referer of a request started by `<a download>`, though it sends one: the
+  // download's own referrer (already cut to the origin across origins by the caller) stands in for it.
+  const ref = s.Referer ?? referrer;
   if (ref) h.Referer = ref;
   // Compressed responses break ranged downloads.
   h["Accept-Encoding"] = "identity";

@@ -293,11 +293,11 @@ export class ServiceClient {
 
 const cmdName = (p) => p.cmd;
 
-/** `sdm serve` with its own data directory; stopped (by its pid) in `stop()`. */
-export async function startService(home) {
+/** `sdm serve` with its own data directory (and `env` added to its environment); stopped (by its pid) in `stop()`. */
+export async function startService(home, env = {}) {
   const log = fs.openSync(path.join(home, "test-serve.log"), "a");
   const child = spawn(SDM_BIN, ["serve"], {
-    env: { ...process.env, SDM_HOME: home, RUST_LOG: process.env.RUST_LOG ?? "info" },
+    env: { ...process.env, SDM_HOME: home, RUST_LOG: process.env.RUST_LOG ?? "info", ...env },
     stdio: ["ignore", log, log],
   });
   const exited = new Promise((r) => child.once("exit", r));

@@ -18,6 +18,8 @@ const connects = [];
 const storage = new Map();
 /** Download id → the name the fake Chromium chooses for it, reported through onChanged. */
 const namesChosen = new Map();
+/** What downloads.search answers for an id, when a test sets it. */
+let searchResult = null;
 
 const event = (name) => ({ addListener: (fn) => (listeners[name] ??= []).push(fn) });
 const record = (name) => async (arg) => {
@@ -81,7 +83,7 @@ globalThis.chrome = {
     resume: record("resume"),
     cancel: record("cancel"),
     erase: record("erase"),
-    search: async ({ id }) => [{ id, filename: namesChosen.get(id) ?? "" }],
+    search: async ({ id }) => [searchResult?.(id) ?? { id, filename: namesChosen.get(id) ?? "" }],
     onCreated: event("onCreated"),
     onChanged: event("onChanged"),
   },
@@ -129,7 +131,7 @@ Object.defineProperty(globalThis, "navigator", {
   },
 });
 
-const { initCapture, settlePaused, timing } = await import("../../extension/capture.js");
+const { initCapture, settle, timing } = await import("../../extension/capture.js");
 const host = await import("../../extension/host.js");
 timing.findMs = 300;
 timing.nameMs = 300;
@@ -152,7 +154,7 @@ async function created(it) {
 }
 
 const names = () => calls.map(([n]) => n);
-const pausedLeft = () => [...storage.keys()].filter((k) => k.startsWith("paused/"));
+const pausedLeft = () => [...storage.keys()].filter((k) => k.startsWith("capture/"));
 
 beforeEach(() => {
   calls.length = 0;
@@ -265,10 +267,13 @@ test("a host that never answers: after the timeout it is asked by key, then the 
 });
 
 test("what an earlier worker left paused is settled: cancelled when the host has it, else resumed", async () => {
-  storage.set("paused/21", { key: "k-host-has", at: 0 });
-  storage.set("paused/22", { key: "k-host-lacks", at: 0 });
+  const rec = (id, key) => ({ key, id, url: "https://h.example/big.iso", startTime: `t${id}`, paused: true, at: Date.now() });
+  storage.set("capture/k-host-has", rec(21, "k-host-has"));
+  storage.set("capture/k-host-lacks", rec(22, "k-host-lacks"));
   known.set("k-host-has", { id: 3 });
-  await settlePaused();
+  searchResult = (id) => ({ id, url: "https://h.example/big.iso", startTime: `t${id}`, state: "interrupted" });
+  await settle();
+  searchResult = null;
   assert.deepEqual(calls, [
     ["cancel", 21],
     ["erase", { id: 21 }],

@@ -34,11 +34,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut installed = Installed::default();
     let mut steps = Vec::new();
 
-    let mut chromium = None;
+    let mut browsers = None;
     if browser {
         step(&mut steps, "browser test tools", || {
             tools::ensure_npm_packages(&mut installed)?;
-            chromium = Some(tools::ensure_chromium(&mut installed)?);
+            let chromium = tools::ensure_chromium(&mut installed)?;
+            let firefox = tools::ensure_firefox(&mut installed)?;
+            browsers = Some((chromium, firefox));
             Ok(())
         });
     }
@@ -68,7 +70,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 || crate::bench::run(&["--smoke".to_owned(), "--no-build".to_owned()]),
             );
         }
-        if let (true, Some(chromium)) = (browser, &chromium) {
+        if let (true, Some((chromium, firefox))) = (browser, &browsers) {
             let results = build::target_dir().join("browser-test-results.txt");
             let _ = std::fs::remove_file(&results);
             step(&mut steps, "browser tests (tests/browser)", || {
@@ -79,14 +81,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 files.sort();
                 tools::run(
                     Command::new("node")
-                        // One e2e file, so the runner's default concurrency is fine (and Node 18 has no
-                        // --test-concurrency).
+                        // The runner's default concurrency (cores - 1 files at a time); the capture suite
+                        // shares one browser per kind across its triggers.
                         .args(["--test", "--test-reporter=spec"])
                         .args(&files)
                         .current_dir(&root)
                         .env("SDM_BIN", &built.sdm)
                         .env("SDM_EXTENSION_DIR", &built.extension)
                         .env("CHROMIUM", chromium)
+                        .env("FIREFOX", firefox)
                         .env("SDM_RESULTS", &results),
                 )
             });

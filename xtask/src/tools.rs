@@ -155,7 +155,59 @@ pub fn ensure_chromium(installed: &mut Installed) -> Result<PathBuf> {
     find_chromium().context("apt-get installed chromium but it is not on PATH")
 }
 
-/// The browser tests' npm packages, from the committed package-lock.json.
+/// Debian's Firefox ESR, or a Firefox on PATH.
+pub fn find_firefox() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FIREFOX").map(PathBuf::from)
+        && p.is_file()
+    {
+        return Some(p);
+    }
+    ["firefox-esr", "firefox"].iter().find_map(|n| which(n))
+}
+
+/// Firefox for the browser tests: Debian's `firefox-esr`, installed with apt-get when missing and running as root.
+pub fn ensure_firefox(installed: &mut Installed) -> Result<PathBuf> {
+    if let Some(p) = find_firefox() {
+        return Ok(p);
+    }
+    if !is_root() || which("apt-get").is_none() {
+        bail!(
+            "no Firefox found: install Debian's `firefox-esr` (apt-get install firefox-esr) or set FIREFOX=/path/to/it"
+        );
+    }
+    installed.note("Debian's firefox-esr (apt-get install firefox-esr)".into());
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "firefox-esr"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    find_firefox().context("apt-get installed firefox-esr but it is not on PATH")
+}
+
+/// The devDependencies of tests/browser/package.json that node_modules lacks.
+fn missing_npm_packages(dir: &Path) -> Result<Vec<String>> {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("package.json"))
+            .context("cannot read tests/browser/package.json")?,
+    )
+    .context("tests/browser/package.json is not JSON")?;
+    let deps = manifest
+        .get("devDependencies")
+        .and_then(|d| d.as_object())
+        .map(|d| d.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    Ok(deps
+        .into_iter()
+        .filter(|name| {
+            !dir.join("node_modules")
+                .join(name)
+                .join("package.json")
+                .is_file()
+        })
+        .collect())
+}
+
+/// The browser tests' npm packages (playwright-core, puppeteer-core, binaryen), from the committed
+/// package-lock.json. Neither driver downloads a browser: the tests use Debian's.
 pub fn ensure_npm_packages(installed: &mut Installed) -> Result<()> {
     let dir = root().join("tests/browser");
     let marker = dir.join("node_modules/.package-lock.json");
@@ -164,14 +216,25 @@ pub fn ensure_npm_packages(installed: &mut Installed) -> Result<()> {
         (Ok(m), Ok(l)) => m.modified().ok() >= l.modified().ok(),
         _ => false,
     };
-    if fresh {
+    let missing = missing_npm_packages(&dir)?;
+    if fresh && missing.is_empty() {
         return Ok(());
     }
     if which("npm").is_none() {
         bail!("npm not found: the browser tests need Node.js 18+ and npm");
     }
-    installed.note("npm packages in tests/browser (npm ci)".into());
+    installed.note(if missing.is_empty() {
+        "npm packages in tests/browser (npm ci: package-lock.json changed)".into()
+    } else {
+        format!(
+            "npm packages in tests/browser (npm ci: {} missing)",
+            missing.join(", ")
+        )
+    });
     run(Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir))
+        .current_dir(&dir)
+        // Belt and braces: neither package may fetch a browser build.
+        .env("PUPPETEER_SKIP_DOWNLOAD", "1")
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"))
 }
