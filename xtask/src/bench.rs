@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use crate::tools::{self, Installed};
 
 const USAGE: &str = "\
-usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-build] [--keep]
+usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-build] [--keep] [--baseline SDM]
 
   (default)   every scenario of issue 4, 5 runs each (latency: 10, in rounds); writes BENCHMARKS.md,
               bench/results.json, docs/bench.png
@@ -40,6 +40,8 @@ usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-
   --only      scenarios to run: loopback, capped, latency, tail, queue, cap, service
   --no-build  use target/release/sdm as it is
   --keep      keep the lab folder (nginx logs, configs) in /dev/shm for a look afterwards
+  --baseline  another sdm binary (an older build) measured beside this one as \"sdm (baseline)\" in the
+              loopback and capped scenarios: a before/after in one run
 ";
 
 /// How much to measure.
@@ -60,6 +62,8 @@ pub struct Options {
     pub no_build: bool,
     /// Leave the lab folder in place (its nginx is still stopped).
     pub keep: bool,
+    /// An older sdm to measure beside this one.
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -68,6 +72,7 @@ impl Options {
         let mut runs = None;
         let mut only = Vec::new();
         let mut no_build = false;
+        let mut baseline = None;
         let mut keep = false;
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -76,6 +81,10 @@ impl Options {
                 "--smoke" => mode = Mode::Smoke,
                 "--no-build" => no_build = true,
                 "--keep" => keep = true,
+                "--baseline" => {
+                    let path = it.next().context("--baseline needs the path of an sdm binary")?;
+                    baseline = Some(std::path::PathBuf::from(path));
+                }
                 "--runs" => {
                     let n = it.next().context("--runs needs a number")?;
                     runs = Some(
@@ -108,6 +117,7 @@ impl Options {
             only,
             no_build,
             keep,
+            baseline,
         })
     }
 

@@ -11,6 +11,8 @@ pub enum Kind {
     /// The same with `--no-splice`: every body through user space, as before splice(2) (the loopback scenario's
     /// before/after).
     SdmNoSplice,
+    /// `sdm get` of another build (`--baseline`), for a before/after in one run.
+    SdmBaseline,
     /// aria2c as shipped: one connection per server, `--split 5`, `--min-split-size 20M`, preallocation.
     Aria2Default,
     /// aria2c with only `-x N` set, the command of Hydra's published benchmark: `--split` stays 5 and
@@ -31,6 +33,13 @@ pub struct Client {
     pub program: PathBuf,
 }
 
+impl Kind {
+    /// A build of sdm rather than a peer.
+    pub fn is_sdm(self) -> bool {
+        matches!(self, Kind::Sdm | Kind::SdmNoSplice | Kind::SdmBaseline)
+    }
+}
+
 impl Client {
     /// The command line that downloads `url` to `out` with `n` connections and an optional cap in bytes per second.
     pub fn argv(&self, url: &str, out: &Path, n: u32, limit: Option<u64>) -> Vec<String> {
@@ -38,7 +47,7 @@ impl Client {
         let out_s = out.to_string_lossy().into_owned();
         let n_s = n.to_string();
         match self.kind {
-            Kind::Sdm | Kind::SdmNoSplice => {
+            Kind::Sdm | Kind::SdmNoSplice | Kind::SdmBaseline => {
                 v.extend([
                     "get".into(),
                     url.into(),
@@ -124,6 +133,13 @@ impl Clients {
                 kind: Kind::SdmNoSplice,
                 name: "sdm --no-splice",
                 program: sdm.to_path_buf(),
+            });
+        }
+        if let Some(program) = &opts.baseline {
+            all.push(Client {
+                kind: Kind::SdmBaseline,
+                name: "sdm (baseline)",
+                program: program.clone(),
             });
         }
         let peers: &[(Kind, &str, &str)] = if opts.mode == Mode::Smoke {

@@ -357,7 +357,7 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
     let peers: Vec<&str> = clients
         .all
         .iter()
-        .filter(|c| !matches!(c.kind, Kind::Sdm | Kind::SdmNoSplice))
+        .filter(|c| !c.kind.is_sdm())
         .map(|c| c.name)
         .collect();
     let sdm = sc.row("sdm", "").cloned();
@@ -455,9 +455,9 @@ fn capped(
     println!("bench: {}", sc.title);
     for n in [1u32, 4, 8, 16] {
         let (file, kinds): (&TestFile, &[Kind]) = if n == 1 {
-            (small, &[Kind::Sdm, Kind::Aria2Default, Kind::Curl])
+            (small, &[Kind::Sdm, Kind::SdmBaseline, Kind::Aria2Default, Kind::Curl])
         } else {
-            (mid, &[Kind::Sdm, Kind::Aria2Matched, Kind::Axel])
+            (mid, &[Kind::Sdm, Kind::SdmBaseline, Kind::Aria2Matched, Kind::Axel])
         };
         for client in clients.pick(kinds) {
             let conns = client.connections(n);
