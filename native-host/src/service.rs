@@ -29,7 +29,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::engine::{ApiError, Engine, EngineConfig};
+use crate::engine::{ApiError, Engine, EngineConfig, StartError};
 use crate::paths::{self, LOCK_FILE, SOCKET_FILE};
 
 /// Frames queued for one connection's writer. Replies wait for room; a subscriber that falls behind skips events.
@@ -87,8 +87,8 @@ pub enum ServiceError {
     Lock { path: PathBuf, source: io::Error },
     #[error("cannot listen on {}: {source}", path.display())]
     Listen { path: PathBuf, source: io::Error },
-    #[error("the engine did not start: {0:#}")]
-    Engine(anyhow::Error),
+    #[error("the engine did not start: {0}")]
+    Engine(StartError),
     #[error("cannot watch for signals: {0}")]
     Signal(io::Error),
 }
@@ -379,7 +379,7 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command, faults: &Fault
             let added = if add.expect.is_some() {
                 engine.add_verified(add).await
             } else {
-                engine.add(add)
+                engine.add(add).await
             };
             return answer_add(engine, id, keyed, added, faults).await;
         }
@@ -409,7 +409,7 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command, faults: &Fault
             download_id,
             folder,
         } => result(id, open(engine, download_id, folder).map(|()| &empty)),
-        Command::ClearHistory => result(id, engine.clear_history().map(|()| &empty)),
+        Command::ClearHistory => result(id, engine.clear_history().await.map(|()| &empty)),
         Command::GetSettings => Reply::ok(
             id,
             SettingsResult {
@@ -420,6 +420,7 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command, faults: &Fault
             id,
             engine
                 .set_settings(settings)
+                .await
                 .map(|settings| SettingsResult { settings }),
         ),
         // The forwarder was started by the caller, which owns the connection.

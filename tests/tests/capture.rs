@@ -7,11 +7,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use protocol::{AddRequest, AddResult, ErrorCode, Expect, Status};
 use sdm::engine::Engine;
+use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, ServedFile, TestServer};
 use serde_json::json;
 use tokio_util::codec::Framed;
 
-use crate::fault_support::Sandbox;
+use crate::fault_support::Connect;
 use crate::support::{
     bounded, complete_exact, fetch_exact, names_in, until, wait_status, with_engine,
 };
@@ -168,6 +169,7 @@ async fn the_same_client_key_twice_is_one_download() {
                 client_key: Some("twice".into()),
                 ..AddRequest::default()
             })
+            .await
             .expect("plain add");
         assert_eq!(plain.id, first.id);
         assert!(plain.existing);
@@ -265,6 +267,7 @@ async fn a_name_sent_on_get_only_names_verified_and_ordinary_adds() {
                 url: ordinary.url().to_string(),
                 ..AddRequest::default()
             })
+            .await
             .expect("ordinary add")
             .id;
         let second = complete_exact(engine, id, &ordinary).await;

@@ -7,11 +7,12 @@ use std::path::Path;
 
 use protocol::{AddRequest, Status};
 use sdm::install::{Browser, ManifestFormat, manifest};
+use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, TestServer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::fault_support::{Sandbox, add, wait_info};
+use crate::fault_support::{Connect, add, wait_info};
 use crate::support::{assert_exact, bounded};
 
 const MIB: u64 = 1024 * 1024;
@@ -100,6 +101,45 @@ fn host_manifests_allow_only_our_extension_whose_id_its_key_gives() {
     }
 }
 
+/// Every file in the data folder `data` is private, and only the queue (which must resume authorized) holds the
+/// secrets.
+fn assert_private_and_free_of_secrets(data: &Path) {
+    assert_eq!(
+        std::fs::metadata(data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{name} is not 0600"
+        );
+        assert_eq!(meta.uid(), sdm::paths::effective_uid(), "{name}");
+        if meta.is_file() && name != "state.json" {
+            let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+            for secret in ["C00KIE-53CR3T", "T0K3N-53CR3T"] {
+                assert!(!text.contains(secret), "{name} contains {secret}:\n{text}");
+            }
+        }
+        seen.push(name);
+    }
+    seen.sort();
+    eprintln!("data folder: {seen:?}");
+    for must in [
+        "history.jsonl",
+        "relay.log",
+        "service.log",
+        "sdm.sock",
+        "state.json",
+    ] {
+        assert!(seen.iter().any(|n| n == must), "no {must} in {seen:?}");
+    }
+}
+
 /// Download with a cookie and an Authorization header through a relay, with every log at its most verbose, then look
 /// for them everywhere they must not be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,43 +201,7 @@ async fn every_file_is_private_and_no_secret_reaches_a_log_or_history() {
                 .all(|r| r.header("cookie") == Some(COOKIE))
         );
 
-        // Every file: private, and only the queue (which must resume authorized) holds the secrets.
-        let data = sdm.data();
-        assert_eq!(
-            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        let mut seen = Vec::new();
-        for entry in std::fs::read_dir(&data).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
-            assert_eq!(
-                meta.permissions().mode() & 0o777,
-                0o600,
-                "{name} is not 0600"
-            );
-            assert_eq!(meta.uid(), sdm::paths::effective_uid(), "{name}");
-            if meta.is_file() && name != "state.json" {
-                let text =
-                    String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
-                for secret in ["C00KIE-53CR3T", "T0K3N-53CR3T"] {
-                    assert!(!text.contains(secret), "{name} contains {secret}:\n{text}");
-                }
-            }
-            seen.push(name);
-        }
-        seen.sort();
-        eprintln!("data folder: {seen:?}");
-        for must in [
-            "history.jsonl",
-            "relay.log",
-            "service.log",
-            "sdm.sock",
-            "state.json",
-        ] {
-            assert!(seen.iter().any(|n| n == must), "no {must} in {seen:?}");
-        }
+        assert_private_and_free_of_secrets(&sdm.data());
         assert!(
             sdm.service_log().contains("TRACE") || sdm.service_log().contains("DEBUG"),
             "logs were not verbose"

@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use protocol::{Command as Cmd, DownloadId, DownloadInfo, SettingsPatch, SettingsResult, Status};
+use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, ServedFile, TestServer};
 use serde_json::json;
 
-use crate::fault_support::{Rng, Sandbox, add_file, list};
+use crate::fault_support::{Connect, Rng, add_file, list};
 use crate::support::{assert_exact, bounded};
 
 const KIB: u64 = 1024;

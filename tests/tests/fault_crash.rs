@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use protocol::{DownloadId, Status};
 use sdm::engine::state::DownloadRecord;
+use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Rng, Sandbox, add_file, info, wait_info};
+use crate::fault_support::{Connect, Rng, add_file, info, wait_info};
 use crate::support::{assert_exact, bounded, finished_files_in};
 
 const KIB: u64 = 1024;

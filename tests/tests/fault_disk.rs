@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use protocol::{Command as Cmd, SettingsPatch, SettingsResult, Status};
+use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Sandbox, add_file, info, wait_info};
+use crate::fault_support::{Connect, add_file, info, wait_info};
 use crate::support::{assert_exact, bounded};
 
 const MIB: u64 = 1024 * 1024;

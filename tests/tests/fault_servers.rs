@@ -18,7 +18,7 @@ use crate::support::{finished_files_in, wait_for, with_engine};
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
-fn add(engine: &Engine, url: &str, threads: u32, retries: u32) -> DownloadId {
+async fn add(engine: &Engine, url: &str, threads: u32, retries: u32) -> DownloadId {
     engine
         .add(AddRequest {
             url: url.to_string(),
@@ -26,6 +26,7 @@ fn add(engine: &Engine, url: &str, threads: u32, retries: u32) -> DownloadId {
             retries: Some(retries),
             ..AddRequest::default()
         })
+        .await
         .expect("add is accepted")
         .id
 }
@@ -119,7 +120,7 @@ async fn faults_on_every_response_end_exact_or_explained() {
         for (i, (name, spec, reasons)) in cases.into_iter().enumerate() {
             let file = server.serve(&format!("/always{i}.bin"), spec.seed(100 + i as u64));
             let dir = root.path().join("downloads");
-            let id = add(engine, file.url(), 4, 3);
+            let id = add(engine, file.url(), 4, 3).await;
             let info = finished(engine, id).await;
             let completed = exact_or_explained(&info, &dir, &file.sha256(), reasons);
             outcomes.push(format!(
@@ -146,7 +147,7 @@ async fn a_redirect_loop_fails_with_a_reason() {
         let server = TestServer::start().await;
         server.redirect("/a", "/b");
         server.redirect("/b", "/a");
-        let id = add(engine, &server.url("/a"), 4, 2);
+        let id = add(engine, &server.url("/a"), 4, 2).await;
         let info = finished(engine, id).await;
         assert_failed_leaving_nothing(&info, root.path(), |e| {
             e.to_lowercase().contains("redirect")
@@ -171,7 +172,7 @@ async fn a_file_replaced_between_pause_and_resume_is_not_spliced() {
                 &format!("/changing{i}.bin"),
                 spec.seed(130 + i as u64).rate(MIB),
             );
-            let id = add(engine, file.url(), 4, 3);
+            let id = add(engine, file.url(), 4, 3).await;
             pause_after_a_mib(engine, id).await;
             file.change_content();
             let gets_before = file.gets().len();
@@ -204,6 +205,7 @@ async fn a_server_that_stalls_every_connection_fails_in_bounded_time() {
                 stall_timeout_secs: Some(1),
                 ..SettingsPatch::default()
             })
+            .await
             .expect("settings");
         let server = TestServer::start().await;
         let file = server.serve(
@@ -211,7 +213,7 @@ async fn a_server_that_stalls_every_connection_fails_in_bounded_time() {
             FileSpec::new(4 * MIB).seed(140).stall_after(0, ALWAYS),
         );
         let started = Instant::now();
-        let id = add(engine, file.url(), 4, 2);
+        let id = add(engine, file.url(), 4, 2).await;
         let info = wait_for_long(engine, id, 45).await;
         assert_failed_leaving_nothing(&info, root.path(), |e| !e.is_empty());
         eprintln!(
@@ -235,7 +237,7 @@ async fn an_endless_429_storm_gives_up_with_a_reason() {
                 .status_after(1, ALWAYS, 429)
                 .retry_after("1"),
         );
-        let id = add(engine, file.url(), 4, 2);
+        let id = add(engine, file.url(), 4, 2).await;
         let info = wait_for_long(engine, id, 45).await;
         assert_failed_leaving_nothing(&info, root.path(), |e| e.contains("429"));
         // Bounded by the retries, not hammering: a few requests per connection, not hundreds.
@@ -386,7 +388,7 @@ async fn a_416_on_resume_ends_exact_or_explained() {
         let body = sdm_tests::server::expected_bytes(160, 0, 4 * MIB);
         let sha = sha256_hex(&body);
         let server = Refuses416::start(body).await;
-        let id = add(engine, &server.url, 4, 2);
+        let id = add(engine, &server.url, 4, 2).await;
         pause_after_a_mib(engine, id).await;
         server.refuse.store(true, Ordering::SeqCst);
         engine.resume(id).expect("resume");

@@ -5,9 +5,10 @@
 use std::path::Path;
 
 use protocol::{Command as Cmd, DownloadId, HistoryResult, PageRequest, Status};
+use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Sandbox, add_file, list, wait_info};
+use crate::fault_support::{Connect, add_file, list, wait_info};
 use crate::support::bounded;
 
 const KIB: u64 = 1024;

@@ -1,12 +1,12 @@
-//! `transfer::get` against a well-behaved server.
+//! `oneshot::get` against a well-behaved server.
 
 use std::collections::BTreeSet;
 
 use sdm_tests::{FileSpec, NoLength, TestServer};
 
 use crate::support::{
-    assert_exact, bounded, fetch_exact, fetch_exact_or_clean_error, get, serve_and_fetch_exact,
-    spec, tempdir,
+    assert_exact, bounded, fetch_exact, fetch_exact_or_clean_error, get, on_both_body_paths,
+    serve_and_fetch_exact, spec, tempdir,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -42,7 +42,7 @@ async fn a_large_file_comes_down_over_several_ranged_connections() {
 
         let mut snapshots = 0;
         let mut last_seen = 0;
-        let path = sdm::engine::transfer::get(spec(file.url(), dir.path()), |s| {
+        let path = sdm::engine::oneshot::get(spec(file.url(), dir.path()), |s| {
             snapshots += 1;
             last_seen = s.downloaded;
         })
@@ -299,34 +299,31 @@ async fn ranges_advertised_but_ignored_fall_back_to_one_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        for (path, splice) in [("/capped.bin", true), ("/reqwest/capped.bin", false)] {
-            // Every ranged answer stops after 256 KiB, with an honest `Content-Range` saying so.
-            let file = server.serve(path, FileSpec::new(4 * MIB).seed(11).max_range(256 * 1024));
+    on_both_body_paths(30, "/capped.bin", async |server, path, splice| {
+        // Every ranged answer stops after 256 KiB, with an honest `Content-Range` saying so.
+        let file = server.serve(path, FileSpec::new(4 * MIB).seed(11).max_range(256 * 1024));
 
-            let (_dir, result) = fetch_exact_or_clean_error(&file, |s| {
-                s.threads = 4;
-                // Every answer is valid, so no retry is needed; few retries keep a failure quick.
-                s.retries = 2;
-                s.splice = splice;
-            })
-            .await;
+        let (_dir, result) = fetch_exact_or_clean_error(&file, |s| {
+            s.threads = 4;
+            // Every answer is valid, so no retry is needed; few retries keep a failure quick.
+            s.retries = 2;
+            s.splice = splice;
+        })
+        .await;
 
-            result.expect("a server that serves ranges in pieces can still be downloaded");
-            // Each answer is read to its end, so its connection carries the next request (keep-alive): 4
-            // connections and the probe's. hyper puts a connection back in its pool from a task of its own, so on a
-            // busy machine a request may beat it there and open one more; without reuse there would be one per GET.
-            let gets = file.gets();
-            let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
-            let most = if splice { 5 } else { 8 };
-            assert!(
-                conns.len() <= most && gets.len() >= 16,
-                "{} requests over {} connections (splice: {splice})",
-                gets.len(),
-                conns.len()
-            );
-        }
+        result.expect("a server that serves ranges in pieces can still be downloaded");
+        // Each answer is read to its end, so its connection carries the next request (keep-alive): 4
+        // connections and the probe's. hyper puts a connection back in its pool from a task of its own, so on a
+        // busy machine a request may beat it there and open one more; without reuse there would be one per GET.
+        let gets = file.gets();
+        let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
+        let most = if splice { 5 } else { 8 };
+        assert!(
+            conns.len() <= most && gets.len() >= 16,
+            "{} requests over {} connections (splice: {splice})",
+            gets.len(),
+            conns.len()
+        );
     })
     .await;
 }
@@ -480,7 +477,7 @@ async fn progress_reports_climb_towards_the_total() {
         s.threads = 2;
         let mut seen = Vec::new();
 
-        let path = sdm::engine::transfer::get(s, |snap| seen.push(snap.clone()))
+        let path = sdm::engine::oneshot::get(s, |snap| seen.push(snap.clone()))
             .await
             .expect("download succeeds");
 

@@ -1,4 +1,4 @@
-//! `transfer::get` against a server that fails: transient errors are retried to an exact file, permanent ones end
+//! `oneshot::get` against a server that fails: transient errors are retried to an exact file, permanent ones end
 //! quickly with nothing at the final path, and lying headers never turn into wrong bytes.
 
 use std::time::{Duration, Instant};
@@ -6,21 +6,25 @@ use std::time::{Duration, Instant};
 use sdm_tests::{ALWAYS, FileSpec, NoLength, TestServer};
 
 use crate::support::{
-    bounded, fetch, fetch_exact, fetch_exact_or_clean_error, finished_files_in,
+    bounded, fetch, fetch_exact, fetch_exact_or_clean_error, finished_files_in, on_both_body_paths,
     serve_and_fetch_exact, serve_and_fetch_exact_or_clean_error,
 };
 
 const MIB: u64 = 1024 * 1024;
 
-/// Serve `spec` (a file that answers 503 with `Retry-After: 1` a few times), download it, and check the download
-/// came out exact and waited the second it was told to.
+/// Serve `spec` (a file that answers 503 with `Retry-After: 1` a few times), download it over both body paths, and
+/// check each download came out exact and waited the second it was told to.
 async fn busy_503_is_retried_after_retry_after(path: &str, spec: FileSpec) {
-    bounded(30, async {
-        let server = TestServer::start().await;
-        let file = server.serve(path, spec);
+    on_both_body_paths(30, path, async |server, path, splice| {
+        let file = server.serve(path, spec.clone());
         let started = Instant::now();
 
-        fetch_exact(&file, |_| {}, "download succeeds after the 503s").await;
+        fetch_exact(
+            &file,
+            |s| s.splice = splice,
+            "download succeeds after the 503s",
+        )
+        .await;
 
         assert!(
             started.elapsed() >= Duration::from_millis(900),
@@ -83,14 +87,21 @@ async fn connections_cut_mid_body_are_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_single_connection_download_resumes() {
-    bounded(30, async {
-        let server = TestServer::start().await;
+    on_both_body_paths(30, "/cut1.bin", async |server, path, splice| {
         let file = server.serve(
-            "/cut1.bin",
+            path,
             FileSpec::new(4 * MIB).seed(14).cut_after(1_000_000, 2),
         );
 
-        fetch_exact(&file, |s| s.threads = 1, "download succeeds").await;
+        fetch_exact(
+            &file,
+            |s| {
+                s.threads = 1;
+                s.splice = splice;
+            },
+            "download succeeds",
+        )
+        .await;
 
         assert!(
             file.gets().iter().any(|r| r.range_start() > Some(0)),
@@ -290,14 +301,17 @@ async fn an_html_error_page_never_lands_in_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_always_cuts_ends_in_a_clean_error() {
-    bounded(60, async {
-        let server = TestServer::start().await;
+    on_both_body_paths(60, "/hopeless.bin", async |server, path, splice| {
         let file = server.serve(
-            "/hopeless.bin",
+            path,
             FileSpec::new(4 * MIB).seed(21).short_body(4 * MIB, ALWAYS),
         );
 
-        let (dir, result) = fetch(&file, |s| s.retries = 2).await;
+        let (dir, result) = fetch(&file, |s| {
+            s.retries = 2;
+            s.splice = splice;
+        })
+        .await;
         let err = result.expect_err("a server that never sends a byte cannot succeed");
 
         assert!(

@@ -1,14 +1,14 @@
 //! A file that changes on the server mid-download: the result is the whole new file or an error, never a splice.
 
-use sdm_tests::{ALWAYS, FileSpec, ServedFile, TestServer, sha256_file};
+use sdm_tests::{ALWAYS, FileSpec, ServedFile, sha256_file};
 
-use crate::support::{bounded, finished_files_in, spec, tempdir, until};
+use crate::support::{finished_files_in, on_both_body_paths, spec, tempdir, until};
 
 const MIB: u64 = 1024 * 1024;
 
 /// Check a finished download against both versions; on a mismatch, say how much of each it holds.
 fn assert_not_spliced(
-    result: &anyhow::Result<std::path::PathBuf>,
+    result: &Result<std::path::PathBuf, sdm::engine::error::TransferError>,
     dir: &std::path::Path,
     file: &ServedFile,
 ) {
@@ -35,29 +35,32 @@ fn assert_not_spliced(
     }
 }
 
-/// Start a download, change the file once `at` bytes have been sent, and return the result.
+/// Start a download (over the splice path or not), change the file once `at` bytes have been sent, and return the
+/// result.
 async fn change_midway(
     file: &ServedFile,
     at: u64,
     dir: &std::path::Path,
-) -> anyhow::Result<std::path::PathBuf> {
+    splice: bool,
+) -> Result<std::path::PathBuf, sdm::engine::error::TransferError> {
     let mut s = spec(file.url(), dir);
     s.threads = 4;
     s.retries = 10;
-    let download = tokio::spawn(sdm::engine::transfer::get(s, |_| {}));
+    s.splice = splice;
+    let download = tokio::spawn(sdm::engine::oneshot::get(s, |_| {}));
     until(10, "the download to get going", || file.bytes_sent() >= at).await;
     file.change_content();
     download.await.expect("the download task does not panic")
 }
 
-/// Serve `spec` at `path`, change it once 1.5 MiB have been sent, and check the result is not a splice.
+/// Serve `spec` at `path`, change it once 1.5 MiB have been sent, and check the result is not a splice, over both
+/// body paths.
 async fn changed_midway_is_never_spliced(path: &str, spec: FileSpec) {
-    bounded(60, async {
-        let server = TestServer::start().await;
-        let file = server.serve(path, spec);
+    on_both_body_paths(60, path, async |server, path, splice| {
+        let file = server.serve(path, spec.clone());
         let dir = tempdir();
 
-        let result = change_midway(&file, MIB + MIB / 2, dir.path()).await;
+        let result = change_midway(&file, MIB + MIB / 2, dir.path(), splice).await;
 
         assert_not_spliced(&result, dir.path(), &file);
     })
@@ -93,14 +96,13 @@ async fn a_new_last_modified_mid_download_is_never_spliced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_requests_carry_the_validator_in_if_range() {
-    bounded(30, async {
-        let server = TestServer::start().await;
+    on_both_body_paths(30, "/tagged.bin", async |server, path, splice| {
         let file = server.serve(
-            "/tagged.bin",
+            path,
             FileSpec::new(4 * MIB).seed(33).etag().cut_after(MIB, 2),
         );
 
-        crate::support::fetch_exact(&file, |_| {}, "download succeeds").await;
+        crate::support::fetch_exact(&file, |s| s.splice = splice, "download succeeds").await;
 
         let etag = file.etag();
         let later: Vec<_> = file

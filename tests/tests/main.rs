@@ -6,9 +6,9 @@
 // Helpers shared by the modules below: specs with test defaults, timeouts, polling, file checks.
 mod support;
 
-// `transfer::get` against a well-behaved server: segmented, no ranges, no length, small files, redirects, headers.
+// `oneshot::get` against a well-behaved server: segmented, no ranges, no length, small files, redirects, headers.
 mod get_basic;
-// `transfer::get` against a failing server: 503/429, cut bodies, stalls, 404/410, lying headers.
+// `oneshot::get` against a failing server: 503/429, cut bodies, stalls, 404/410, lying headers.
 mod get_faults;
 // A file that changes mid-download (new ETag) is never spliced from two versions.
 mod get_validators;
@@ -22,7 +22,7 @@ mod queue;
 mod restart;
 // Browser capture: verified adds, client keys, `find`, names sent on GET only, replies out of order.
 mod capture;
-// The real `sdm` binary in a sandbox (service start/kill, relays, CLI) and client helpers for the fault suite.
+// The fault suite's client of a sandboxed service (`sdm_tests::harness`): connect, list, add, wait; a seeded Rng.
 mod fault_support;
 // Crash loop: SIGKILL of `sdm serve` mid-download, 20 times; the file ends exact, each kill costs at most ~1 s.
 mod fault_crash;

@@ -44,7 +44,7 @@ async fn started(
     bytes: u64,
 ) -> (ServedFile, u64) {
     let file = server.serve(path, FileSpec::new(4 * MIB).seed(seed).rate(MIB));
-    let id = add(engine, &file, Some(2));
+    let id = add(engine, &file, Some(2)).await;
     wait_downloaded(engine, id, bytes).await;
     (file, id)
 }
@@ -62,7 +62,7 @@ async fn complete_all_exact(engine: &Engine, downloads: &[(u64, &ServedFile)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_downloads_run_two_at_a_time_and_all_complete() {
     with_engine(60, async |_root, engine| {
-        set_settings(engine, max_concurrent(2));
+        set_settings(engine, max_concurrent(2)).await;
         assert_eq!(engine.settings().max_concurrent, 2);
         let server = TestServer::start().await;
         // Capped per connection so each takes about half a second and the downloads overlap.
@@ -75,7 +75,10 @@ async fn five_downloads_run_two_at_a_time_and_all_complete() {
             })
             .collect();
         let mut events = engine.subscribe();
-        let ids: Vec<u64> = files.iter().map(|f| add(engine, f, Some(2))).collect();
+        let mut ids = Vec::new();
+        for f in &files {
+            ids.push(add(engine, f, Some(2)).await);
+        }
 
         let mut status: HashMap<u64, Status> = ids.iter().map(|&id| (id, Status::Queued)).collect();
         let mut most_downloading = 0;
@@ -230,7 +233,7 @@ async fn remove_of_a_completed_download_can_keep_its_file() {
     with_engine(60, async |_root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/keep.bin", FileSpec::new(MIB).seed(83));
-        let id = add(engine, &file, Some(2));
+        let id = add(engine, &file, Some(2)).await;
         let info = wait_status(engine, id, Status::Completed).await;
 
         engine.remove(id, false).expect("remove is accepted");
@@ -245,10 +248,10 @@ async fn remove_of_a_completed_download_can_keep_its_file() {
 async fn a_new_bandwidth_limit_applies_to_a_running_download() {
     with_engine(60, async |_root, engine| {
         let limit = 512 * KIB;
-        set_settings(engine, bandwidth_limit(limit));
+        set_settings(engine, bandwidth_limit(limit)).await;
         let server = TestServer::start().await;
         let file = server.serve("/live.bin", FileSpec::new(8 * MIB).seed(84));
-        let id = add(engine, &file, Some(4));
+        let id = add(engine, &file, Some(4)).await;
 
         wait_for(engine, id, "some progress", |d| d.downloaded > 0).await;
         let (t0, d0) = (Instant::now(), engine.get(id).unwrap().downloaded);
@@ -265,7 +268,7 @@ async fn a_new_bandwidth_limit_applies_to_a_running_download() {
             "downloaded {d1} bytes in 2 s under a 512 KiB/s cap"
         );
 
-        let settings = set_settings(engine, bandwidth_limit(0));
+        let settings = set_settings(engine, bandwidth_limit(0)).await;
         assert_eq!(settings.bandwidth_limit, 0);
         // Uncapped, the remaining ~7 MiB over loopback takes well under the 10 s allowed here; capped it would take 14.
         let info = tokio::time::timeout(
@@ -300,6 +303,7 @@ async fn cookies_and_referrer_go_to_the_server_but_not_to_history() {
                 referrer: Some("http://example.test/page".into()),
                 ..AddRequest::default()
             })
+            .await
             .expect("add is accepted")
             .id;
 
@@ -342,6 +346,7 @@ async fn a_per_download_limit_holds() {
                 bandwidth_limit: Some(MIB),
                 ..AddRequest::default()
             })
+            .await
             .expect("add is accepted")
             .id;
 
@@ -362,7 +367,7 @@ async fn a_missing_file_fails_with_a_reason_and_goes_to_history() {
     with_engine(30, async |root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/nope.bin", FileSpec::new(MIB).status_always(404));
-        let id = add(engine, &file, Some(2));
+        let id = add(engine, &file, Some(2)).await;
 
         let info = wait_status(engine, id, Status::Failed).await;
 
@@ -388,21 +393,23 @@ async fn a_missing_file_fails_with_a_reason_and_goes_to_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused() {
     with_engine(30, async |_root, engine| {
-        let bad = |req: AddRequest| engine.add(req).map(|a| a.id).map_err(|e| e.code);
+        let bad = async |req: AddRequest| engine.add(req).await.map(|a| a.id).map_err(|e| e.code);
         let url = "http://127.0.0.1:9/x.bin".to_string();
 
         assert_eq!(
             bad(AddRequest {
                 url: "not a url".into(),
                 ..AddRequest::default()
-            }),
+            })
+            .await,
             Err(ErrorCode::InvalidArgument)
         );
         assert_eq!(
             bad(AddRequest {
                 url: "file:///etc/passwd".into(),
                 ..AddRequest::default()
-            }),
+            })
+            .await,
             Err(ErrorCode::InvalidArgument)
         );
         assert_eq!(
@@ -410,7 +417,8 @@ async fn malformed_requests_are_refused() {
                 url: url.clone(),
                 threads: Some(0),
                 ..AddRequest::default()
-            }),
+            })
+            .await,
             Err(ErrorCode::InvalidArgument)
         );
         assert_eq!(
@@ -418,11 +426,15 @@ async fn malformed_requests_are_refused() {
                 url: url.clone(),
                 threads: Some(33),
                 ..AddRequest::default()
-            }),
+            })
+            .await,
             Err(ErrorCode::InvalidArgument)
         );
         assert_eq!(
-            engine.set_settings(max_concurrent(0)).map_err(|e| e.code),
+            engine
+                .set_settings(max_concurrent(0))
+                .await
+                .map_err(|e| e.code),
             Err(ErrorCode::InvalidArgument)
         );
         assert_eq!(
@@ -437,16 +449,16 @@ async fn malformed_requests_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_downloads_can_be_paused_cancelled_or_removed_before_they_start() {
     with_engine(60, async |_root, engine| {
-        set_settings(engine, max_concurrent(1));
+        set_settings(engine, max_concurrent(1)).await;
         let server = TestServer::start().await;
         let running = server.serve("/first.bin", FileSpec::new(2 * MIB).seed(87).rate(MIB));
         let held = server.serve("/held.bin", FileSpec::new(MIB).seed(88));
         let dropped = server.serve("/dropped.bin", FileSpec::new(MIB).seed(89));
         let forgotten = server.serve("/forgotten.bin", FileSpec::new(MIB).seed(90));
-        let a = add(engine, &running, Some(1));
-        let b = add(engine, &held, Some(1));
-        let c = add(engine, &dropped, Some(1));
-        let d = add(engine, &forgotten, Some(1));
+        let a = add(engine, &running, Some(1)).await;
+        let b = add(engine, &held, Some(1)).await;
+        let c = add(engine, &dropped, Some(1)).await;
+        let d = add(engine, &forgotten, Some(1)).await;
         assert_eq!(engine.get(b).unwrap().status, Status::Queued);
 
         engine.pause(b).expect("pause a queued download");
@@ -481,17 +493,17 @@ async fn queued_downloads_can_be_paused_cancelled_or_removed_before_they_start()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raising_max_concurrent_starts_a_queued_download_at_once() {
     with_engine(60, async |_root, engine| {
-        set_settings(engine, max_concurrent(1));
+        set_settings(engine, max_concurrent(1)).await;
         let server = TestServer::start().await;
         let one = server.serve("/one.bin", FileSpec::new(3 * MIB).seed(91).rate(MIB));
         let two = server.serve("/two.bin", FileSpec::new(3 * MIB).seed(92).rate(MIB));
-        let a = add(engine, &one, Some(1));
-        let b = add(engine, &two, Some(1));
+        let a = add(engine, &one, Some(1)).await;
+        let b = add(engine, &two, Some(1)).await;
         wait_status(engine, a, Status::Downloading).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(engine.get(b).unwrap().status, Status::Queued);
 
-        set_settings(engine, max_concurrent(2));
+        set_settings(engine, max_concurrent(2)).await;
         let started = tokio::time::timeout(
             Duration::from_secs(1),
             wait_status(engine, b, Status::Downloading),
@@ -511,7 +523,7 @@ async fn progress_events_come_at_most_five_times_a_second() {
         let server = TestServer::start().await;
         let file = server.serve("/watched.bin", FileSpec::new(4 * MIB).seed(93).rate(MIB));
         let mut events = engine.subscribe();
-        let id = add(engine, &file, Some(1));
+        let id = add(engine, &file, Some(1)).await;
         wait_for(engine, id, "some progress", |d| d.downloaded > 0).await;
 
         let window = Duration::from_secs(2);
@@ -559,10 +571,11 @@ async fn the_download_dir_setting_applies_to_new_downloads() {
                 download_dir: Some(elsewhere.to_string_lossy().into_owned()),
                 ..SettingsPatch::default()
             },
-        );
+        )
+        .await;
         let server = TestServer::start().await;
         let file = server.serve("/moved.bin", FileSpec::new(MIB).seed(94));
-        let id = add(engine, &file, Some(2));
+        let id = add(engine, &file, Some(2)).await;
 
         let info = wait_status(engine, id, Status::Completed).await;
 
@@ -577,8 +590,8 @@ async fn two_queued_downloads_of_one_url_get_two_files() {
     with_engine(30, async |_root, engine| {
         let server = TestServer::start().await;
         let file = server.serve("/same.bin", FileSpec::new(2 * MIB).seed(95).rate(4 * MIB));
-        let a = add(engine, &file, Some(2));
-        let b = add(engine, &file, Some(2));
+        let a = add(engine, &file, Some(2)).await;
+        let b = add(engine, &file, Some(2)).await;
 
         let ia = wait_status(engine, a, Status::Completed).await;
         let ib = wait_status(engine, b, Status::Completed).await;
@@ -598,7 +611,7 @@ async fn a_storm_of_pause_and_resume_still_ends_exact() {
             "/flicker.bin",
             FileSpec::new(4 * MIB).seed(96).etag().rate(2 * MIB),
         );
-        let id = add(engine, &file, Some(4));
+        let id = add(engine, &file, Some(4)).await;
         wait_for(engine, id, "some progress", |d| d.downloaded > 0).await;
 
         for i in 0..10 {
@@ -658,13 +671,14 @@ async fn the_global_cap_is_shared_by_all_downloads() {
                 max_concurrent: Some(2),
                 ..SettingsPatch::default()
             },
-        );
+        )
+        .await;
         let server = TestServer::start().await;
         let a_file = server.serve("/a.bin", FileSpec::new(2 * MIB).seed(100));
         let b_file = server.serve("/b.bin", FileSpec::new(2 * MIB).seed(101));
         let started = Instant::now();
-        let a = add(engine, &a_file, Some(2));
-        let b = add(engine, &b_file, Some(2));
+        let a = add(engine, &a_file, Some(2)).await;
+        let b = add(engine, &b_file, Some(2)).await;
 
         wait_status(engine, a, Status::Completed).await;
         wait_status(engine, b, Status::Completed).await;
@@ -688,12 +702,15 @@ async fn list_pages_and_settings_and_history_events() {
         let engine = start_engine(root.path()).await;
         let mut events = engine.subscribe();
         let patch = max_concurrent(4);
-        engine.set_settings(patch).expect("settings accepted");
+        engine.set_settings(patch).await.expect("settings accepted");
         let server = TestServer::start().await;
         let files: Vec<ServedFile> = (0..5)
             .map(|i| server.serve(&format!("/p{i}.bin"), FileSpec::new(64 * KIB).seed(110 + i)))
             .collect();
-        let ids: Vec<u64> = files.iter().map(|f| add(&engine, f, Some(1))).collect();
+        let mut ids = Vec::new();
+        for f in &files {
+            ids.push(add(&engine, f, Some(1)).await);
+        }
         for &id in &ids {
             wait_status(&engine, id, Status::Completed).await;
         }
@@ -724,7 +741,7 @@ async fn list_pages_and_settings_and_history_events() {
         assert!(saw_history, "no `history` event after five completions");
         assert_eq!(engine.history(Default::default()).unwrap().total, 5);
 
-        engine.clear_history().expect("history clears");
+        engine.clear_history().await.expect("history clears");
         assert_eq!(engine.history(Default::default()).unwrap().total, 0);
         stop(engine).await;
         let again = start_engine(root.path()).await;
@@ -752,6 +769,7 @@ async fn an_unreachable_server_fails_after_its_retries() {
                 retries: Some(1),
                 ..AddRequest::default()
             })
+            .await
             .expect("add is accepted")
             .id;
 
@@ -765,6 +783,7 @@ async fn an_unreachable_server_fails_after_its_retries() {
                 url: too_long,
                 ..AddRequest::default()
             })
+            .await
             .expect_err("an over-long URL is refused");
         assert_eq!(err.code, ErrorCode::InvalidArgument);
     })
@@ -787,7 +806,7 @@ async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
         };
         // A name that tries to leave the folder may be refused outright; if it is accepted, it must stay inside.
         for name in ["../../escape.txt", "..", "/etc/cron.d/x", "a\u{0}b\nc.txt"] {
-            let id = match add_named(name) {
+            let id = match add_named(name).await {
                 Err(e) => {
                     assert_eq!(e.code, ErrorCode::InvalidArgument, "{name:?}: {e:?}");
                     continue;
@@ -804,7 +823,7 @@ async fn a_requested_file_name_is_sanitized_and_never_overwrites() {
             );
             assert_exact(path, &file);
         }
-        let taken = add_named("notes.txt").expect("add is accepted").id;
+        let taken = add_named("notes.txt").await.expect("add is accepted").id;
         let taken = wait_status(engine, taken, Status::Completed).await;
 
         assert_eq!(names_in(root.path()), ["data", "downloads"]);
@@ -824,14 +843,15 @@ async fn the_stall_timeout_setting_reaches_running_transfers() {
                 stall_timeout_secs: Some(2),
                 ..SettingsPatch::default()
             },
-        );
+        )
+        .await;
         let server = TestServer::start().await;
         // The first two responses stall after 64 KiB; with the default 20 s timeout this test would time out.
         let file = server.serve(
             "/sticky.bin",
             FileSpec::new(2 * MIB).seed(121).stall_after(64 * KIB, 2),
         );
-        let id = add(engine, &file, Some(2));
+        let id = add(engine, &file, Some(2)).await;
 
         let info = tokio::time::timeout(
             Duration::from_secs(15),

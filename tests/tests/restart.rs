@@ -22,7 +22,7 @@ async fn interrupt_at(
     bytes: u64,
 ) -> (DownloadId, DownloadInfo) {
     let first = start_engine(root).await;
-    let id = add(&first, file, Some(threads));
+    let id = add(&first, file, Some(threads)).await;
     let before = wait_downloaded(&first, id, bytes).await;
     stop(first).await;
     (id, before)
@@ -76,7 +76,7 @@ async fn a_paused_download_stays_paused_across_a_restart() {
         );
 
         let first = start_engine(root.path()).await;
-        let id = add(&first, &file, Some(2));
+        let id = add(&first, &file, Some(2)).await;
         wait_downloaded(&first, id, MIB / 2).await;
         first.pause(id).expect("pause is accepted");
         let paused = wait_status(&first, id, Status::Paused).await;
@@ -179,7 +179,7 @@ async fn a_damaged_state_file_is_set_aside_with_a_warning() {
         // The engine still works after that.
         let server = TestServer::start().await;
         let file = server.serve("/after.bin", FileSpec::new(MIB).seed(93));
-        let id = add(&engine, &file, None);
+        let id = add(&engine, &file, None).await;
         let info = wait_status(&engine, id, Status::Completed).await;
         assert_exact(Path::new(&info.path), &file);
         engine.shutdown().await;
@@ -233,15 +233,17 @@ async fn settings_history_and_finished_downloads_survive_a_restart() {
                 bandwidth_limit: Some(123_456),
                 ..Default::default()
             },
-        );
+        )
+        .await;
         set_settings(
             &first,
             protocol::SettingsPatch {
                 bandwidth_limit: Some(0),
                 ..Default::default()
             },
-        );
-        let id = add(&first, &file, None);
+        )
+        .await;
+        let id = add(&first, &file, None).await;
         let done = wait_status(&first, id, Status::Completed).await;
         let history = first.history(Default::default()).unwrap();
         stop(first).await;
@@ -264,7 +266,7 @@ async fn settings_history_and_finished_downloads_survive_a_restart() {
             requests,
             "a completed download was fetched again"
         );
-        let next = add(&second, &file, None);
+        let next = add(&second, &file, None).await;
         assert_ne!(next, id, "an id was reused after the restart");
         wait_status(&second, next, Status::Completed).await;
         second.shutdown().await;
@@ -284,7 +286,7 @@ async fn a_crash_with_state_behind_the_part_file_still_resumes_exact() {
         let state = root.path().join("data").join("state.json");
 
         let first = start_engine(root.path()).await;
-        let id = add(&first, &file, Some(3));
+        let id = add(&first, &file, Some(3)).await;
         wait_downloaded(&first, id, MIB).await;
         until(5, "a state file with progress", || state.exists()).await;
         // The state as a crash could leave it: written a while ago, while the part file went on growing.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::{AddRequest, DownloadId, DownloadInfo, Settings, SettingsPatch, Status};
-use sdm::engine::transfer::{self, GetSpec};
+use sdm::engine::oneshot::GetSpec;
 use sdm::engine::{Engine, EngineConfig};
 use sdm_tests::{FileSpec, ServedFile, TestServer, sha256_file};
 
@@ -31,9 +31,9 @@ pub fn spec(url: &str, output: &Path) -> GetSpec {
     }
 }
 
-/// `transfer::get` without a progress bar.
+/// `oneshot::get` without a progress bar.
 pub async fn get(spec: GetSpec) -> anyhow::Result<PathBuf> {
-    transfer::get(spec, |_| {}).await
+    Ok(sdm::engine::oneshot::get(spec, |_| {}).await?)
 }
 
 /// Download `file` into a fresh folder with the test spec changed by `tweak`; the folder comes back with the result so
@@ -71,9 +71,9 @@ pub async fn fetch_exact_or_clean_error(
     (dir, result)
 }
 
-/// The whole of the simplest `transfer::get` test, bounded by `secs`: serve `spec` at `path` on a fresh server,
-/// download it with the test spec changed by `tweak`, expect success (`why` otherwise) and an exact file. It runs
-/// twice, each on its own copy of the file and its faults: with bodies spliced, then with bodies read by reqwest.
+/// The whole of the simplest `oneshot::get` test, bounded by `secs`: serve `spec` at `path` on a fresh server,
+/// download it with the test spec changed by `tweak`, expect success (`why` otherwise) and an exact file, over both
+/// body paths ([`on_both_body_paths`]).
 pub async fn serve_and_fetch_exact(
     secs: u64,
     path: &str,
@@ -81,12 +81,9 @@ pub async fn serve_and_fetch_exact(
     tweak: impl Fn(&mut GetSpec),
     why: &str,
 ) {
-    bounded(secs, async {
-        let server = TestServer::start().await;
-        for (path, splice) in both_body_paths(path) {
-            let file = server.serve(&path, spec.clone());
-            let (_dir, _) = fetch_exact(&file, |s| both(s, &tweak, splice), why).await;
-        }
+    on_both_body_paths(secs, path, async |server, path, splice| {
+        let file = server.serve(path, spec.clone());
+        fetch_exact(&file, |s| both(s, &tweak, splice), why).await;
     })
     .await;
 }
@@ -98,19 +95,30 @@ pub async fn serve_and_fetch_exact_or_clean_error(
     spec: FileSpec,
     tweak: impl Fn(&mut GetSpec),
 ) {
-    bounded(secs, async {
-        let server = TestServer::start().await;
-        for (path, splice) in both_body_paths(path) {
-            let file = server.serve(&path, spec.clone());
-            let _ = fetch_exact_or_clean_error(&file, |s| both(s, &tweak, splice)).await;
-        }
+    on_both_body_paths(secs, path, async |server, path, splice| {
+        let file = server.serve(path, spec.clone());
+        let _ = fetch_exact_or_clean_error(&file, |s| both(s, &tweak, splice)).await;
     })
     .await;
 }
 
-/// Where the second copy of a file is served, and which body path each copy is fetched with.
-fn both_body_paths(path: &str) -> [(String, bool); 2] {
-    [(path.to_string(), true), (format!("/reqwest{path}"), false)]
+/// Run `case` on a fresh server once per body path, bodies spliced and then read by reqwest, both within `secs`.
+/// Each run serves its own copy of the file (at `path`, then at `/reqwest{path}`) so faults counted per file start
+/// afresh; `case` gets the server, that path and the `splice` to set in its spec. The path under way is printed, so
+/// a failure says which one failed.
+pub async fn on_both_body_paths(
+    secs: u64,
+    path: &str,
+    mut case: impl AsyncFnMut(&TestServer, &str, bool),
+) {
+    bounded(secs, async {
+        let server = TestServer::start().await;
+        for (path, splice) in [(path.to_string(), true), (format!("/reqwest{path}"), false)] {
+            eprintln!("body path: {}", if splice { "splice" } else { "reqwest" });
+            case(&server, &path, splice).await;
+        }
+    })
+    .await;
 }
 
 fn both(s: &mut GetSpec, tweak: &impl Fn(&mut GetSpec), splice: bool) {
@@ -205,20 +213,21 @@ pub async fn stop(engine: Engine) {
 }
 
 /// Add a download of `file` with `threads` connections (the engine's default for `None`).
-pub fn add(engine: &Engine, file: &ServedFile, threads: Option<u32>) -> DownloadId {
+pub async fn add(engine: &Engine, file: &ServedFile, threads: Option<u32>) -> DownloadId {
     engine
         .add(AddRequest {
             url: file.url().to_string(),
             threads,
             ..AddRequest::default()
         })
+        .await
         .expect("add is accepted")
         .id
 }
 
 /// Apply `patch` to the engine's settings, which must accept it.
-pub fn set_settings(engine: &Engine, patch: SettingsPatch) -> Settings {
-    engine.set_settings(patch).expect("settings accepted")
+pub async fn set_settings(engine: &Engine, patch: SettingsPatch) -> Settings {
+    engine.set_settings(patch).await.expect("settings accepted")
 }
 
 /// Wait until download `id` has at least `bytes` bytes.

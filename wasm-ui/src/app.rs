@@ -2,30 +2,36 @@
 //! that handles them (the wasm-bindgen TodoMVC shape).
 //!
 //! Rows are created once per download and then updated in place by id; an event touches only the text that changed.
+//!
+//! # Layout
+//! - This file: [`App`], [`Message`], the dispatch queue, wiring the page's inputs, and talking to the host.
+//! - `rows`: the downloads list, built in chunks and updated in place.
+//! - `panels`: the add form and the history and settings panels.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 
 use protocol::{
-    Command, DownloadId, DownloadInfo, ErrorCode, Event, HistoryResult, ListResult, MAX_PAGE,
-    PageRequest, Reply, Settings, SettingsResult, Status,
+    Command, DownloadId, ErrorCode, Event, HistoryResult, ListResult, MAX_PAGE, PageRequest, Reply,
+    SettingsResult,
 };
 use wasm_bindgen::JsCast;
 use web_sys::{Document, Element, HtmlTemplateElement, KeyboardEvent};
 
-use crate::dom::{self, by_id, child, input, set_attr, set_hidden, textarea};
-use crate::forms::{AddForm, SettingsForm};
+use crate::dom::{self, by_id, input, set_attr, set_hidden};
 use crate::host::Host;
-use crate::model::{Change, Model, RowText};
-use crate::{format, view_state};
+use crate::model::{Change, Model};
+use crate::view_state;
+
+mod panels;
+mod rows;
+
+use rows::Row;
 
 /// History rows per page.
 const HISTORY_PAGE: usize = 50;
 /// After losing a host that was answering, reconnect once after this long.
 const RECONNECT_AFTER_MS: i32 = 1000;
-/// Rows built at once when the list arrives (a screenful and more), then per later task (each well under 50 ms).
-const FIRST_CHUNK: usize = 60;
-const CHUNK: usize = 150;
 /// How long the host has to answer the first `ping` before the popup says it is not answering.
 const PING_TIMEOUT_MS: i32 = 5000;
 
@@ -138,22 +144,6 @@ enum Pending {
     ClearHistory,
     GetSettings,
     SetSettings,
-}
-
-/// The live parts of one download's row.
-struct Row {
-    li: Element,
-    name: Element,
-    status: Element,
-    bar: Element,
-    fill: Element,
-    percent: Element,
-    detail: Element,
-    speed: Element,
-    eta: Element,
-    connections: Element,
-    /// What is on screen now, so an update writes only what changed.
-    shown: Option<(Status, RowText)>,
 }
 
 pub struct App {
@@ -347,7 +337,7 @@ impl App {
             Message::SaveSettings => self.save_settings(),
             Message::RenderMore => {
                 self.render_scheduled = false;
-                self.render_chunk(CHUNK);
+                self.render_chunk(rows::CHUNK);
             }
         }
     }
@@ -538,124 +528,6 @@ impl App {
         }
     }
 
-    /// Replace every row (after a fresh `list`). The first rows are built at once; the rest follow in chunks, each in
-    /// its own task, so a thousand downloads never block the page for long.
-    fn rebuild_rows(&mut self) {
-        self.rows.clear();
-        self.list.set_text_content(None);
-        self.pending_below = Some(DownloadId::MAX);
-        self.render_chunk(FIRST_CHUNK);
-    }
-
-    /// Build up to `max` of the rows not built yet (newest first) and append them; schedule the next chunk.
-    fn render_chunk(&mut self, max: usize) {
-        let Some(below) = self.pending_below else {
-            return;
-        };
-        let perf = web_sys::window().and_then(|w| w.performance());
-        if let Some(perf) = &perf {
-            let _ = perf.mark("sdm-rows-start");
-        }
-        let ids: Vec<DownloadId> = self
-            .model
-            .downloads
-            .range(..below)
-            .rev()
-            .take(max)
-            .map(|(id, _)| *id)
-            .collect();
-        let fragment = self.doc.create_document_fragment();
-        for &id in &ids {
-            let mut row = self.new_row(id);
-            if let Some(d) = self.model.downloads.get(&id) {
-                render_row(&mut row, d);
-            }
-            let _ = fragment.append_child(&row.li);
-            self.rows.insert(id, row);
-        }
-        let _ = self.list.append_child(&fragment);
-        self.pending_below = if ids.len() < max {
-            None
-        } else {
-            ids.last().copied()
-        };
-        // How long each chunk took, for the browser tests' numbers (`sdm-rows` in the performance timeline).
-        if let Some(perf) = perf {
-            let _ = perf.mark("sdm-rows-end");
-            let _ = perf.measure_with_start_mark_and_end_mark(
-                "sdm-rows",
-                "sdm-rows-start",
-                "sdm-rows-end",
-            );
-        }
-        self.mark_first_row();
-        if self.pending_below.is_some() && !self.render_scheduled {
-            self.render_scheduled = true;
-            dom::after(0, || dispatch(Message::RenderMore));
-        }
-    }
-
-    fn upsert_row(&mut self, id: DownloadId) {
-        let Some(d) = self.model.downloads.get(&id) else {
-            return;
-        };
-        if let Some(row) = self.rows.get_mut(&id) {
-            render_row(row, d);
-            return;
-        }
-        // Not built yet: its chunk will build it from the model, as it is by then.
-        if self.pending_below.is_some_and(|below| id < below) {
-            return;
-        }
-        let mut row = self.new_row(id);
-        render_row(&mut row, d);
-        // Newest first: the new row goes before the next older one, or last when that one is not built yet.
-        let before = self
-            .model
-            .next_older(id)
-            .and_then(|o| self.rows.get(&o))
-            .map(|r| r.li.clone());
-        let _ = self
-            .list
-            .insert_before(&row.li, before.as_ref().map(|e| e.as_ref()));
-        self.rows.insert(id, row);
-        self.mark_first_row();
-    }
-
-    fn new_row(&self, id: DownloadId) -> Row {
-        let li: Element = self
-            .template
-            .clone_node_with_deep(true)
-            .ok()
-            .and_then(|n| n.dyn_into().ok())
-            .expect("the row template clones");
-        set_attr(&li, "data-id", &id.to_string());
-        Row {
-            name: child(&li, ".name"),
-            status: child(&li, ".status"),
-            bar: child(&li, ".bar"),
-            fill: child(&li, ".fill"),
-            percent: child(&li, ".pct"),
-            detail: child(&li, ".detail"),
-            speed: child(&li, ".speed"),
-            eta: child(&li, ".eta"),
-            connections: child(&li, ".conns"),
-            li,
-            shown: None,
-        }
-    }
-
-    /// Record when the first row reached the screen (read by the browser tests' timing).
-    fn mark_first_row(&mut self) {
-        if self.first_row_marked || self.rows.is_empty() {
-            return;
-        }
-        self.first_row_marked = true;
-        if let Some(perf) = web_sys::window().and_then(|w| w.performance()) {
-            let _ = perf.mark("sdm-first-row");
-        }
-    }
-
     fn render_summary(&self) {
         let text = if !self.online {
             String::from("offline")
@@ -690,145 +562,7 @@ impl App {
         }
     }
 
-    fn submit_add(&mut self) {
-        let form = AddForm {
-            url: input(&self.doc, "add-url").value(),
-            filename: input(&self.doc, "add-filename").value(),
-            threads: input(&self.doc, "add-threads").value(),
-            retries: input(&self.doc, "add-retries").value(),
-            speed_kib: input(&self.doc, "add-speed").value(),
-        };
-        match form.to_request() {
-            Ok(req) => self.send(Command::Add(req), Pending::Add),
-            Err(e) => self.notice(&e),
-        }
-    }
-
-    fn render_history(&mut self, page: HistoryResult) {
-        self.history_total = page.total;
-        let list = by_id(&self.doc, "history");
-        list.set_text_content(None);
-        let fragment = self.doc.create_document_fragment();
-        for item in &page.items {
-            let li = self.doc.create_element("li").expect("create <li>");
-            set_attr(&li, "class", "hist");
-            set_attr(&li, "data-status", item.status.as_str());
-            set_attr(&li, "title", &item.url);
-            let name = if item.filename.is_empty() {
-                format::url_basename(&item.url)
-            } else {
-                &item.filename
-            };
-            let size = item.total.unwrap_or(item.downloaded);
-            for (class, text) in [
-                ("name", name.to_owned()),
-                ("status", crate::model::status_label(item.status).to_owned()),
-                ("detail", format::bytes(size)),
-                ("when", dom::local_time(item.finished_at)),
-            ] {
-                let span = self.doc.create_element("span").expect("create <span>");
-                set_attr(&span, "class", class);
-                span.set_text_content(Some(&text));
-                let _ = li.append_child(&span);
-            }
-            let _ = fragment.append_child(&li);
-        }
-        let _ = list.append_child(&fragment);
-        let pager = view_state::history_pager(self.history_offset, page.items.len(), page.total);
-        by_id(&self.doc, "history-page").set_text_content(Some(&pager.label));
-        set_disabled(&by_id(&self.doc, "history-prev"), !pager.has_prev);
-        set_disabled(&by_id(&self.doc, "history-next"), !pager.has_next);
-        set_disabled(&by_id(&self.doc, "history-clear"), page.total == 0);
-        set_hidden(&by_id(&self.doc, "history-empty"), page.total != 0);
-    }
-
-    fn fill_settings(&self, s: &Settings) {
-        let form = SettingsForm::from_settings(s);
-        input(&self.doc, "set-max").set_value(&form.max_concurrent);
-        input(&self.doc, "set-speed").set_value(&form.speed_kib);
-        input(&self.doc, "set-dir").set_value(&form.download_dir);
-        input(&self.doc, "set-capture").set_checked(form.capture_enabled);
-        input(&self.doc, "set-min").set_value(&form.capture_min_mib);
-        textarea(&self.doc, "set-exclude").set_value(&form.capture_exclude);
-    }
-
-    fn editing_settings(&self) -> bool {
-        let form = by_id(&self.doc, "settings-form");
-        self.doc
-            .active_element()
-            .is_some_and(|focused| form.contains(Some(&focused)))
-    }
-
-    fn save_settings(&mut self) {
-        let form = SettingsForm {
-            max_concurrent: input(&self.doc, "set-max").value(),
-            speed_kib: input(&self.doc, "set-speed").value(),
-            download_dir: input(&self.doc, "set-dir").value(),
-            capture_enabled: input(&self.doc, "set-capture").checked(),
-            capture_min_mib: input(&self.doc, "set-min").value(),
-            capture_exclude: textarea(&self.doc, "set-exclude").value(),
-        };
-        match form.to_patch() {
-            Ok(settings) => self.send(Command::SetSettings { settings }, Pending::SetSettings),
-            Err(e) => self.notice(&e),
-        }
-    }
-
     fn notice(&self, text: &str) {
         by_id(&self.doc, "notice").set_text_content(Some(text));
     }
-}
-
-fn set_disabled(el: &Element, disabled: bool) {
-    if disabled {
-        set_attr(el, "disabled", "");
-    } else {
-        let _ = el.remove_attribute("disabled");
-    }
-}
-
-/// Write a download into its row, touching only what changed since the last write.
-fn render_row(row: &mut Row, d: &DownloadInfo) {
-    let text = RowText::of(d);
-    let (old_status, old) = match &row.shown {
-        Some((s, t)) => (Some(*s), Some(t)),
-        None => (None, None),
-    };
-    let changed = |f: fn(&RowText) -> &str| old.is_none_or(|o| f(o) != f(&text));
-    if changed(|t| &t.name) {
-        row.name.set_text_content(Some(&text.name));
-        set_attr(&row.name, "title", &d.url);
-    }
-    if old_status != Some(d.status) {
-        set_attr(&row.li, "data-status", d.status.as_str());
-        row.status.set_text_content(Some(text.status));
-    }
-    if old.is_none_or(|o| o.percent != text.percent) {
-        match text.percent {
-            Some(p) => {
-                set_attr(&row.fill, "style", &format!("width:{p}%"));
-                set_attr(&row.bar, "aria-valuenow", &p.to_string());
-                let _ = row.bar.class_list().remove_1("indeterminate");
-            }
-            None => {
-                let _ = row.bar.remove_attribute("aria-valuenow");
-                let _ = row.bar.class_list().add_1("indeterminate");
-            }
-        }
-    }
-    for (el, f) in [
-        (
-            &row.percent,
-            (|t: &RowText| t.percent_text.as_str()) as fn(&RowText) -> &str,
-        ),
-        (&row.detail, |t| &t.detail),
-        (&row.speed, |t| &t.speed),
-        (&row.eta, |t| &t.eta),
-        (&row.connections, |t| &t.connections),
-    ] {
-        if changed(f) {
-            el.set_text_content(Some(f(&text)));
-        }
-    }
-    row.shown = Some((d.status, text));
 }

@@ -2,9 +2,8 @@
 //!
 //! Speeds are typed in KiB/s and sizes in MiB, since that is how people think of them; 0 or empty means no limit.
 
-use protocol::{
-    AddRequest, MAX_CONCURRENT_RANGE, MAX_RETRIES, Settings, SettingsPatch, THREADS_RANGE,
-};
+use protocol::validate::{self, Invalid};
+use protocol::{AddRequest, Settings, SettingsPatch};
 
 /// The add form's fields, as typed.
 #[derive(Debug, Default, Clone)]
@@ -19,34 +18,27 @@ pub struct AddForm {
 impl AddForm {
     pub fn to_request(&self) -> Result<AddRequest, String> {
         let url = self.url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        if url.is_empty() {
             return Err("enter an http:// or https:// address".into());
         }
+        validate::url(url).map_err(shown)?;
         let filename = Some(self.filename.trim())
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
-        let threads = optional_number(&self.threads, "connections")?;
-        if let Some(t) = threads
-            && (t > u64::from(u32::MAX) || !THREADS_RANGE.contains(&(t as u32)))
-        {
-            return Err(format!(
-                "connections must be between {} and {}",
-                THREADS_RANGE.start(),
-                THREADS_RANGE.end()
-            ));
-        }
-        let retries = optional_number(&self.retries, "retries")?;
-        if let Some(r) = retries
-            && r > u64::from(MAX_RETRIES)
-        {
-            return Err(format!("retries must be at most {MAX_RETRIES}"));
-        }
+        let threads = optional_number(&self.threads, "connections")?
+            .map(|t| validate::threads(saturate(t)))
+            .transpose()
+            .map_err(shown)?;
+        let retries = optional_number(&self.retries, "retries")?
+            .map(|r| validate::retries(saturate(r)))
+            .transpose()
+            .map_err(shown)?;
         let limit = optional_number(&self.speed_kib, "speed cap")?;
         Ok(AddRequest {
             url: url.to_owned(),
             filename,
-            threads: threads.map(|t| t as u32),
-            retries: retries.map(|r| r as u32),
+            threads,
+            retries,
             bandwidth_limit: limit.filter(|&l| l > 0).map(|l| l.saturating_mul(1024)),
             ..AddRequest::default()
         })
@@ -79,13 +71,7 @@ impl SettingsForm {
 
     pub fn to_patch(&self) -> Result<SettingsPatch, String> {
         let max = required_number(&self.max_concurrent, "max concurrent")?;
-        if max > u64::from(u32::MAX) || !MAX_CONCURRENT_RANGE.contains(&(max as u32)) {
-            return Err(format!(
-                "max concurrent must be between {} and {}",
-                MAX_CONCURRENT_RANGE.start(),
-                MAX_CONCURRENT_RANGE.end()
-            ));
-        }
+        let max = validate::max_concurrent(saturate(max)).map_err(shown)?;
         let speed = optional_number(&self.speed_kib, "speed cap")?.unwrap_or(0);
         let min_size =
             parse_mib(&self.capture_min_mib).ok_or("minimum size must be a number of MiB")?;
@@ -96,7 +82,7 @@ impl SettingsForm {
             .filter(|h| !h.is_empty())
             .collect();
         Ok(SettingsPatch {
-            max_concurrent: Some(max as u32),
+            max_concurrent: Some(max),
             bandwidth_limit: Some(speed.saturating_mul(1024)),
             download_dir: Some(self.download_dir.trim().to_owned()),
             capture_enabled: Some(self.capture_enabled),
@@ -138,6 +124,16 @@ fn parse_mib(text: &str) -> Option<u64> {
     };
     let hundredths: u64 = format!("{frac:0<2}").parse().ok()?;
     whole.checked_mul(MIB)?.checked_add(hundredths * MIB / 100)
+}
+
+/// A typed number too large for a `u32` is out of every range, so the largest `u32` stands in for it.
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The form shows a refusal as plain text.
+fn shown(e: Invalid) -> String {
+    e.0
 }
 
 fn optional_number(text: &str, what: &str) -> Result<Option<u64>, String> {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Client, Response, StatusCode};
 
-use super::transfer::TransferError;
+use super::error::TransferError;
+use super::filename;
+use super::response::{content_length, parse_content_range};
 
 /// The HTTP client every transfer shares: HTTP/1.1 only (over HTTP/2 all ranges would share one TCP connection),
 /// no compression (it breaks ranges), a connect timeout, and redirects followed up to 10 times. reqwest drops
@@ -22,7 +24,7 @@ pub fn client() -> Result<Client, TransferError> {
         .redirect(reqwest::redirect::Policy::limited(10))
         .user_agent(concat!("sdm/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| TransferError::Setup(format!("cannot build the HTTP client: {e}")))
+        .map_err(TransferError::Client)
 }
 
 /// What the probe learned.
@@ -102,7 +104,7 @@ async fn get_first_byte(
 fn disposition_name(h: &HeaderMap) -> Option<String> {
     h.get(header::CONTENT_DISPOSITION)
         .and_then(|v| v.to_str().ok())
-        .and_then(super::filename::from_content_disposition)
+        .and_then(filename::from_content_disposition)
 }
 
 /// What the first response to a GET says, for a verified add to check against what the browser got.
@@ -133,7 +135,7 @@ pub async fn first_byte(
             .and_then(parse_content_range)
             .and_then(|r| r.total)
     } else if status.is_success() && h.get(header::CONTENT_ENCODING).is_none() {
-        text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok())
+        content_length(h)
     } else {
         None
     };
@@ -141,7 +143,7 @@ pub async fn first_byte(
         status,
         total,
         mime: text(header::CONTENT_TYPE).map(media_type),
-        name: disposition_name(h).or_else(|| super::filename::from_url(resp.url())),
+        name: disposition_name(h).or_else(|| filename::from_url(resp.url())),
     })
 }
 
@@ -199,16 +201,12 @@ fn read(resp: &Response, partial: bool) -> ProbeResult {
     } else {
         let identity = h.get(header::CONTENT_ENCODING).is_none();
         // The header itself: for a HEAD response the body's length (`content_length()`) is zero.
-        let total = if identity {
-            text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
-        } else {
-            None
-        };
+        let total = if identity { content_length(h) } else { None };
         let ranges =
             text(header::ACCEPT_RANGES).is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
         (total, ranges && total.is_some())
     };
-    let name = disposition_name(h).or_else(|| super::filename::from_url(resp.url()));
+    let name = disposition_name(h).or_else(|| filename::from_url(resp.url()));
     ProbeResult {
         final_url: resp.url().to_string(),
         total,
@@ -219,67 +217,9 @@ fn read(resp: &Response, partial: bool) -> ProbeResult {
     }
 }
 
-/// A `Content-Range: bytes first-last/total` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContentRange {
-    pub first: u64,
-    pub last: u64,
-    pub total: Option<u64>,
-}
-
-pub fn parse_content_range(v: &str) -> Option<ContentRange> {
-    let rest = v.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let (first, last) = range.trim().split_once('-')?;
-    let first: u64 = first.trim().parse().ok()?;
-    let last: u64 = last.trim().parse().ok()?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    (first <= last && total.is_none_or(|t| last < t)).then_some(ContentRange { first, last, total })
-}
-
-/// How long a server asks us to wait (`Retry-After`: seconds or an HTTP date), capped at five minutes.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = match v.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(v)
-            .ok()?
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    };
-    Some(wait.min(Duration::from_secs(300)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_forms() {
-        assert_eq!(
-            parse_content_range("bytes 0-99/1000"),
-            Some(ContentRange {
-                first: 0,
-                last: 99,
-                total: Some(1000)
-            })
-        );
-        assert_eq!(
-            parse_content_range("bytes 5-9/*"),
-            Some(ContentRange {
-                first: 5,
-                last: 9,
-                total: None
-            })
-        );
-        assert_eq!(parse_content_range("bytes 9-5/100"), None);
-        assert_eq!(parse_content_range("bytes 0-100/100"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
-        assert_eq!(parse_content_range("bytes */100"), None);
-    }
 
     fn first(status: u16, total: Option<u64>, mime: Option<&str>) -> FirstByte {
         FirstByte {
@@ -322,19 +262,5 @@ mod tests {
             "the browser got a page too"
         );
         assert_eq!(page.check(None, None), Ok(()), "nothing to compare with");
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let mut h = HeaderMap::new();
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("999999"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(300)));
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
     }
 }

@@ -14,8 +14,9 @@
 //! slowest ramp took to deliver the piece it would take, less the time that piece takes at full speed: slow start
 //! costs more on a bigger piece.
 //!
-//! A segment's bytes go through three marks: `pos` (written), `claimed` (handed to a write in progress), `end` (where
-//! the owner stops; a split lowers it). A split cuts only above `claimed`, so a write in progress is never cut in two.
+//! A segment's bytes go through three marks: `pos` (written), `claimed` (the piece its connection is taking off the
+//! network and writing now), `end` (where the owner stops; a split lowers it). A split cuts only above `claimed`, so a
+//! piece in progress is never cut in two.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ pub struct Segment {
     pub pos: u64,
     /// One past the last byte; [`OPEN_END`] when the size is unknown.
     pub end: u64,
-    /// Bytes up to here are being written now; a split never cuts below it.
+    /// Bytes up to here are being read or written by its connection now; a split never cuts below it.
     #[serde(skip)]
     pub claimed: u64,
     /// A connection owns this segment.

@@ -13,6 +13,8 @@ use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -20,7 +22,11 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use url::{Host, Position, Url};
+
+use super::response::content_length;
 
 /// The largest response head read; a longer one is malformed.
 const MAX_HEAD: usize = 64 * 1024;
@@ -36,6 +42,58 @@ pub fn eligible(url: &Url) -> bool {
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
     url.scheme() == "http" && url.host().is_some() && !proxied
+}
+
+/// One transfer's use of this path: whether it is still on, and the connections it opened ahead of its first requests.
+#[derive(Debug, Default)]
+pub struct Route {
+    /// The server answered with something only reqwest carries (a redirect, a chunked body): every later request of
+    /// the transfer goes through reqwest.
+    off: AtomicBool,
+    /// Connections opened while the probe was out, one for the first request of each of the transfer's connections.
+    spare: Mutex<Vec<JoinHandle<io::Result<Conn>>>>,
+}
+
+impl Route {
+    pub fn is_off(&self) -> bool {
+        self.off.load(Ordering::Relaxed)
+    }
+
+    pub fn turn_off(&self) {
+        self.off.store(true, Ordering::Relaxed);
+    }
+
+    fn spare(&self) -> MutexGuard<'_, Vec<JoinHandle<io::Result<Conn>>>> {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start opening `n` connections to `url` for later requests.
+    pub fn open_spares(&self, url: &Url, n: u32) {
+        let mut spare = self.spare();
+        for _ in 0..n {
+            let url = url.clone();
+            spare.push(tokio::spawn(async move { open(&url).await }));
+        }
+    }
+
+    /// Keep the first `n` spare connections; close the rest, or stop opening them.
+    pub fn keep_spares(&self, n: usize) {
+        let mut spare = self.spare();
+        let n = n.min(spare.len());
+        for h in spare.drain(n..) {
+            h.abort();
+        }
+    }
+
+    /// A spare connection, once it is open; `None` when none is left or it failed to open (the request then opens its
+    /// own).
+    pub async fn take_spare(&self, stop: &CancellationToken) -> Option<Conn> {
+        let pending = self.spare().pop()?;
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            r = pending => r.ok()?.ok(),
+        }
+    }
 }
 
 /// A kept-alive connection and its pipe, reused by the next request to the same host and port.
@@ -192,10 +250,7 @@ fn answer(
     if status != StatusCode::PARTIAL_CONTENT {
         return Answer::Other(status, headers);
     }
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let length = content_length(&headers);
     let (Some(length), false) = (length, headers.contains_key(header::TRANSFER_ENCODING)) else {
         return Answer::NotHere;
     };

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use protocol::{DownloadId, HistoryItem, Settings, Status};
 use serde::{Deserialize, Serialize};
 
-use super::transfer::{Dest, Plan};
+use super::plan::{Dest, Plan};
 
 const STATE: &str = "state.json";
 const SETTINGS: &str = "settings.json";

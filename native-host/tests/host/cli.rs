@@ -2,11 +2,11 @@
 
 use serde_json::Value;
 
-use crate::support::{FileServer, Sandbox};
+use crate::support::{FileServer, sandbox};
 
 #[test]
 fn install_dir_writes_a_chromium_manifest_naming_this_binary() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let dir = sandbox.root.path().join("profile/NativeMessagingHosts");
     let dir_arg = dir.display().to_string();
     let out = sandbox.ok(&["install", "--dir", &dir_arg]);
@@ -35,7 +35,7 @@ fn install_dir_writes_a_chromium_manifest_naming_this_binary() {
 
 #[test]
 fn install_per_browser_uses_each_browsers_folder_and_format() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     // No browser has run in this home: a bare `install` says what to do.
     let err = sandbox.fails(&["install"]);
     assert!(err.contains("--browser"), "{err}");
@@ -70,7 +70,7 @@ fn install_per_browser_uses_each_browsers_folder_and_format() {
 
 #[test]
 fn get_validates_its_arguments() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     for (args, needle) in [
         (&["get", "http://127.0.0.1:1/a", "-c", "0"][..], "1..=32"),
         (&["get", "http://127.0.0.1:1/a", "-c", "33"][..], "1..=32"),
@@ -95,7 +95,7 @@ fn get_validates_its_arguments() {
 
 #[test]
 fn get_fails_cleanly_on_a_refused_connection() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let target = sandbox.root.path().join("out.bin");
     let target_arg = target.display().to_string();
     let err = sandbox.fails(&[
@@ -114,7 +114,7 @@ fn get_fails_cleanly_on_a_refused_connection() {
 fn get_downloads_a_file_and_prints_its_path() {
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let server = FileServer::start(body.clone());
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let target = sandbox.root.path().join("file.bin");
     let target_arg = target.display().to_string();
     let out = sandbox.ok(&["get", &server.url("file.bin"), "-o", &target_arg, "-c", "4"]);
@@ -126,7 +126,7 @@ fn get_downloads_a_file_and_prints_its_path() {
 fn add_then_wait_completes_and_ls_shows_it() {
     let body = b"hello from the test server\n".repeat(1000);
     let server = FileServer::start(body.clone());
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let id = sandbox.ok(&["add", &server.url("greeting.txt")]);
     let id = id.trim();
     assert!(id.parse::<u64>().is_ok(), "{id}");
@@ -149,7 +149,7 @@ fn add_then_wait_completes_and_ls_shows_it() {
 
 #[test]
 fn wait_fails_for_a_failed_or_unknown_download() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let id = sandbox.ok(&["add", "http://127.0.0.1:1/refused", "--retries", "0"]);
     let err = sandbox.fails(&["wait", id.trim(), "--timeout", "10"]);
     assert!(err.contains("failed"), "{err}");
@@ -159,7 +159,7 @@ fn wait_fails_for_a_failed_or_unknown_download() {
 
 #[test]
 fn service_commands_report_errors_with_their_code() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     for cmd in ["pause", "resume", "cancel", "rm", "open"] {
         let err = sandbox.fails(&[cmd, "12345"]);
         assert!(err.contains("not_found"), "{cmd}: {err}");
@@ -170,7 +170,7 @@ fn service_commands_report_errors_with_their_code() {
 
 #[test]
 fn settings_show_and_change() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let shown: Value = serde_json::from_str(&sandbox.ok(&["settings"])).unwrap();
     assert_eq!(shown["max_concurrent"], 3);
     let changed: Value = serde_json::from_str(&sandbox.ok(&[
@@ -198,7 +198,7 @@ fn settings_show_and_change() {
 
 #[test]
 fn history_lists_and_clears() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     assert_eq!(sandbox.ok(&["history"]).trim(), "no history");
     let id = sandbox.ok(&["add", "http://127.0.0.1:1/refused", "--retries", "0"]);
     let _ = sandbox.fails(&["wait", id.trim(), "--timeout", "10"]);

@@ -1,5 +1,5 @@
 //! Integration tests of the `sdm` binary: the real executable, over real pipes and a real socket, each test in a
-//! temporary `SDM_HOME` whose service is stopped when the test ends.
+//! temporary `SDM_HOME` whose service is killed when the test ends.
 
 // The relay: native messaging frames in and out, service start-up, the 1 MiB cap, malformed input.
 mod relay;
@@ -7,5 +7,5 @@ mod relay;
 mod service;
 // The command-line faces: install, get, add/wait/ls, settings, argument checks.
 mod cli;
-// Sandboxes, a relay driver, a tiny HTTP server.
+// The shared sandbox (`sdm_tests::harness`) on the binary cargo built for these tests, and a tiny HTTP server.
 mod support;

@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{STEP, Sandbox, assert_error, is_sdm_service};
+use crate::support::{STEP, assert_error, is_sdm_service, sandbox};
 
 #[test]
 fn every_command_answers_with_its_request_id() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relay = sandbox.relay();
 
     let ping = relay.call(json!({"id": 1, "cmd": "ping"}));
@@ -58,7 +58,7 @@ fn every_command_answers_with_its_request_id() {
 
 #[test]
 fn firefox_and_windows_style_arguments_start_the_relay_too() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let manifest = sandbox
         .home()
         .join(".mozilla/native-messaging-hosts/com.sdm.host.json");
@@ -78,7 +78,7 @@ fn firefox_and_windows_style_arguments_start_the_relay_too() {
 
 #[test]
 fn malformed_frames_get_bad_request_and_the_relay_carries_on() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relay = sandbox.relay();
 
     relay.send_body(b"this is not json");
@@ -103,7 +103,7 @@ fn malformed_frames_get_bad_request_and_the_relay_carries_on() {
 
 #[test]
 fn an_oversize_length_prefix_is_refused_and_ends_the_relay() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relay = sandbox.relay();
     // 64 MiB + 1: over the limit, and no body follows.
     let len = (protocol::MAX_INCOMING_FRAME as u32 + 1).to_ne_bytes();
@@ -115,7 +115,7 @@ fn an_oversize_length_prefix_is_refused_and_ends_the_relay() {
 
 #[test]
 fn the_relay_exits_cleanly_when_stdin_closes() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relay = sandbox.relay();
     assert_eq!(relay.call(json!({"id": 1, "cmd": "ping"}))["ok"], true);
     let status = relay.close();
@@ -129,7 +129,7 @@ fn the_relay_exits_cleanly_when_stdin_closes() {
 
 #[test]
 fn the_relay_starts_the_service_which_outlives_it() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     assert_eq!(sandbox.service_pid(), None);
     let mut relay = sandbox.relay();
     assert_eq!(relay.call(json!({"id": 1, "cmd": "ping"}))["ok"], true);
@@ -155,7 +155,7 @@ fn the_relay_starts_the_service_which_outlives_it() {
 
 #[test]
 fn the_relay_restarts_a_service_that_died() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relay = sandbox.relay();
     assert_eq!(relay.call(json!({"id": 1, "cmd": "ping"}))["ok"], true);
     let first = sandbox.service_pid().unwrap();
@@ -181,7 +181,7 @@ fn the_relay_restarts_a_service_that_died() {
 
 #[test]
 fn a_subscribed_relay_subscribes_again_after_a_service_restart() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relay = sandbox.relay();
     assert_eq!(relay.call(json!({"id": 1, "cmd": "subscribe"}))["ok"], true);
     crate::support::signal(sandbox.service_pid().unwrap(), "KILL");
@@ -212,7 +212,7 @@ fn a_subscribed_relay_subscribes_again_after_a_service_restart() {
 
 #[test]
 fn without_a_service_requests_are_unavailable_with_their_ids() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     // A file where the data directory should be: no service can start.
     std::fs::write(sandbox.data(), b"not a directory").unwrap();
     let mut relay = sandbox.relay();
@@ -227,7 +227,7 @@ fn without_a_service_requests_are_unavailable_with_their_ids() {
 
 #[test]
 fn a_list_too_large_for_one_frame_is_paged() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relay = sandbox.relay();
     // Port 1 refuses connections, so these fail at once and stay in the list.
     let padding = "p".repeat(8 * 1024);
@@ -263,7 +263,7 @@ fn a_list_too_large_for_one_frame_is_paged() {
 
 #[test]
 fn relays_started_together_share_one_service() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut relays: Vec<_> = (0..4).map(|_| sandbox.relay()).collect();
     for (i, relay) in relays.iter_mut().enumerate() {
         let reply = relay.call(json!({"id": i, "cmd": "ping"}));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{FileServer, Guard, STEP, Sandbox, mode, wait_exit};
+use crate::support::{FileServer, Guard, STEP, Sandbox, mode, sandbox, wait_exit};
 
 fn serve(sandbox: &Sandbox) -> Guard {
     let child = sandbox
@@ -18,14 +18,14 @@ fn serve(sandbox: &Sandbox) -> Guard {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let guard = Guard(child);
-    sandbox.wait_for_socket();
+    let mut guard = Guard(child);
+    sandbox.wait_until_serving(Some(&mut guard.0));
     guard
 }
 
 #[test]
 fn a_second_service_for_the_same_data_dir_is_refused() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let _first = serve(&sandbox);
     let err = sandbox.fails(&["serve"]);
     assert!(
@@ -41,7 +41,7 @@ fn a_second_service_for_the_same_data_dir_is_refused() {
 
 #[test]
 fn the_data_dir_and_socket_are_private() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let _service = serve(&sandbox);
     assert_eq!(mode(&sandbox.data()), 0o700);
     assert_eq!(mode(&sandbox.socket()), 0o600);
@@ -51,7 +51,7 @@ fn the_data_dir_and_socket_are_private() {
 #[test]
 fn the_socket_is_private_even_in_a_data_dir_the_user_opened() {
     use std::os::unix::fs::PermissionsExt;
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     std::fs::create_dir_all(sandbox.data()).unwrap();
     std::fs::set_permissions(sandbox.data(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let _service = serve(&sandbox);
@@ -67,7 +67,7 @@ fn the_socket_is_private_even_in_a_data_dir_the_user_opened() {
 
 #[test]
 fn a_stale_socket_file_is_replaced() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     std::fs::create_dir_all(sandbox.data()).unwrap();
     // A socket file nobody listens on, as a crashed service leaves it.
     drop(UnixListener::bind(sandbox.socket()).unwrap());
@@ -79,7 +79,7 @@ fn a_stale_socket_file_is_replaced() {
 
 #[test]
 fn sigterm_stops_the_service_cleanly() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let mut service = serve(&sandbox);
     crate::support::signal(service.0.id(), "TERM");
     let status = wait_exit(&mut service.0, STEP);
@@ -94,7 +94,7 @@ fn sigterm_stops_the_service_cleanly() {
 
 #[test]
 fn the_cli_starts_the_service_too() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     assert_eq!(sandbox.ok(&["ls"]).trim(), "no downloads");
     assert!(sandbox.service_pid().is_some());
     let log = std::fs::read_to_string(sandbox.data().join("service.log")).unwrap();
@@ -141,7 +141,7 @@ fn reply(conn: &mut UnixStream) -> serde_json::Value {
 
 #[test]
 fn a_crash_between_saving_a_keyed_add_and_replying_loses_only_the_reply() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let body = vec![7u8; 64 * 1024];
     let server = FileServer::start(body.clone());
     let flag = sandbox.root.path().join("crash-after-add");

@@ -1,0 +1,370 @@
+//! Adding downloads: the checks on an add request, ids reserved on disk before they are handed out, the verified add
+//! that browser capture makes, and `find` by client key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::{AddRequest, AddResult, DownloadInfo, ErrorCode, Status, validate};
+use tokio::sync::Notify;
+use tracing::info;
+
+use super::entry::{Entry, now_ms};
+use super::error::TransferError;
+use super::filename;
+use super::plan::Dest;
+use super::probe;
+use super::queue::{ApiError, Core, Engine, invalid, lock};
+use super::state::{self, DownloadRecord};
+use super::transfer;
+
+/// How long a verified add waits for the server's first response.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the engine tracks of verified adds under way.
+#[derive(Default)]
+pub(super) struct Verifications {
+    /// Verified adds take turns per URL (see [`Engine::add_verified`]): an entry lives while an add holds or waits
+    /// for that URL's turn.
+    url_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Client keys of verified adds that have not answered yet, with how many carry each: `find` waits for them.
+    verifying: Mutex<HashMap<String, usize>>,
+    /// Signalled each time a verified add with a client key answers.
+    verified: Notify,
+}
+
+fn fetch_failed(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::FetchFailed, message)
+}
+
+/// An add request, checked, before it touches the queue.
+pub(super) struct NewDownload {
+    url: url::Url,
+    client_key: Option<String>,
+    /// The file name: the request's, or for a verified add the server's (sanitized); `None` leaves it to the probe.
+    name: Option<String>,
+    /// The request's headers, `Referer` included.
+    headers: Vec<(String, String)>,
+    /// `None`: the settings' default at the time of the add.
+    threads: Option<u32>,
+    retries: Option<u32>,
+    bandwidth_limit: u64,
+}
+
+impl NewDownload {
+    /// Check every field of `req`; nothing is sent or saved.
+    fn check(req: AddRequest) -> Result<NewDownload, ApiError> {
+        let url = validate::url(&req.url)?;
+        if let Some(t) = req.threads {
+            validate::threads(t)?;
+        }
+        if let Some(r) = req.retries {
+            validate::retries(r)?;
+        }
+        if let Some(name) = &req.filename {
+            filename::validate_user_name(name).map_err(invalid)?;
+        }
+        if let Some(key) = &req.client_key {
+            check_client_key(key)?;
+        }
+        validate::header_count(req.headers.len())?;
+        let mut headers: Vec<(String, String)> = req.headers.into_iter().collect();
+        if let Some(referrer) = req.referrer.filter(|r| !r.is_empty()) {
+            url::Url::parse(&referrer)
+                .map_err(|e| invalid(format!("referrer is not a URL: {e}")))?;
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("referer"))
+            {
+                headers.push(("Referer".into(), referrer));
+            }
+        }
+        for (name, value) in &headers {
+            validate::header(name, value)?;
+        }
+        Ok(NewDownload {
+            url,
+            client_key: req.client_key,
+            name: req.filename,
+            headers,
+            threads: req.threads,
+            retries: req.retries,
+            bandwidth_limit: req.bandwidth_limit.unwrap_or(0),
+        })
+    }
+
+    /// The record of this download as download `id`, with the settings' defaults filled in.
+    fn record(
+        self,
+        id: protocol::DownloadId,
+        core: &Core,
+        dir: std::path::PathBuf,
+    ) -> DownloadRecord {
+        let shown = self
+            .name
+            .clone()
+            .or_else(|| filename::from_url(&self.url).map(|n| filename::sanitize(&n)));
+        DownloadRecord {
+            id,
+            url: self.url.to_string(),
+            headers: self.headers,
+            filename: shown.unwrap_or_else(|| "download".into()),
+            dest: Dest::Dir {
+                dir,
+                name: self.name,
+            },
+            status: Status::Queued,
+            threads: self.threads.unwrap_or(core.settings.default_threads),
+            retries: self.retries.unwrap_or(core.settings.default_retries),
+            bandwidth_limit: self.bandwidth_limit,
+            error: None,
+            created_at: now_ms(),
+            finished_at: None,
+            plan: None,
+            path: None,
+            size: None,
+            client_key: self.client_key,
+        }
+    }
+}
+
+/// A client key is 1 to 128 bytes of printable ASCII: it is logged and stored, so nothing that could break a line.
+fn check_client_key(key: &str) -> Result<(), ApiError> {
+    if protocol::CLIENT_KEY_LEN.contains(&key.len())
+        && key.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "client_key must be {} to {} characters of printable ASCII",
+            protocol::CLIENT_KEY_LEN.start(),
+            protocol::CLIENT_KEY_LEN.end()
+        )))
+    }
+}
+
+/// One URL's turn among verified adds, held until dropped. Dropped by the last add that held or waited for it, it
+/// takes the URL out of [`Verifications::url_turns`].
+struct UrlTurn {
+    engine: Engine,
+    url: String,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UrlTurn {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut turns = lock(&self.engine.inner.verify.url_turns);
+        // Two references: the map's and ours. Anyone else waiting holds a third.
+        if turns
+            .get(&self.url)
+            .is_some_and(|t| Arc::ptr_eq(t, &self.turn) && Arc::strong_count(t) == 2)
+        {
+            turns.remove(&self.url);
+        }
+    }
+}
+
+/// Marks a client key as being verified, from before the verification starts until its add has answered.
+struct Verifying {
+    engine: Engine,
+    key: String,
+}
+
+impl Verifying {
+    fn start(engine: &Engine, key: String) -> Verifying {
+        *lock(&engine.inner.verify.verifying)
+            .entry(key.clone())
+            .or_default() += 1;
+        Verifying {
+            engine: engine.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Verifying {
+    fn drop(&mut self) {
+        let verify = &self.engine.inner.verify;
+        {
+            let mut verifying = lock(&verify.verifying);
+            if let Some(n) = verifying.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    verifying.remove(&self.key);
+                }
+            }
+        }
+        verify.verified.notify_waiters();
+    }
+}
+
+impl Engine {
+    /// Add a download. When its `client_key` is already in the queue, nothing is added and that download is the
+    /// answer (`existing`). `req.expect` is not looked at: browser capture goes through [`Engine::add_verified`].
+    /// The add is in `state.json` before this returns, and only then does the download start: no file of a download
+    /// exists before the download is on disk, so a crash can never leave a `.part` file that no saved download
+    /// owns (and that would push the restarted download to `name (1)`).
+    pub async fn add(&self, req: AddRequest) -> Result<AddResult, ApiError> {
+        let added = self.insert(NewDownload::check(req)?).await?;
+        self.persist().await;
+        self.start_queued();
+        Ok(added)
+    }
+
+    /// A verified add, as browser capture makes it. The browser lets go of its own copy once this answers, so it
+    /// answers only when SDM can fetch the same file:
+    /// 1. a `client_key` already in the queue, or else an unfinished download of the same URL, is the answer
+    ///    (`existing`): a second capture of a URL joins the first;
+    /// 2. otherwise the server is asked for the first byte, with the add's headers, within 20 s; an error status, a
+    ///    size other than `expect.size`, or a web page where the browser got something else fails with
+    ///    `fetch_failed`, and nothing is added or written;
+    /// 3. then the download is added, named by the request, else by that response (its Content-Disposition, else
+    ///    its URL), and written to `state.json` before this returns.
+    ///
+    /// Verified adds of one URL take turns, so the second of two at once sees the first's download in step 1.
+    ///
+    /// The key counts as being verified from this call on, before the returned future first runs, so a
+    /// [`Engine::find`] asked after the call waits for the answer.
+    pub fn add_verified(
+        &self,
+        req: AddRequest,
+    ) -> impl Future<Output = Result<AddResult, ApiError>> + Send + 'static {
+        let verifying = req
+            .client_key
+            .as_deref()
+            .filter(|k| check_client_key(k).is_ok())
+            .map(|k| Verifying::start(self, k.to_string()));
+        let engine = self.clone();
+        async move {
+            let result = engine.verify_and_add(req).await;
+            drop(verifying);
+            result
+        }
+    }
+
+    async fn verify_and_add(&self, req: AddRequest) -> Result<AddResult, ApiError> {
+        let expect = req.expect.clone().unwrap_or_default();
+        let mut new = NewDownload::check(req)?;
+        let joined = |id| AddResult { id, existing: true };
+        let known = |core: &Core| {
+            new.client_key
+                .as_deref()
+                .and_then(|k| core.by_key(k))
+                .or_else(|| core.unfinished(new.url.as_str()))
+        };
+        if let Some(id) = known(&lock(&self.inner.core)) {
+            return Ok(joined(id));
+        }
+        let turn = self.url_turn(new.url.as_str()).await;
+        // The add that held the turn before may have added this very download.
+        if let Some(id) = known(&lock(&self.inner.core)) {
+            return Ok(joined(id));
+        }
+        let headers =
+            transfer::caller_headers(new.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let first = probe::first_byte(
+            &self.inner.client,
+            new.url.as_str(),
+            &headers,
+            VERIFY_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+            TransferError::Stalled => fetch_failed(format!(
+                "the server did not answer within {} s",
+                VERIFY_TIMEOUT.as_secs()
+            )),
+            e => fetch_failed(format!("cannot fetch the file: {e}")),
+        })?;
+        if let Err(why) = first.check(expect.size, expect.mime.as_deref()) {
+            info!(cause = %why, "verified add refused");
+            return Err(fetch_failed(why));
+        }
+        if new.name.is_none() {
+            new.name = first.name.as_deref().map(filename::sanitize);
+        }
+        let added = self.insert(new).await?;
+        // The download is in the queue: the next add of this URL joins it, and need not wait for the write.
+        drop(turn);
+        self.persist().await;
+        self.start_queued();
+        Ok(added)
+    }
+
+    /// The download added with `key`, if it is in the queue. A verified add of that key still under way is waited
+    /// for first, so the answer is final.
+    pub async fn find(&self, key: &str) -> Result<Option<DownloadInfo>, ApiError> {
+        check_client_key(key)?;
+        let verify = &self.inner.verify;
+        loop {
+            // Made before the check, so an add that answers in between still wakes us.
+            let answered = verify.verified.notified();
+            if !lock(&verify.verifying).contains_key(key) {
+                break;
+            }
+            answered.await;
+        }
+        let core = lock(&self.inner.core);
+        Ok(core
+            .by_key(key)
+            .and_then(|id| core.downloads.get(&id))
+            .map(Entry::info))
+    }
+
+    /// Wait for `url`'s turn among verified adds; it lasts until the returned value is dropped.
+    async fn url_turn(&self, url: &str) -> UrlTurn {
+        let turn = lock(&self.inner.verify.url_turns)
+            .entry(url.to_string())
+            .or_default()
+            .clone();
+        // Built before waiting, so an add dropped while it waits still takes the URL out of the map.
+        let mut guard = UrlTurn {
+            engine: self.clone(),
+            url: url.to_string(),
+            turn: turn.clone(),
+            held: None,
+        };
+        guard.held = Some(turn.lock_owned().await);
+        guard
+    }
+
+    /// Put a checked download in the queue, unless its client key is there already. An id is handed out only once
+    /// it is reserved on disk (`ids.json`), so no crash, nor a state file lost whole, lets it be used twice.
+    async fn insert(&self, new: NewDownload) -> Result<AddResult, ApiError> {
+        loop {
+            let reserved = {
+                let mut core = lock(&self.inner.core);
+                if let Some(id) = new.client_key.as_deref().and_then(|k| core.by_key(k)) {
+                    return Ok(AddResult { id, existing: true });
+                }
+                let id = core.next_id;
+                if id < core.reserved_ids {
+                    core.next_id += 1;
+                    let dir = self.download_dir(&core.settings);
+                    let entry = Entry::new(new.record(id, &core, dir));
+                    info!(id, "added");
+                    self.changed(&entry);
+                    core.downloads.insert(id, entry);
+                    return Ok(AddResult {
+                        id,
+                        existing: false,
+                    });
+                }
+                // Sent under the lock, so reservations reach the writer in the order they were asked for.
+                let until = id + state::ID_BLOCK;
+                let written = self.inner.disk.reserve_ids(until);
+                async move { written.await.map(|()| until) }
+            };
+            let until = reserved.await.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Io,
+                    format!("cannot write to the data directory: {e}"),
+                )
+            })?;
+            let mut core = lock(&self.inner.core);
+            core.reserved_ids = core.reserved_ids.max(until);
+        }
+    }
+}

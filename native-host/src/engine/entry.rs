@@ -1,0 +1,134 @@
+//! One download in the queue: its saved record beside what only a running transfer knows, and how it is shown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use protocol::{DownloadInfo, HistoryItem, Status};
+use tokio_util::sync::CancellationToken;
+
+use super::filename;
+use super::oneshot::{SpeedMeter, eta};
+use super::plan::Live;
+use super::ratelimit::RateLimiter;
+use super::state::DownloadRecord;
+
+pub(super) struct Entry {
+    pub(super) rec: DownloadRecord,
+    pub(super) live: Arc<Live>,
+    pub(super) limiter: Arc<RateLimiter>,
+    /// Set while a transfer task runs; cancelling it stops the task, which then reports back.
+    pub(super) task: Option<CancellationToken>,
+    /// `remove` was asked while the task ran: forget the download (deleting its file if `true`) when it stops.
+    pub(super) removing: Option<bool>,
+    pub(super) meter: SpeedMeter,
+    pub(super) speed: u64,
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Entry {
+    pub(super) fn new(rec: DownloadRecord) -> Entry {
+        let live = Live::new(rec.plan.clone());
+        if let Some(size) = rec.size {
+            live.downloaded.store(size, Ordering::Relaxed);
+        }
+        Entry {
+            live,
+            limiter: Arc::new(RateLimiter::new(rec.bandwidth_limit)),
+            rec,
+            task: None,
+            removing: None,
+            meter: SpeedMeter::default(),
+            speed: 0,
+        }
+    }
+
+    pub(super) fn path(&self) -> Option<PathBuf> {
+        self.live
+            .snapshot()
+            .map(|p| p.path)
+            .or_else(|| self.rec.path.clone())
+    }
+
+    /// The `.part` file of a download that will not go on, to delete.
+    pub(super) fn part_file(&self) -> Option<PathBuf> {
+        self.path().map(|path| filename::part_path(&path))
+    }
+
+    /// What a removed download leaves to delete: its `.part` file always, its completed file when asked.
+    pub(super) fn leftover(&self, delete_file: bool) -> Option<PathBuf> {
+        if self.rec.status != Status::Completed {
+            self.part_file()
+        } else if delete_file {
+            self.path()
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn info(&self) -> DownloadInfo {
+        let plan = self.live.snapshot();
+        let path = self.path();
+        let running = self.rec.status == Status::Downloading;
+        let total = plan
+            .as_ref()
+            .and_then(|p| p.total)
+            .or(self.rec.plan.as_ref().and_then(|p| p.total))
+            .or(self.rec.size);
+        let downloaded = self.live.downloaded.load(Ordering::Relaxed);
+        let total = total.or((self.rec.status == Status::Completed).then_some(downloaded));
+        let speed = if running { self.speed } else { 0 };
+        DownloadInfo {
+            id: self.rec.id,
+            url: self.rec.url.clone(),
+            filename: path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.rec.filename.clone()),
+            path: path.map(|p| p.display().to_string()).unwrap_or_default(),
+            status: self.rec.status,
+            total,
+            downloaded,
+            speed,
+            eta: if running {
+                eta(total, downloaded, speed)
+            } else {
+                None
+            },
+            threads: self.rec.threads,
+            connections: if running {
+                self.live.connections.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            retries: self.rec.retries,
+            bandwidth_limit: self.rec.bandwidth_limit,
+            error: self.rec.error.clone(),
+            created_at: self.rec.created_at,
+            finished_at: self.rec.finished_at,
+        }
+    }
+
+    pub(super) fn history_item(&self) -> HistoryItem {
+        let info = self.info();
+        HistoryItem {
+            id: info.id,
+            url: info.url,
+            filename: info.filename,
+            path: info.path,
+            status: info.status,
+            total: info.total,
+            downloaded: info.downloaded,
+            error: info.error,
+            created_at: info.created_at,
+            finished_at: info.finished_at.unwrap_or_else(now_ms),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! `sdm get`: one download, run to its end without the queue, with its progress reported as it goes. Also the speed
+//! and time-left arithmetic that the queue's progress reports share with it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::error::TransferError;
+use super::filename;
+use super::plan::{Dest, Live};
+use super::probe;
+use super::ratelimit::RateLimiter;
+use super::transfer::{self, Options, Transfer};
+
+/// A one-shot download, as `sdm get` asks for it.
+#[derive(Debug, Clone)]
+pub struct GetSpec {
+    pub url: String,
+    /// A file path, or an existing folder (then the server's name is used, sanitized).
+    pub output: PathBuf,
+    pub threads: u32,
+    pub retries: u32,
+    /// Extra request headers, `(name, value)`.
+    pub headers: Vec<(String, String)>,
+    /// Bytes per second, 0 = unlimited.
+    pub limit: u64,
+    pub stall_timeout: Duration,
+    /// Expected sha256 of the whole file, lowercase hex.
+    pub sha256: Option<String>,
+    /// Move plain-HTTP ranged bodies with splice(2) (see [`super::splice`]); off, every byte goes through reqwest.
+    pub splice: bool,
+}
+
+/// The live numbers of a transfer, for a progress bar.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub filename: String,
+    pub total: Option<u64>,
+    pub downloaded: u64,
+    /// Bytes per second, smoothed.
+    pub speed: u64,
+    pub connections: u32,
+}
+
+/// Download `spec.url` to its final path and return that path. On any error nothing is left at the final path, and
+/// the `.part` file is removed (a one-shot download has no later resume). `on_progress` is called 5 times a second.
+pub async fn get(
+    spec: GetSpec,
+    mut on_progress: impl FnMut(&Snapshot) + Send,
+) -> Result<PathBuf, TransferError> {
+    let live = Live::new(None);
+    let transfer = transfer_for(&spec, live.clone())?;
+    let mut run = std::pin::pin!(transfer.run());
+    let mut meter = SpeedMeter::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = tick.tick() => on_progress(&snapshot(&live, &mut meter)),
+        }
+    };
+    if result.is_err()
+        && let Some(plan) = live.snapshot()
+    {
+        let _ = std::fs::remove_file(filename::part_path(&plan.path));
+    }
+    result
+}
+
+fn transfer_for(spec: &GetSpec, live: Arc<Live>) -> Result<Transfer, TransferError> {
+    let headers =
+        transfer::caller_headers(spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let dest = if spec.output.is_dir() {
+        Dest::Dir {
+            dir: spec.output.clone(),
+            name: None,
+        }
+    } else {
+        Dest::File(spec.output.clone())
+    };
+    Ok(Transfer {
+        client: probe::client()?,
+        url: spec.url.clone(),
+        headers,
+        dest,
+        options: Options {
+            threads: spec.threads.clamp(
+                *protocol::THREADS_RANGE.start(),
+                *protocol::THREADS_RANGE.end(),
+            ),
+            retries: spec.retries,
+            stall_timeout: spec.stall_timeout,
+            sha256: spec.sha256.clone(),
+            splice: spec.splice,
+        },
+        limiters: vec![Arc::new(RateLimiter::new(spec.limit))],
+        cancel: CancellationToken::new(),
+        live,
+        on_plan: None,
+    })
+}
+
+fn snapshot(live: &Live, meter: &mut SpeedMeter) -> Snapshot {
+    let plan = live.snapshot();
+    let downloaded = live.downloaded.load(Ordering::Relaxed);
+    Snapshot {
+        filename: plan
+            .as_ref()
+            .and_then(|p| p.path.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        total: plan.as_ref().and_then(|p| p.total),
+        downloaded,
+        speed: meter.sample(downloaded),
+        connections: live.connections.load(Ordering::Relaxed),
+    }
+}
+
+/// Speed smoothed over the last few seconds, from samples of a byte counter.
+#[derive(Debug, Default)]
+pub struct SpeedMeter {
+    samples: VecDeque<(tokio::time::Instant, u64)>,
+}
+
+impl SpeedMeter {
+    /// How far back the average reaches.
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    /// Record the counter now and return bytes per second over the window.
+    pub fn sample(&mut self, bytes: u64) -> u64 {
+        let now = tokio::time::Instant::now();
+        if self.samples.back().is_some_and(|&(_, b)| bytes < b) {
+            self.samples.clear();
+        }
+        self.samples.push_back((now, bytes));
+        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
+            self.samples.pop_front();
+        }
+        let (t0, b0) = self.samples[0];
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt < 0.05 {
+            0
+        } else {
+            ((bytes - b0) as f64 / dt) as u64
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.samples.clear();
+    }
+}
+
+/// Seconds left at `speed`, when both are known.
+pub fn eta(total: Option<u64>, downloaded: u64, speed: u64) -> Option<u64> {
+    let total = total?;
+    (speed > 0).then(|| total.saturating_sub(downloaded).div_ceil(speed))
+}
