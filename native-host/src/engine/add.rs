@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::{AddRequest, AddResult, DownloadInfo, ErrorCode, Status, validate};
+use protocol::{AddRequest, AddResult, DownloadId, DownloadInfo, ErrorCode, Status, validate};
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -124,6 +124,7 @@ impl NewDownload {
             path: None,
             size: None,
             client_key: self.client_key,
+            joined_keys: Vec::new(),
         }
     }
 }
@@ -247,20 +248,15 @@ impl Engine {
     async fn verify_and_add(&self, req: AddRequest) -> Result<AddResult, ApiError> {
         let expect = req.expect.clone().unwrap_or_default();
         let mut new = NewDownload::check(req)?;
-        let joined = |id| AddResult { id, existing: true };
-        let known = |core: &Core| {
-            new.client_key
-                .as_deref()
-                .and_then(|k| core.by_key(k))
-                .or_else(|| core.unfinished(new.url.as_str()))
-        };
-        if let Some(id) = known(&lock(&self.inner.core)) {
-            return Ok(joined(id));
+        if let Some(id) = self.join(&new) {
+            self.persist().await;
+            return Ok(AddResult { id, existing: true });
         }
         let turn = self.url_turn(new.url.as_str()).await;
         // The add that held the turn before may have added this very download.
-        if let Some(id) = known(&lock(&self.inner.core)) {
-            return Ok(joined(id));
+        if let Some(id) = self.join(&new) {
+            self.persist().await;
+            return Ok(AddResult { id, existing: true });
         }
         let headers =
             transfer::caller_headers(new.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
@@ -291,6 +287,26 @@ impl Engine {
         self.persist().await;
         self.start_queued();
         Ok(added)
+    }
+
+    /// The download a verified add joins instead of adding one: its key's, else an unfinished one of its URL. A key
+    /// that joins another capture's download is kept with it, so `find` answers for that key too; the caller
+    /// persists before answering.
+    fn join(&self, new: &NewDownload) -> Option<DownloadId> {
+        let mut core = lock(&self.inner.core);
+        let key = new.client_key.as_deref();
+        if let Some(id) = key.and_then(|k| core.by_key(k)) {
+            return Some(id);
+        }
+        let id = core.unfinished(new.url.as_str())?;
+        let e = core.downloads.get_mut(&id).expect("found");
+        if let Some(k) = key
+            && e.rec.joined_keys.len() < state::MAX_JOINED_KEYS
+        {
+            e.rec.joined_keys.push(k.to_owned());
+            self.touch();
+        }
+        Some(id)
     }
 
     /// The download added with `key`, if it is in the queue. A verified add of that key still under way is waited

@@ -154,7 +154,11 @@ impl Core {
     pub(super) fn by_key(&self, key: &str) -> Option<DownloadId> {
         self.downloads
             .values()
-            .find(|e| e.removing.is_none() && e.rec.client_key.as_deref() == Some(key))
+            .find(|e| {
+                e.removing.is_none()
+                    && (e.rec.client_key.as_deref() == Some(key)
+                        || e.rec.joined_keys.iter().any(|k| k == key))
+            })
             .map(|e| e.rec.id)
     }
 

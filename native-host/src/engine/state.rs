@@ -58,7 +58,15 @@ pub struct DownloadRecord {
     /// download, across restarts too. Absent in older state files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<String>,
+    /// Keys of later verified adds that joined this download (a second capture of the same URL), so `find` answers
+    /// for them too after a lost reply. At most [`MAX_JOINED_KEYS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined_keys: Vec<String>,
 }
+
+/// How many joined keys a download keeps: a page that starts the same download over and over must not grow the
+/// state file without bound.
+pub const MAX_JOINED_KEYS: usize = 16;
 
 #[derive(Serialize)]
 struct StateOut<'a> {
@@ -369,6 +377,7 @@ mod tests {
             path: None,
             size: None,
             client_key: None,
+            joined_keys: Vec::new(),
         }
     }
 
