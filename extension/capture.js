@@ -33,6 +33,8 @@ const INSTANCE_KEY = "instance";
 const CAPTURE_PREFIX = "capture/";
 /** A record whose download the browser has not listed again by then is dropped. */
 const RECORD_MAX_AGE_MS = 10 * 60_000;
+/** How soon a settling pass that could not find a recorded download looks again. */
+const SETTLE_AGAIN_MS = 2_000;
 /** How long each step may take. Exported so the unit tests can shorten them. */
 export const timing = {
   /** The host verifies within 20 s; this leaves room for the relay, the state write and a cold service. */
@@ -52,6 +54,8 @@ let settings = { ...DEFAULT_CAPTURE };
 let instance = null;
 /** Keys of the captures this worker is handing over right now; settling skips them. */
 const inFlight = new Set();
+/** URL → the last capture of it under way, so captures of one URL take turns. */
+const byUrl = new Map();
 /** Download id → resolvers waiting for Chromium to choose that download's file name. */
 const nameWaiters = new Map();
 
@@ -131,16 +135,19 @@ const noteCapture = (key, item, paused) =>
   });
 const forgetCapture = (key) => api.storage.local.remove(recordKey(key)).catch(() => {});
 
-/** The browser's download a record names, in this session's ids. */
+/** The browser's download a record names, in this session's ids: the same URL and start time, else (a session
+ * restore may restamp it) the download of that URL whose start is nearest. */
 async function recordedItem(rec) {
-  const same = (d) => d && d.url === rec.url && d.startTime === rec.startTime;
   const byId = await current(rec.id);
-  if (same(byId)) return byId;
+  if (byId && byId.url === rec.url && byId.startTime === rec.startTime) return byId;
+  let all = [];
   try {
-    return (await api.downloads.search({ url: rec.url })).find(same) ?? null;
+    all = await api.downloads.search({ url: rec.url });
   } catch {
     return null;
   }
+  const distance = (d) => Math.abs((Date.parse(d.startTime) || 0) - (Date.parse(rec.startTime) || 0));
+  return all.sort((a, b) => distance(a) - distance(b))[0] ?? null;
 }
 
 // --- talking to the host ----------------------------------------------------------------------------------------
@@ -314,10 +321,17 @@ async function onCreated(item) {
   }
   const key = captureKey(instance, item);
   inFlight.add(key);
+  // Captures of one URL take turns, oldest first, so the first download's name is the one SDM keeps and a second
+  // capture joins it (Firefox names the second browser copy `name(1)` while both run).
+  const before = byUrl.get(url) ?? Promise.resolve();
+  const mine = before.then(() => (isFirefox ? captureFirefox(item, url, key) : captureChromium(item, url, key)));
+  const turn = mine.catch(() => {});
+  byUrl.set(url, turn);
   try {
-    await (isFirefox ? captureFirefox(item, url, key) : captureChromium(item, url, key));
+    await mine;
   } finally {
     inFlight.delete(key);
+    if (byUrl.get(url) === turn) byUrl.delete(url);
   }
 }
 
@@ -347,8 +361,11 @@ async function settleOnce() {
     }
     const item = await recordedItem(rec);
     if (taken !== null) {
-      // Firefox lists the last session's downloads again a little after start: wait for it, within reason.
-      if (!item && Date.now() - rec.at < RECORD_MAX_AGE_MS) continue;
+      // Firefox lists the last session's downloads again a little after start: look again soon, within reason.
+      if (!item && Date.now() - rec.at < RECORD_MAX_AGE_MS) {
+        setTimeout(() => settle().catch(() => {}), SETTLE_AGAIN_MS);
+        continue;
+      }
       await keepOneCopy(item, taken);
     } else if (item && rec.paused) {
       await api.downloads.resume(item.id).catch(() => {});

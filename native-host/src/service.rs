@@ -35,40 +35,6 @@ use crate::paths::{self, LOCK_FILE, SOCKET_FILE};
 /// Frames queued for one connection's writer. Replies wait for room; a subscriber that falls behind skips events.
 const WRITE_QUEUE: usize = 64;
 
-/// The exit code of a crash asked for by [`Faults::crash_after_add`].
-pub const CRASH_EXIT_CODE: i32 = 86;
-
-/// Fault points for tests, read from the environment once when the service starts. They are for tests only: unset,
-/// nothing changes.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// `SDM_TEST_CRASH_AFTER_ADD=<path>`: once an add that carries a `client_key` is in `state.json`, if `<path>`
-    /// exists, remove it and exit at once with [`CRASH_EXIT_CODE`], without replying: a crash between the write and
-    /// the acknowledgement, which a client recovers from with `find`.
-    pub crash_after_add: Option<PathBuf>,
-}
-
-impl Faults {
-    pub fn from_env() -> Faults {
-        Faults {
-            crash_after_add: std::env::var_os("SDM_TEST_CRASH_AFTER_ADD").map(PathBuf::from),
-        }
-    }
-
-    /// The crash of [`Faults::crash_after_add`], when armed.
-    fn after_keyed_add(&self) {
-        if let Some(path) = &self.crash_after_add
-            && std::fs::remove_file(path).is_ok()
-        {
-            tracing::warn!(
-                code = CRASH_EXIT_CODE,
-                "SDM_TEST_CRASH_AFTER_ADD: exiting after the write, before the reply"
-            );
-            std::process::exit(CRASH_EXIT_CODE);
-        }
-    }
-}
-
 /// What the service needs to know about where it lives.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -110,6 +76,7 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
     let engine = Engine::start(EngineConfig {
         data_dir: dir.clone(),
         default_download_dir: config.default_download_dir.clone(),
+        crash_after_keyed_add: std::env::var_os("SDM_TEST_CRASH_AFTER_ADD").map(PathBuf::from),
     })
     .await
     .map_err(|e| {
@@ -119,16 +86,14 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
     for warning in engine.warnings() {
         tracing::warn!(%warning, "engine start-up");
     }
-    let faults = std::sync::Arc::new(Faults::from_env());
 
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let engine = engine.clone();
-                    let faults = faults.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(engine, stream, faults).await {
+                        if let Err(e) = serve_connection(engine, stream).await {
                             tracing::debug!(cause = %e, "connection ended");
                         }
                     });
@@ -217,11 +182,7 @@ fn bind(socket: &Path) -> Result<UnixListener, ServiceError> {
 
 /// Read requests from one connection and answer them, until it closes. Most are answered in order; a verified `add`
 /// and `find` answer from tasks of their own.
-async fn serve_connection(
-    engine: Engine,
-    stream: UnixStream,
-    faults: std::sync::Arc<Faults>,
-) -> io::Result<()> {
+async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, protocol::codec::codec(MAX_INCOMING_FRAME));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
@@ -260,24 +221,21 @@ async fn serve_connection(
                 let id = request.id;
                 match request.command {
                     Command::Add(add) if add.expect.is_some() => {
-                        let keyed = add.client_key.is_some();
                         // Its key counts as being verified from now on: a `find` read after it waits for it.
                         let added = engine.add_verified(add);
-                        let (engine, faults) = (engine.clone(), faults.clone());
-                        reply_later(&tx, async move {
-                            answer_add(&engine, id, keyed, added.await, &faults).await
-                        });
-                        continue;
-                    }
-                    command @ Command::Find { .. } => {
-                        let (engine, faults) = (engine.clone(), faults.clone());
+                        let engine = engine.clone();
                         reply_later(
                             &tx,
-                            async move { dispatch(&engine, id, command, &faults).await },
+                            async move { answer_add(&engine, id, added.await).await },
                         );
                         continue;
                     }
-                    command => dispatch(&engine, id, command, &faults).await,
+                    command @ Command::Find { .. } => {
+                        let engine = engine.clone();
+                        reply_later(&tx, async move { dispatch(&engine, id, command).await });
+                        continue;
+                    }
+                    command => dispatch(&engine, id, command).await,
                 }
             }
         };
@@ -357,7 +315,7 @@ fn resync(engine: &Engine) -> Vec<protocol::Event> {
 }
 
 /// Run one command and encode its reply (at most [`MAX_OUTGOING_FRAME`] bytes).
-pub async fn dispatch(engine: &Engine, id: u64, command: Command, faults: &Faults) -> Vec<u8> {
+pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
     let empty = serde_json::json!({});
     // A change is acknowledged only once it is on disk (`add` sees to its own, in `answer_add`).
     let changes_queue = matches!(
@@ -375,13 +333,12 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command, faults: &Fault
             },
         ),
         Command::Add(add) => {
-            let keyed = add.client_key.is_some();
             let added = if add.expect.is_some() {
                 engine.add_verified(add).await
             } else {
                 engine.add(add).await
             };
-            return answer_add(engine, id, keyed, added, faults).await;
+            return answer_add(engine, id, added).await;
         }
         Command::Find { client_key } => result(
             id,
@@ -434,19 +391,10 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command, faults: &Fault
 
 /// The reply to an `add`, sent only once the download is in `state.json`: the browser erases its own copy of a
 /// captured download when `add` is answered, so a crash right after the reply must not lose it.
-async fn answer_add(
-    engine: &Engine,
-    id: u64,
-    keyed: bool,
-    added: Result<AddResult, ApiError>,
-    faults: &Faults,
-) -> Vec<u8> {
+async fn answer_add(engine: &Engine, id: u64, added: Result<AddResult, ApiError>) -> Vec<u8> {
     let reply = result(id, added);
     if reply.ok {
         engine.persist().await;
-        if keyed {
-            faults.after_keyed_add();
-        }
     }
     encode_reply(&reply)
 }

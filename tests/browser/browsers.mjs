@@ -18,7 +18,7 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 import puppeteer from "puppeteer-core";
 
-import { CHROMIUM, EXTENSION_DIR, EXTENSION_ID, registerHost, SDM_BIN, sleep, waitFor } from "./support.mjs";
+import { chromiumOptions, EXTENSION_DIR, EXTENSION_ID, registerHost, SDM_BIN, sleep, waitFor } from "./support.mjs";
 
 export const FIREFOX = process.env.FIREFOX ?? "/usr/bin/firefox-esr";
 /** Both, always; `SDM_BROWSERS=firefox` narrows a run by hand while looking at one browser. */
@@ -116,25 +116,8 @@ async function launchChromium({ profile, home, downloadsDir, host = true, env = 
   if (host) registerHost(profile);
   setChromiumDownloadDir(profile, downloadsDir);
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: false,
-    // Playwright's defaults disable extensions; the extension is the point here.
-    ignoreDefaultArgs: ["--disable-extensions", "--disable-component-extensions-with-background-pages"],
-    args: [
-      "--headless=new",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-      `--disable-extensions-except=${EXTENSION_DIR}`,
-      `--load-extension=${EXTENSION_DIR}`,
-      ...args,
-    ],
-    env: { ...process.env, SDM_HOME: home, ...env },
+    ...chromiumOptions({ home, env, args }),
     viewport: { width: 800, height: 600 },
-    timeout: 30_000,
   });
   return orClose(() => context.close(), () => finishChromium(context, { profile, downloadsDir }));
 }

@@ -187,12 +187,16 @@ function serveBytes(req, res, body, name, rate) {
     res.end();
     return;
   }
-  const slice = body.subarray(start, end + 1);
+  sendPaced(res, body.subarray(start, end + 1), rate);
+}
+
+/** Send `slice` as the response body: at once, or (with `rate` bytes per second) in 16 KiB chunks paced to that
+ * rate, stopping if the client goes away. */
+export function sendPaced(res, slice, rate) {
   if (!rate) {
     res.end(slice);
     return;
   }
-  // Throttled: 16 KiB chunks paced to `rate` bytes per second, stopping if the client goes away.
   const chunk = 16 * 1024;
   let off = 0;
   let closed = false;
@@ -338,12 +342,10 @@ export function registerHost(userDataDir) {
   });
 }
 
-/**
- * Chromium with the unpacked extension, in a fresh profile. SDM_HOME is in its environment, so the host it starts
- * talks to the right service. Returns the context, the extension's service worker and its id.
- */
-export async function launchBrowser({ userDataDir, home }) {
-  const context = await chromium.launchPersistentContext(userDataDir, {
+/** Playwright's options for headless Chromium with the unpacked extension, with `SDM_HOME` (and `env`) in its
+ * environment so the host it starts talks to the test's service. */
+export function chromiumOptions({ home, env = {}, args = [] }) {
+  return {
     executablePath: CHROMIUM,
     headless: false,
     // Playwright's defaults disable extensions; the extension is the point here.
@@ -358,10 +360,21 @@ export async function launchBrowser({ userDataDir, home }) {
       "--no-first-run",
       `--disable-extensions-except=${EXTENSION_DIR}`,
       `--load-extension=${EXTENSION_DIR}`,
+      ...args,
     ],
-    env: { ...process.env, SDM_HOME: home },
-    viewport: { width: 480, height: 640 },
+    env: { ...process.env, SDM_HOME: home, ...env },
     timeout: 30_000,
+  };
+}
+
+/**
+ * Chromium with the unpacked extension, in a fresh profile. SDM_HOME is in its environment, so the host it starts
+ * talks to the right service. Returns the context, the extension's service worker and its id.
+ */
+export async function launchBrowser({ userDataDir, home }) {
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    ...chromiumOptions({ home }),
+    viewport: { width: 480, height: 640 },
   });
   const worker =
     context.serviceWorkers().find((w) => w.url().startsWith("chrome-extension://")) ??

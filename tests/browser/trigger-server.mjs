@@ -8,7 +8,7 @@ import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 
-import { content, sha256 } from "./support.mjs";
+import { content, sendPaced, sha256 } from "./support.mjs";
 
 const HTML = { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" };
 
@@ -306,34 +306,11 @@ function serveBody(req, res, body, opts) {
     res.end();
     return;
   }
-  const rate = opts.rate ?? 0;
-  if (!rate) {
-    // Chunked responses go out in pieces even unthrottled, so they really are chunked.
-    if (opts.length === false) {
-      for (let off = 0; off < slice.length; off += 64 * 1024) res.write(slice.subarray(off, off + 64 * 1024));
-      res.end();
-    } else {
-      res.end(slice);
-    }
+  // Chunked responses go out in pieces even unthrottled, so they really are chunked.
+  if (!opts.rate && opts.length === false) {
+    for (let off = 0; off < slice.length; off += 64 * 1024) res.write(slice.subarray(off, off + 64 * 1024));
+    res.end();
     return;
   }
-  const chunk = 16 * 1024;
-  let off = 0;
-  let closed = false;
-  res.on("close", () => {
-    closed = true;
-  });
-  const t0 = Date.now();
-  const pump = () => {
-    if (closed) return;
-    if (off >= slice.length) {
-      res.end();
-      return;
-    }
-    const piece = slice.subarray(off, off + chunk);
-    off += piece.length;
-    res.write(piece);
-    setTimeout(pump, Math.max(0, t0 + (off / rate) * 1000 - Date.now()));
-  };
-  pump();
+  sendPaced(res, slice, opts.rate ?? 0);
 }

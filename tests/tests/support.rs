@@ -190,6 +190,7 @@ pub async fn start_engine(root: &Path) -> Engine {
     let config = EngineConfig {
         data_dir: root.join("data"),
         default_download_dir: root.join("downloads"),
+        crash_after_keyed_add: None,
     };
     std::fs::create_dir_all(&config.default_download_dir).expect("create download folder");
     Engine::start(config).await.expect("engine starts")

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use protocol::{AddRequest, AddResult, DownloadId, DownloadInfo, ErrorCode, Status, validate};
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::entry::{Entry, now_ms};
 use super::error::TransferError;
 use super::filename;
 use super::plan::Dest;
 use super::probe;
-use super::queue::{ApiError, Core, Engine, invalid, lock};
+use super::queue::{ApiError, CRASH_EXIT_CODE, Core, Engine, invalid, lock};
 use super::state::{self, DownloadRecord};
 use super::transfer;
 
@@ -208,8 +208,11 @@ impl Engine {
     /// exists before the download is on disk, so a crash can never leave a `.part` file that no saved download
     /// owns (and that would push the restarted download to `name (1)`).
     pub async fn add(&self, req: AddRequest) -> Result<AddResult, ApiError> {
-        let added = self.insert(NewDownload::check(req)?).await?;
+        let new = NewDownload::check(req)?;
+        let keyed = new.client_key.is_some();
+        let added = self.insert(new).await?;
         self.persist().await;
+        self.crash_point(keyed);
         self.start_queued();
         Ok(added)
     }
@@ -285,6 +288,7 @@ impl Engine {
         // The download is in the queue: the next add of this URL joins it, and need not wait for the write.
         drop(turn);
         self.persist().await;
+        self.crash_point(true);
         self.start_queued();
         Ok(added)
     }
@@ -307,6 +311,20 @@ impl Engine {
             self.touch();
         }
         Some(id)
+    }
+
+    /// [`EngineConfig::crash_after_keyed_add`], when armed and the add carried a key.
+    fn crash_point(&self, keyed: bool) {
+        if let Some(path) = &self.inner.config.crash_after_keyed_add
+            && keyed
+            && std::fs::remove_file(path).is_ok()
+        {
+            warn!(
+                code = CRASH_EXIT_CODE,
+                "SDM_TEST_CRASH_AFTER_ADD: exiting after the write, before the reply"
+            );
+            std::process::exit(CRASH_EXIT_CODE);
+        }
     }
 
     /// The download added with `key`, if it is in the queue. A verified add of that key still under way is waited

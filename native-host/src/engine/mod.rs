@@ -41,4 +41,4 @@ pub mod splice;
 pub mod state;
 pub mod transfer;
 
-pub use queue::{ApiError, Engine, EngineConfig, StartError};
+pub use queue::{ApiError, CRASH_EXIT_CODE, Engine, EngineConfig, StartError};

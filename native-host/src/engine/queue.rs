@@ -35,7 +35,15 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Where downloads go while the settings name no folder.
     pub default_download_dir: PathBuf,
+    /// A fault point for tests only (`sdm serve` reads it from `SDM_TEST_CRASH_AFTER_ADD`): once an add that
+    /// carries a `client_key` is in `state.json`, if this file exists, remove it and exit at once with
+    /// [`CRASH_EXIT_CODE`], before the download starts and before any reply: a crash between the write and the
+    /// acknowledgement, which a client recovers from with `find`. `None`: nothing changes.
+    pub crash_after_keyed_add: Option<PathBuf>,
 }
+
+/// The exit code of the crash asked for by [`EngineConfig::crash_after_keyed_add`].
+pub const CRASH_EXIT_CODE: i32 = 86;
 
 /// A request the engine refused, with a code a program can match on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -169,7 +169,7 @@ fn a_crash_between_saving_a_keyed_add_and_replying_loses_only_the_reply() {
         String::from_utf8_lossy(&rest)
     );
     let status = wait_exit(&mut crashing.0, STEP);
-    assert_eq!(status.code(), Some(sdm::service::CRASH_EXIT_CODE));
+    assert_eq!(status.code(), Some(sdm::engine::CRASH_EXIT_CODE));
     assert!(!flag.exists(), "the fault is spent");
 
     // Restarted, the service has the download the client never heard about, once.
