@@ -82,7 +82,9 @@ impl Options {
                 "--no-build" => no_build = true,
                 "--keep" => keep = true,
                 "--baseline" => {
-                    let path = it.next().context("--baseline needs the path of an sdm binary")?;
+                    let path = it
+                        .next()
+                        .context("--baseline needs the path of an sdm binary")?;
                     baseline = Some(std::path::PathBuf::from(path));
                 }
                 "--runs" => {

@@ -455,9 +455,15 @@ fn capped(
     println!("bench: {}", sc.title);
     for n in [1u32, 4, 8, 16] {
         let (file, kinds): (&TestFile, &[Kind]) = if n == 1 {
-            (small, &[Kind::Sdm, Kind::SdmBaseline, Kind::Aria2Default, Kind::Curl])
+            (
+                small,
+                &[Kind::Sdm, Kind::SdmBaseline, Kind::Aria2Default, Kind::Curl],
+            )
         } else {
-            (mid, &[Kind::Sdm, Kind::SdmBaseline, Kind::Aria2Matched, Kind::Axel])
+            (
+                mid,
+                &[Kind::Sdm, Kind::SdmBaseline, Kind::Aria2Matched, Kind::Axel],
+            )
         };
         for client in clients.pick(kinds) {
             let conns = client.connections(n);
