@@ -154,6 +154,30 @@ export async function startFileServer() {
   };
 }
 
+/**
+ * The bytes a `Range` header asks of a body of `length` bytes: `null` for the whole body (no range, or one this
+ * server does not serve), `{start, end}` (inclusive), or `"unsatisfiable"`.
+ */
+export function byteRange(header, length) {
+  const range = /^bytes=(\d*)-(\d*)$/.exec(header ?? "");
+  if (!range || (range[1] === "" && range[2] === "")) return null;
+  let start;
+  let end = length - 1;
+  if (range[1] === "") {
+    start = Math.max(0, length - Number(range[2]));
+  } else {
+    start = Number(range[1]);
+    if (range[2] !== "") end = Math.min(end, Number(range[2]));
+  }
+  return start > end || start >= length ? "unsatisfiable" : { start, end };
+}
+
+/** Answer 416 for a range past the end of a body of `length` bytes. */
+export function unsatisfiable(res, length) {
+  res.writeHead(416, { "Content-Range": `bytes */${length}` });
+  res.end();
+}
+
 function serveBytes(req, res, body, name, rate) {
   let start = 0;
   let end = body.length - 1;
@@ -164,20 +188,14 @@ function serveBytes(req, res, body, name, rate) {
     ETag: `"${sha256(body).slice(0, 16)}"`,
     "Last-Modified": "Wed, 01 Jan 2025 00:00:00 GMT",
   };
-  const range = /^bytes=(\d*)-(\d*)$/.exec(req.headers.range ?? "");
+  const range = byteRange(req.headers.range, body.length);
   let status = 200;
-  if (range && (range[1] !== "" || range[2] !== "")) {
-    if (range[1] === "") {
-      start = Math.max(0, body.length - Number(range[2]));
-    } else {
-      start = Number(range[1]);
-      if (range[2] !== "") end = Math.min(end, Number(range[2]));
-    }
-    if (start > end || start >= body.length) {
-      res.writeHead(416, { "Content-Range": `bytes */${body.length}` });
-      res.end();
-      return;
-    }
+  if (range === "unsatisfiable") {
+    unsatisfiable(res, body.length);
+    return;
+  }
+  if (range) {
+    ({ start, end } = range);
     status = 206;
     headers["Content-Range"] = `bytes ${start}-${end}/${body.length}`;
   }

@@ -8,7 +8,7 @@ import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 
-import { content, sendPaced, sha256 } from "./support.mjs";
+import { byteRange, content, sendPaced, sha256, unsatisfiable } from "./support.mjs";
 
 const HTML = { "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store" };
 
@@ -280,21 +280,13 @@ function serveBody(req, res, body, opts) {
     res.writeHead(200, headers);
   } else {
     headers["Accept-Ranges"] = "bytes";
-    const range = /^bytes=(\d*)-(\d*)$/.exec(req.headers.range ?? "");
-    if (range && (range[1] !== "" || range[2] !== "")) {
-      let start;
-      let end = body.length - 1;
-      if (range[1] === "") {
-        start = Math.max(0, body.length - Number(range[2]));
-      } else {
-        start = Number(range[1]);
-        if (range[2] !== "") end = Math.min(end, Number(range[2]));
-      }
-      if (start > end || start >= body.length) {
-        res.writeHead(416, { "Content-Range": `bytes */${body.length}` });
-        res.end();
-        return;
-      }
+    const range = byteRange(req.headers.range, body.length);
+    if (range === "unsatisfiable") {
+      unsatisfiable(res, body.length);
+      return;
+    }
+    if (range) {
+      const { start, end } = range;
       status = 206;
       headers["Content-Range"] = `bytes ${start}-${end}/${body.length}`;
       slice = body.subarray(start, end + 1);
