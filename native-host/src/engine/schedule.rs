@@ -145,11 +145,23 @@ impl Engine {
             self.emit(Event::Removed { id });
             self.touch();
             self.schedule(&mut core);
-            return e.leftover(delete_file);
+            // A transfer that finished as it was removed leaves its final file, not a `.part`.
+            return match result {
+                Ok(path) => delete_file.then_some(path),
+                Err(_) => e.leftover(delete_file),
+            };
         }
         let mut history = false;
         let mut leftover = None;
         match result {
+            // Cancelled between the transfer's last write and this: the cancel was acknowledged, so it wins and
+            // the finished file goes the way a `.part` would.
+            Ok(path) if e.rec.status == Status::Cancelled => {
+                info!(id, "completed, but cancelled first");
+                e.rec.path = Some(path.clone());
+                leftover = Some(path);
+                history = true;
+            }
             Ok(path) => {
                 info!(id, "completed");
                 e.rec.status = Status::Completed;
@@ -229,6 +241,77 @@ impl Engine {
                     downloads: progress,
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    /// An engine with one download that looks as if its transfer is running, and the file that transfer just
+    /// finished: the moment between a transfer's last write and the engine hearing of it.
+    async fn finishing() -> (tempfile::TempDir, Engine, DownloadId, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::start(EngineConfig {
+            data_dir: tmp.path().join("data"),
+            default_download_dir: tmp.path().join("dl"),
+            crash_after_keyed_add: None,
+        })
+        .await
+        .unwrap();
+        let added = engine
+            .add(protocol::AddRequest {
+                url: "http://127.0.0.1:9/f.bin".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let file = tmp.path().join("f.bin");
+        std::fs::write(&file, b"done").unwrap();
+        let mut core = lock(&engine.inner.core);
+        let e = core.downloads.get_mut(&added.id).unwrap();
+        // Whatever the real task did, this one stands for it.
+        if let Some(t) = e.task.replace(CancellationToken::new()) {
+            t.cancel();
+        }
+        e.rec.status = Status::Downloading;
+        drop(core);
+        (tmp, engine, added.id, file)
+    }
+
+    #[tokio::test]
+    async fn a_cancel_acknowledged_before_the_transfer_reports_back_wins() {
+        let (_tmp, engine, id, file) = finishing().await;
+        engine.cancel(id).unwrap();
+        let leftover = engine.finished(id, Ok(file.clone()), None);
+        assert_eq!(
+            leftover,
+            Some(file),
+            "the finished file is the cancel's to delete"
+        );
+        assert_eq!(
+            lock(&engine.inner.core).downloads[&id].rec.status,
+            Status::Cancelled
+        );
+        let history = engine.history(protocol::PageRequest::default()).unwrap();
+        let statuses: Vec<Status> = history.items.iter().map(|h| h.status).collect();
+        assert_eq!(statuses, [Status::Cancelled]);
+    }
+
+    #[tokio::test]
+    async fn a_remove_as_the_transfer_finishes_deletes_the_final_file_only_when_asked() {
+        for delete_file in [false, true] {
+            let (_tmp, engine, id, file) = finishing().await;
+            engine.remove(id, delete_file).unwrap();
+            let leftover = engine.finished(id, Ok(file.clone()), None);
+            assert_eq!(
+                leftover,
+                delete_file.then_some(file),
+                "delete_file: {delete_file}"
+            );
+            assert!(!lock(&engine.inner.core).downloads.contains_key(&id));
         }
     }
 }
