@@ -18,7 +18,8 @@
 //! until a test asks for its expected bytes.
 //!
 //! Here: the server, its files' content and the request log; `spec.rs`: [`FileSpec`], how a file misbehaves;
-//! `wire.rs`: one connection, each request answered as its file's spec says.
+//! `wire.rs`: one connection, each request answered as its file's spec says; `tls.rs`: [`TlsFront`], https in front
+//! of a server, with a good or a bad certificate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,8 +33,10 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use spec::{FileSpec, NoLength};
+pub use tls::{Cert, TlsFront, test_ca_pem};
 
 mod spec;
+mod tls;
 mod wire;
 
 /// "For every request", where a fault takes a count of requests it applies to.

@@ -31,6 +31,9 @@ pub enum TransferError {
     },
     #[error("network error: {0}")]
     Network(String),
+    /// The server's TLS certificate was refused (see [`certificate_problem`]); asking again gets the same one.
+    #[error("the server's certificate {0}")]
+    Certificate(String),
     #[error("too many redirects (a redirect loop?)")]
     Redirects,
     /// The server's response is not HTTP we can read; asking again would get the same.
@@ -84,6 +87,9 @@ impl TransferError {
         let mut malformed = false;
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
+            if let Some(problem) = certificate_problem(s) {
+                return TransferError::Certificate(problem);
+            }
             msg.push_str(": ");
             msg.push_str(&s.to_string());
             malformed |= s
@@ -148,6 +154,34 @@ impl TransferError {
     }
 }
 
+/// What is wrong with the server's certificate, in words for the user, when `e` is rustls refusing it: itself, or
+/// wrapped in `io::Error`s (the connector wraps it twice), whose `source` skips the error they wrap.
+fn certificate_problem(mut e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::CertificateError as C;
+    while let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        e = inner;
+    }
+    let tls = e.downcast_ref::<rustls::Error>()?;
+    let rustls::Error::InvalidCertificate(cert) = tls else {
+        return None;
+    };
+    Some(match cert {
+        C::UnknownIssuer | C::BadSignature => {
+            "is not trusted: it is self-signed or from an unknown issuer".into()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "is for another host name (the host does not match)".into()
+        }
+        C::Expired | C::ExpiredContext { .. } => "has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "is not valid yet".into(),
+        C::Revoked => "was revoked".into(),
+        other => format!("was refused: {other}"),
+    })
+}
+
 /// How long a server asks us to wait (`Retry-After`: seconds or an HTTP date), capped at five minutes.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -166,6 +200,31 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_named_through_its_io_wrappers_and_not_retried() {
+        let wrapped = |c: rustls::CertificateError| {
+            let tls = rustls::Error::InvalidCertificate(c);
+            std::io::Error::other(std::io::Error::new(ErrorKind::InvalidData, tls))
+        };
+        let problem = |c| certificate_problem(&wrapped(c));
+        assert_eq!(
+            problem(rustls::CertificateError::Expired).unwrap(),
+            "has expired"
+        );
+        assert!(
+            problem(rustls::CertificateError::UnknownIssuer)
+                .unwrap()
+                .contains("self-signed")
+        );
+        assert!(
+            problem(rustls::CertificateError::NotValidForName)
+                .unwrap()
+                .contains("another host name")
+        );
+        assert_eq!(certificate_problem(&std::io::Error::other("reset")), None);
+        assert!(!TransferError::Certificate("has expired".into()).is_retryable());
+    }
 
     #[test]
     fn retry_after_seconds_and_dates() {

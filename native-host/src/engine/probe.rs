@@ -4,15 +4,16 @@
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, Method, Response, StatusCode};
+use url::{Origin, Url};
 
 use super::error::TransferError;
 use super::filename;
 use super::response::{content_length, parse_content_range};
 
 /// The HTTP client every transfer shares: HTTP/1.1 only (over HTTP/2 all ranges would share one TCP connection),
-/// no compression (it breaks ranges), a connect timeout, and redirects followed up to 10 times. reqwest drops
-/// `Cookie` and `Authorization` when a redirect leaves the original host.
+/// no compression (it breaks ranges), a connect timeout. It follows no redirect itself: [`send`] does, so that each
+/// hop carries only the caller's headers that belong to its origin.
 pub fn client() -> Result<Client, TransferError> {
     // Several crypto providers may be compiled in; pick ring once. A second call finds one installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -21,10 +22,109 @@ pub fn client() -> Result<Client, TransferError> {
         .connect_timeout(Duration::from_secs(15))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::limited(10))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("sdm/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(TransferError::Client)
+}
+
+/// Redirects followed before a request fails with [`TransferError::Redirects`].
+const MAX_REDIRECTS: usize = 10;
+
+/// The headers a caller gave (the user's `--header`s, the browser's cookies and credentials) and the origin they were
+/// given for: scheme, host and port. They go there only. A request to any other origin (a redirect to another port,
+/// host or scheme, or ranges fetched from where a redirect led) carries only what a browser itself sends anywhere:
+/// `User-Agent`, `Accept`, `Accept-Language`, and `Referer` cut to its origin (none from https to http), as a
+/// browser's default referrer policy does.
+#[derive(Debug, Clone)]
+pub struct Caller<'a> {
+    headers: &'a HeaderMap,
+    origin: Origin,
+}
+
+impl<'a> Caller<'a> {
+    /// `headers`, given for `url`'s origin. A URL that does not parse has an origin nothing matches.
+    pub fn new(headers: &'a HeaderMap, url: &str) -> Caller<'a> {
+        let origin = Url::parse(url).map_or_else(|_| Origin::new_opaque(), |u| u.origin());
+        Caller { headers, origin }
+    }
+
+    /// The caller's headers that may go to `url`.
+    pub fn for_url(&self, url: &Url) -> HeaderMap {
+        if url.origin() == self.origin {
+            return self.headers.clone();
+        }
+        let mut out = HeaderMap::new();
+        for name in [header::USER_AGENT, header::ACCEPT, header::ACCEPT_LANGUAGE] {
+            for v in self.headers.get_all(&name) {
+                out.append(name.clone(), v.clone());
+            }
+        }
+        if let Some(referer) = self
+            .headers
+            .get(header::REFERER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Url::parse(v).ok())
+            .filter(|r| matches!(r.scheme(), "http" | "https"))
+            .filter(|r| !(r.scheme() == "https" && url.scheme() == "http"))
+            .and_then(|r| {
+                HeaderValue::from_str(&format!("{}/", r.origin().ascii_serialization())).ok()
+            })
+        {
+            out.insert(header::REFERER, referer);
+        }
+        out
+    }
+}
+
+/// Send a `method` request for `url` with the caller's headers that belong there and `own` (the engine's: range,
+/// encoding), and follow redirects, each hop with the caller's headers for its own origin. The answer's
+/// [`Response::url`] is where the last hop went.
+pub async fn send(
+    client: &Client,
+    method: Method,
+    url: &str,
+    caller: &Caller<'_>,
+    own: &HeaderMap,
+) -> Result<Response, TransferError> {
+    let mut url = Url::parse(url).map_err(|e| TransferError::Network(format!("bad URL: {e}")))?;
+    for _ in 0..=MAX_REDIRECTS {
+        let mut headers = caller.for_url(&url);
+        headers.extend(own.clone());
+        let resp = client
+            .request(method.clone(), url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(TransferError::from_reqwest)?;
+        match redirect_target(&resp) {
+            Some(next) => url = next,
+            None => return Ok(resp),
+        }
+    }
+    Err(TransferError::Redirects)
+}
+
+/// Where a redirect points, when `resp` is one this engine follows: a 301, 302, 303, 307 or 308 whose `Location` is
+/// an http(s) URL. A GET or HEAD stays what it is on every one of them. Any other answer is the caller's to judge.
+fn redirect_target(resp: &Response) -> Option<Url> {
+    if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+    let next = resp.url().join(location).ok()?;
+    matches!(next.scheme(), "http" | "https").then_some(next)
+}
+
+/// `Accept-Encoding: identity`, and whatever `extra` adds: the engine's own headers on every request.
+fn own_headers(extra: impl FnOnce(&mut HeaderMap)) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    extra(&mut h);
+    h
 }
 
 /// What the probe learned.
@@ -40,7 +140,8 @@ pub struct ProbeResult {
     pub name: Option<String>,
 }
 
-/// HEAD the URL; when HEAD fails, GET it with `Range: bytes=0-0`. `want_name`: the caller takes the server's name
+/// HEAD the URL (`headers`: the caller's, given for its origin; see [`Caller`]); when HEAD fails, GET it with
+/// `Range: bytes=0-0`. `want_name`: the caller takes the server's name
 /// for the file, so when a successful HEAD carries no Content-Disposition, the first byte is also fetched with GET and
 /// its Content-Disposition is read (some servers name the file on GET only). A caller with a fixed name pays no
 /// second round trip.
@@ -51,8 +152,9 @@ pub async fn probe(
     timeout: Duration,
     want_name: bool,
 ) -> Result<ProbeResult, TransferError> {
-    let head =
-        tokio::time::timeout(timeout, client.head(url).headers(headers.clone()).send()).await;
+    let caller = Caller::new(headers, url);
+    let own = own_headers(|_| {});
+    let head = tokio::time::timeout(timeout, send(client, Method::HEAD, url, &caller, &own)).await;
     if let Ok(Ok(resp)) = head
         && resp.status().is_success()
         && resp.headers().get(header::CONTENT_ENCODING).is_none()
@@ -79,25 +181,24 @@ pub async fn probe(
     Err(TransferError::from_status(status, resp.headers()))
 }
 
-/// GET the URL's first byte (`Range: bytes=0-0`); the response head must come within `timeout`. Redirects are
-/// followed. The body is not read: dropping the response closes its connection.
+/// GET the URL's first byte (`Range: bytes=0-0`) with the caller's `headers` (given for `url`'s origin); the
+/// response head must come within `timeout`. Redirects are followed. The body is not read: dropping the response
+/// closes its connection.
 async fn get_first_byte(
     client: &Client,
     url: &str,
     headers: &HeaderMap,
     timeout: Duration,
 ) -> Result<Response, TransferError> {
+    let own = own_headers(|h| {
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
+    });
     tokio::time::timeout(
         timeout,
-        client
-            .get(url)
-            .headers(headers.clone())
-            .header(header::RANGE, HeaderValue::from_static("bytes=0-0"))
-            .send(),
+        send(client, Method::GET, url, &Caller::new(headers, url), &own),
     )
     .await
     .map_err(|_| TransferError::Stalled)?
-    .map_err(TransferError::from_reqwest)
 }
 
 /// The file name a response's Content-Disposition gives, unsanitized.
@@ -119,7 +220,8 @@ pub struct FirstByte {
     pub name: Option<String>,
 }
 
-/// GET the URL's first byte and read what its response says of the file.
+/// GET the URL's first byte (with the caller's `headers`, given for `url`'s origin) and read what its response says
+/// of the file.
 pub async fn first_byte(
     client: &Client,
     url: &str,
@@ -228,6 +330,62 @@ mod tests {
             mime: mime.map(media_type),
             name: None,
         }
+    }
+
+    #[test]
+    fn caller_headers_go_whole_only_to_their_own_origin() {
+        let mut given = HeaderMap::new();
+        for (k, v) in [
+            ("cookie", "sid=S"),
+            ("authorization", "Bearer T"),
+            ("proxy-authorization", "Basic P"),
+            ("x-api-key", "K"),
+            ("user-agent", "Browser/1"),
+            ("accept", "*/*"),
+            ("accept-language", "fr"),
+            ("referer", "https://site.example/page?t=1"),
+        ] {
+            given.insert(k, HeaderValue::from_static(v));
+        }
+        let caller = Caller::new(&given, "https://files.example/r?to=x");
+        let at = |u: &str| caller.for_url(&Url::parse(u).unwrap());
+        assert_eq!(at("https://files.example/f.bin"), given);
+        assert_eq!(
+            at("https://FILES.example:443/other"),
+            given,
+            "the default port and case change nothing"
+        );
+        let names = |h: HeaderMap| {
+            let mut n: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            n.sort();
+            n
+        };
+        for elsewhere in [
+            "https://files.example:8443/f.bin",
+            "http://files.example/f.bin",
+            "https://cdn.example/f.bin",
+        ] {
+            let h = at(elsewhere);
+            assert_eq!(
+                h.get(header::USER_AGENT).unwrap(),
+                "Browser/1",
+                "{elsewhere}"
+            );
+            let kept = if elsewhere.starts_with("http:") {
+                vec!["accept", "accept-language", "user-agent"]
+            } else {
+                assert_eq!(h.get(header::REFERER).unwrap(), "https://site.example/");
+                vec!["accept", "accept-language", "referer", "user-agent"]
+            };
+            assert_eq!(names(h), kept, "{elsewhere}");
+        }
+        let opaque = HeaderMap::from_iter([(header::COOKIE, HeaderValue::from_static("a=1"))]);
+        let nowhere = Caller::new(&opaque, "not a url");
+        assert!(
+            nowhere
+                .for_url(&Url::parse("http://a.example/").unwrap())
+                .is_empty()
+        );
     }
 
     #[test]

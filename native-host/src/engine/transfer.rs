@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use protocol::validate::{self, Invalid};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, Method, StatusCode};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -52,6 +52,7 @@ pub type OnPlan = Box<dyn Fn(&Plan) + Send + Sync>;
 pub struct Transfer {
     pub client: Client,
     pub url: String,
+    /// The caller's headers ([`caller_headers`]), given for `url`'s origin: sent only there (see [`probe::Caller`]).
     pub headers: HeaderMap,
     pub dest: Dest,
     pub options: Options,
@@ -340,12 +341,11 @@ impl Transfer {
         &self,
         want_name: bool,
     ) -> Result<probe::ProbeResult, TransferError> {
-        let headers = self.request_headers(&self.url);
         let mut attempt = 0;
         loop {
             let err = tokio::select! {
                 _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
-                r = probe::probe(&self.client, &self.url, &headers, self.options.stall_timeout, want_name) => match r {
+                r = probe::probe(&self.client, &self.url, &self.headers, self.options.stall_timeout, want_name) => match r {
                     Ok(found) => return Ok(found),
                     Err(e) => e,
                 },
@@ -410,12 +410,16 @@ impl Transfer {
         let Some(ask) = self.ask(idx) else {
             return Ok(());
         };
-        let mut headers = self.request_headers(&ask.url);
-        ask.asked.add_headers(&mut headers);
+        let mut own = HeaderMap::new();
+        own.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        ask.asked.add_headers(&mut own);
         let stall = self.options.stall_timeout;
         let (status, h, mut body) = tokio::select! {
             _ = stop.cancelled() => return Err(TransferError::Cancelled),
-            r = tokio::time::timeout(stall, self.send(&ask.url, headers, ask.asked.ranges, conn)) => r.map_err(|_| TransferError::Stalled)??,
+            r = tokio::time::timeout(stall, self.send(&ask.url, &own, ask.asked.ranges, conn)) => r.map_err(|_| TransferError::Stalled)??,
         };
         let range = response::judge(&ask.asked, status, &h)?;
         let _conn = ConnectionGuard::new(&self.live.connections);
@@ -519,16 +523,20 @@ impl Transfer {
         url::Url::parse(url).ok().filter(splice::eligible)
     }
 
-    /// Send the GET over the splice path when it can carry it, else through reqwest; the answer's status, headers
-    /// and body.
+    /// Send the GET for `url` over the splice path when it can carry it, else through reqwest; the answer's status,
+    /// headers and body. `own`: the engine's headers (range, encoding). The caller's headers go only to the origin
+    /// of the URL they were given for ([`probe::Caller`]): not to where a redirect led, on either path.
     async fn send(
         &self,
         url: &str,
-        headers: HeaderMap,
+        own: &HeaderMap,
         ranges: bool,
         conn: &mut Option<splice::Conn>,
     ) -> Result<(StatusCode, HeaderMap, Body), TransferError> {
+        let caller = probe::Caller::new(&self.headers, &self.url);
         if ranges && let Some(parsed) = self.splice_url(url) {
+            let mut headers = caller.for_url(&parsed);
+            headers.extend(own.clone());
             match splice::get(conn.take(), &parsed, &headers).await {
                 Ok(splice::Answer::Body(status, h, body)) => {
                     return Ok((status, h, Body::Spliced(body)));
@@ -544,35 +552,9 @@ impl Transfer {
                 Err(e) => return Err(TransferError::Network(e.to_string())),
             }
         }
-        let resp = self
-            .client
-            .get(url)
-            .headers(headers)
-            .send()
-            .await
-            .map_err(TransferError::from_reqwest)?;
+        let resp = probe::send(&self.client, Method::GET, url, &caller, own).await?;
         let (status, h) = (resp.status(), resp.headers().clone());
         Ok((status, h, Body::reqwest(resp)))
-    }
-
-    /// The caller's headers for `url`, less `Cookie` and `Authorization` when a redirect moved the download to
-    /// another host: forwarded credentials belong to the site they came from.
-    fn request_headers(&self, url: &str) -> HeaderMap {
-        let mut h = self.headers.clone();
-        let host = |u: &str| {
-            url::Url::parse(u)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-        };
-        if host(url) != host(&self.url) {
-            h.remove(header::COOKIE);
-            h.remove(header::AUTHORIZATION);
-        }
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-        h
     }
 
     /// Sync, check, and move the `.part` file to its final path without overwriting anything.
