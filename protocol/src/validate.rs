@@ -4,6 +4,8 @@
 //! Every function takes the value as the sender wrote it and answers with the value to use or an [`Invalid`] whose
 //! message names the field and says what would be accepted.
 
+use std::path::{Component, Path, PathBuf};
+
 use crate::{MAX_CONCURRENT_RANGE, MAX_RETRIES, MAX_URL_LEN, THREADS_RANGE};
 
 /// Why a value was refused, worded for the person who typed it.
@@ -16,6 +18,16 @@ pub const MAX_HEADERS: usize = 64;
 
 /// Longest header name, the limit of the `http` crate that finally sends it.
 const MAX_HEADER_NAME_LEN: usize = (1 << 16) - 1;
+
+/// Longest header value, in bytes. Servers refuse longer request lines anyway (nginx's default is 8 KiB), a browser
+/// caps one cookie at 4 KiB, and every value is rewritten into `state.json` with each checkpoint.
+pub const MAX_HEADER_VALUE_LEN: usize = 8 * 1024;
+
+/// Most bytes a download's headers may hold together, names and values (the referrer among them).
+pub const MAX_HEADERS_LEN: usize = 64 * 1024;
+
+/// Longest referrer, in bytes; it is sent as a header, so the header value's limit.
+pub const MAX_REFERRER_LEN: usize = MAX_HEADER_VALUE_LEN;
 
 /// An http or https URL of at most [`MAX_URL_LEN`] bytes, with a host and without credentials in it. Surrounding
 /// spaces are ignored.
@@ -88,9 +100,16 @@ pub fn header(name: &str, value: &str) -> Result<(), Invalid> {
             "header name {name:?} is not valid: use letters, digits and - (as in 'User-Agent: x')"
         )));
     }
+    let value = value.trim();
+    if value.len() > MAX_HEADER_VALUE_LEN {
+        return Err(Invalid(format!(
+            "header {name} is {} bytes long; at most {MAX_HEADER_VALUE_LEN} are allowed",
+            value.len()
+        )));
+    }
     // Bytes from 0x80 up are allowed: HTTP passes them through as opaque text, and browsers send such cookies.
     let is_text = |b: u8| b == b'\t' || (b >= 0x20 && b != 0x7f);
-    if !value.trim().bytes().all(is_text) {
+    if !value.bytes().all(is_text) {
         return Err(Invalid(format!(
             "header {name} has a line break or another control character in its value"
         )));
@@ -105,6 +124,142 @@ pub fn header_count(n: usize) -> Result<(), Invalid> {
     } else {
         Err(Invalid(format!("at most {MAX_HEADERS} headers, not {n}")))
     }
+}
+
+/// All of a download's headers together: at most [`MAX_HEADERS_LEN`] bytes of names and values.
+pub fn headers_len<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), Invalid> {
+    let total: usize = headers
+        .into_iter()
+        .map(|(name, value)| name.trim().len() + value.trim().len())
+        .sum();
+    if total <= MAX_HEADERS_LEN {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "headers are {total} bytes long together; at most {MAX_HEADERS_LEN} are allowed"
+        )))
+    }
+}
+
+/// A referrer: a URL of at most [`MAX_REFERRER_LEN`] bytes.
+pub fn referrer(text: &str) -> Result<url::Url, Invalid> {
+    if text.len() > MAX_REFERRER_LEN {
+        return Err(Invalid(format!(
+            "referrer is {} bytes long; at most {MAX_REFERRER_LEN} are allowed",
+            text.len()
+        )));
+    }
+    url::Url::parse(text.trim()).map_err(|e| Invalid(format!("referrer is not a URL: {e}")))
+}
+
+/// Where downloads may not go on one platform: folders refused with everything below them, and folders below
+/// those that are allowed again. The root folder is always refused.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemFolders {
+    pub refused: &'static [&'static str],
+    pub allowed: &'static [&'static str],
+}
+
+/// The system's own folders on Linux and other Unixes. Two below them are allowed again: `/run/media`, where
+/// udisks2 mounts removable drives, and `/dev/shm`, a tmpfs anyone may write to, as `/tmp` (the benchmark downloads
+/// there). A home folder under one of them (`/var/home/<user>` on Fedora's Atomic desktops) is the user's own,
+/// which [`download_dir`] allows.
+pub const UNIX_SYSTEM_FOLDERS: SystemFolders = SystemFolders {
+    refused: &[
+        "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc",
+        "/sys", "/dev", "/run", "/var",
+    ],
+    allowed: &["/run/media", "/dev/shm"],
+};
+
+/// A download folder: an absolute path that is neither the root folder, nor in or below one of `system`'s folders
+/// (unless it is inside `home`, the user's own), nor inside a hidden folder of `home` (`~/.config/autostart`,
+/// `~/.ssh`, `~/.local/bin`: a file placed there would run, or be trusted, without the user opening it). Returns the
+/// path with `.` and `..` resolved as written; symbolic links are the caller's to resolve, and to check again with
+/// [`resolved_download_dir`].
+pub fn download_dir(
+    dir: &str,
+    home: Option<&Path>,
+    system: &SystemFolders,
+) -> Result<PathBuf, Invalid> {
+    let path = Path::new(dir);
+    if !path.is_absolute() {
+        return Err(Invalid(format!(
+            "download_dir must be an absolute path, not {dir:?}"
+        )));
+    }
+    let path = lexical(path);
+    match folder_refusal(&path, home, system) {
+        None => Ok(path),
+        Some(why) => Err(Invalid(format!("download_dir {dir:?} {why}"))),
+    }
+}
+
+/// The same rule as [`download_dir`] for the folder `given` really is, once its symbolic links are followed:
+/// `resolved`, with `home` resolved the same way.
+pub fn resolved_download_dir(
+    given: &str,
+    resolved: &Path,
+    home: Option<&Path>,
+    system: &SystemFolders,
+) -> Result<(), Invalid> {
+    match folder_refusal(&lexical(resolved), home, system) {
+        None => Ok(()),
+        Some(why) => Err(Invalid(format!(
+            "download_dir {given:?} leads through a symbolic link to {}, which {why}",
+            resolved.display()
+        ))),
+    }
+}
+
+/// Why `path` (absolute, without `.` or `..`) cannot be a download folder, worded to follow its name.
+fn folder_refusal(path: &Path, home: Option<&Path>, system: &SystemFolders) -> Option<String> {
+    const CHOOSE: &str = "choose a folder of your own, such as ~/Downloads";
+    if !path.components().any(|c| matches!(c, Component::Normal(_))) {
+        return Some(format!("is the root folder: {CHOOSE}"));
+    }
+    let home = home
+        .filter(|h| h.is_absolute())
+        .map(lexical)
+        .filter(|h| h.components().any(|c| matches!(c, Component::Normal(_))));
+    if let Some(home) = home
+        && let Ok(inside) = path.strip_prefix(&home)
+    {
+        let mut shown = PathBuf::new();
+        for c in inside.components() {
+            shown.push(c);
+            if c.as_os_str().to_string_lossy().starts_with('.') {
+                return Some(format!(
+                    "is inside the hidden folder ~/{}, where a file may run or be trusted unopened: {CHOOSE}",
+                    shown.display()
+                ));
+            }
+        }
+        return None;
+    }
+    let refused = system
+        .refused
+        .iter()
+        .find(|f| path.starts_with(f))
+        .filter(|_| !system.allowed.iter().any(|a| path.starts_with(a)))?;
+    Some(format!("is inside the system folder {refused}: {CHOOSE}"))
+}
+
+/// `path` with `.` dropped and each `..` taking away the component before it, as written (no link is followed).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A `Content-Length` value: decimal digits only, surrounding spaces aside. A sign, a list (`5, 5`) or a number
@@ -185,6 +340,133 @@ mod tests {
             assert!(err.0.contains("header"), "{name:?}: {value:?}: {err}");
         }
         assert!(header(&"a".repeat(MAX_HEADER_NAME_LEN + 1), "v").is_err());
+    }
+
+    #[test]
+    fn header_values_headers_together_and_referrers_are_bounded() {
+        let most = "v".repeat(MAX_HEADER_VALUE_LEN);
+        assert!(header("Cookie", &most).is_ok());
+        assert!(
+            header("Cookie", &format!(" {most} ")).is_ok(),
+            "spaces aside"
+        );
+        let err = header("Cookie", &format!("{most}v")).unwrap_err();
+        assert_eq!(
+            err.0,
+            "header Cookie is 8193 bytes long; at most 8192 are allowed"
+        );
+        assert!(header("X", &"v".repeat(2 << 20)).is_err());
+
+        let eight = |i: usize| (format!("X-{i}"), "v".repeat(8 * 1024 - 4));
+        let fits: Vec<_> = (0..8).map(eight).collect();
+        assert!(headers_len(fits.iter().map(|(k, v)| (k.as_str(), v.as_str()))).is_ok());
+        let over: Vec<_> = (0..9).map(eight).collect();
+        let err = headers_len(over.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap_err();
+        assert!(err.0.contains("at most 65536"), "{err}");
+
+        assert!(referrer("https://example.org/page").is_ok());
+        let long = format!("https://example.org/{}", "a".repeat(MAX_REFERRER_LEN));
+        assert!(referrer(&long).unwrap_err().0.contains("at most 8192"));
+        assert!(referrer("not a url").unwrap_err().0.contains("not a URL"));
+    }
+
+    fn folder(dir: &str) -> Result<PathBuf, Invalid> {
+        download_dir(dir, Some(Path::new("/home/ann")), &UNIX_SYSTEM_FOLDERS)
+    }
+
+    #[test]
+    fn download_folders_of_ones_own_are_accepted() {
+        for dir in [
+            "/home/ann",
+            "/home/ann/Downloads",
+            "/home/ann/a.b/c",
+            "/home/ann/Downloads/../Music",
+            "/tmp/dl",
+            "/mnt/disk",
+            "/media/ann/usb",
+            "/run/media/ann/usb",
+            "/dev/shm/sdm-bench/out",
+            "/srv/files",
+            "/etcetera",
+            "/variety",
+            "/home/bob/shared",
+        ] {
+            assert!(folder(dir).is_ok(), "{dir}: {:?}", folder(dir));
+        }
+        assert_eq!(
+            folder("/home/ann/./x/../Downloads").unwrap(),
+            Path::new("/home/ann/Downloads")
+        );
+    }
+
+    #[test]
+    fn system_folders_and_hidden_folders_of_home_are_refused() {
+        for (dir, says) in [
+            ("/", "root folder"),
+            ("/..", "root folder"),
+            ("/etc", "system folder /etc"),
+            ("/etc/sdm-test", "system folder /etc"),
+            ("/usr/local/bin", "system folder /usr"),
+            ("/bin", "/bin"),
+            ("/sbin", "/sbin"),
+            ("/lib/x", "/lib"),
+            ("/lib64", "/lib64"),
+            ("/lib32", "/lib32"),
+            ("/libx32", "/libx32"),
+            ("/boot/efi", "/boot"),
+            ("/proc/self", "/proc"),
+            ("/sys/kernel", "/sys"),
+            ("/dev/sda", "/dev"),
+            ("/run/user/1000", "/run"),
+            ("/var/tmp", "/var"),
+            ("/home/ann/../../etc/cron.d", "system folder /etc"),
+            ("/home/ann/.config/autostart", "hidden folder ~/.config"),
+            ("/home/ann/.ssh", "hidden folder ~/.ssh"),
+            ("/home/ann/.local/bin", "hidden folder ~/.local"),
+            (
+                "/home/ann/Downloads/.hidden/x",
+                "hidden folder ~/Downloads/.hidden",
+            ),
+            ("/home/ann/x/../.bashrc.d", "hidden folder ~/.bashrc.d"),
+        ] {
+            let err = folder(dir).unwrap_err();
+            assert!(err.0.contains(says), "{dir}: {err}");
+            assert!(
+                err.0.contains("choose a folder of your own"),
+                "{dir}: {err}"
+            );
+        }
+        assert!(folder("Downloads").unwrap_err().0.contains("absolute"));
+        assert!(folder("~/Downloads").unwrap_err().0.contains("absolute"));
+    }
+
+    #[test]
+    fn a_home_below_a_system_folder_is_the_users_own() {
+        let home = Some(Path::new("/var/home/ann"));
+        let check = |dir| download_dir(dir, home, &UNIX_SYSTEM_FOLDERS);
+        assert!(check("/var/home/ann/Downloads").is_ok());
+        assert!(check("/var/home/ann/.ssh").is_err());
+        assert!(check("/var/home/bob").is_err());
+        assert!(check("/var/lib").is_err());
+        // Without a home (or with `/` as home) every system folder is refused and no folder is exempt.
+        for home in [None, Some(Path::new("/")), Some(Path::new("relative"))] {
+            assert!(download_dir("/etc/x", home, &UNIX_SYSTEM_FOLDERS).is_err());
+            assert!(download_dir("/tmp/.x", home, &UNIX_SYSTEM_FOLDERS).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_link_that_leads_into_a_system_folder_is_refused_by_its_target() {
+        let home = Some(Path::new("/home/ann"));
+        let link = |to: &str| {
+            resolved_download_dir("/home/ann/dl", Path::new(to), home, &UNIX_SYSTEM_FOLDERS)
+        };
+        assert!(link("/home/ann/real-dl").is_ok());
+        assert!(link("/mnt/disk/dl").is_ok());
+        let err = link("/etc").unwrap_err();
+        assert!(err.0.contains("symbolic link to /etc"), "{err}");
+        assert!(err.0.contains("system folder /etc"), "{err}");
+        assert!(link("/home/ann/.config/autostart").is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Damaged state files through the real service: a garbage record, a truncated file, a file of garbage, a damaged
-//! history. The service starts, sets the damaged file aside as `<name>.damaged-<time>`, says so in `service.log`,
-//! keeps every download it can read, and never hands out an id that is already taken.
+//! history, a damaged id reservation. The service starts, sets the damaged file aside as `<name>.damaged-<time>`,
+//! says so in `service.log`, keeps every download it can read, and never hands out an id that is already taken.
 
 use std::path::Path;
 
@@ -246,6 +246,25 @@ async fn damaged_settings_fall_back_to_defaults() {
         let mut client = sdm.client().await;
         let s: protocol::SettingsResult = client.call(Cmd::GetSettings).await.expect("settings");
         assert_eq!(s.settings, protocol::Settings::default());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_ids_file_is_set_aside_and_no_id_is_reused_even_with_the_state_file_lost() {
+    bounded(60, async {
+        let (server, mut sdm, before) = populated().await;
+        // Both records of which ids were handed out are gone: only history still names some of them.
+        std::fs::write(sdm.data().join("ids.json"), b"{\"reserved_unt\0\0").unwrap();
+        std::fs::write(sdm.data().join("state.json"), b"\0\xffgarbage").unwrap();
+
+        restart_on_damage(&mut sdm, &before, "ids.json", &server).await;
+        assert_eq!(aside(&sdm.data(), "state.json.damaged-").len(), 1);
+        // A reservation is written afresh before the new download's id was handed out.
+        let ids: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sdm.data().join("ids.json")).unwrap()).unwrap();
+        let latest = *before.paused.iter().chain(&before.completed).max().unwrap();
+        assert!(ids["reserved_until"].as_u64().unwrap() > latest, "{ids}");
     })
     .await;
 }

@@ -21,6 +21,10 @@ use super::transfer;
 /// How long a verified add waits for the server's first response.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Most downloads the queue holds, finished ones included (everything `list` shows): each is rewritten into
+/// `state.json` with every checkpoint, so the queue must not grow without bound.
+pub(super) const MAX_QUEUE: usize = 10_000;
+
 /// What the engine tracks of verified adds under way.
 #[derive(Default)]
 pub(super) struct Verifications {
@@ -31,6 +35,15 @@ pub(super) struct Verifications {
     verifying: Mutex<HashMap<String, usize>>,
     /// Signalled each time a verified add with a client key answers.
     verified: Notify,
+}
+
+fn queue_full() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidState,
+        format!(
+            "the queue holds {MAX_QUEUE} downloads, the most it can: remove finished ones, then add again"
+        ),
+    )
 }
 
 fn fetch_failed(message: impl Into<String>) -> ApiError {
@@ -70,8 +83,7 @@ impl NewDownload {
         validate::header_count(req.headers.len())?;
         let mut headers: Vec<(String, String)> = req.headers.into_iter().collect();
         if let Some(referrer) = req.referrer.filter(|r| !r.is_empty()) {
-            url::Url::parse(&referrer)
-                .map_err(|e| invalid(format!("referrer is not a URL: {e}")))?;
+            validate::referrer(&referrer)?;
             if !headers
                 .iter()
                 .any(|(k, _)| k.eq_ignore_ascii_case("referer"))
@@ -82,6 +94,7 @@ impl NewDownload {
         for (name, value) in &headers {
             validate::header(name, value)?;
         }
+        validate::headers_len(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         Ok(NewDownload {
             url,
             client_key: req.client_key,
@@ -255,6 +268,10 @@ impl Engine {
             self.persist().await;
             return Ok(AddResult { id, existing: true });
         }
+        // Refused before the server is asked; `insert` checks again under the lock.
+        if lock(&self.inner.core).downloads.len() >= MAX_QUEUE {
+            return Err(queue_full());
+        }
         let turn = self.url_turn(new.url.as_str()).await;
         // The add that held the turn before may have added this very download.
         if let Some(id) = self.join(&new) {
@@ -372,6 +389,9 @@ impl Engine {
                 let mut core = lock(&self.inner.core);
                 if let Some(id) = new.client_key.as_deref().and_then(|k| core.by_key(k)) {
                     return Ok(AddResult { id, existing: true });
+                }
+                if core.downloads.len() >= MAX_QUEUE {
+                    return Err(queue_full());
                 }
                 let id = core.next_id;
                 if id < core.reserved_ids {

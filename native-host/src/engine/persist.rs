@@ -91,13 +91,20 @@ pub(super) fn channel() -> (Disk, Jobs) {
     )
 }
 
-/// Start the writer thread for `engine`'s data directory `dir`. It ends once the engine is dropped.
-pub(super) fn spawn_writer(dir: PathBuf, engine: Weak<Inner>, jobs: Jobs) -> io::Result<()> {
+/// Start the writer thread for `engine`'s data directory `dir`, whose `history.jsonl` holds `history_lines` lines.
+/// It ends once the engine is dropped.
+pub(super) fn spawn_writer(
+    dir: PathBuf,
+    engine: Weak<Inner>,
+    jobs: Jobs,
+    history_lines: usize,
+) -> io::Result<()> {
     let Jobs(jobs, chores) = jobs;
-    let writer = Writer {
+    let mut writer = Writer {
         dir,
         engine,
         chores,
+        history_lines,
     };
     std::thread::Builder::new()
         .name("sdm-state-writer".into())
@@ -181,10 +188,12 @@ struct Writer {
     dir: PathBuf,
     engine: Weak<Inner>,
     chores: Arc<Chores>,
+    /// Lines in `history.jsonl`: at `MAX_HISTORY + HISTORY_SLACK` it is rotated.
+    history_lines: usize,
 }
 
 impl Writer {
-    fn run(self, jobs: mpsc::Receiver<Job>) {
+    fn run(&mut self, jobs: mpsc::Receiver<Job>) {
         while let Ok(first) = jobs.recv() {
             let mut state: Option<(bool, u64)> = None;
             let mut waiting = Vec::new();
@@ -215,7 +224,7 @@ impl Writer {
         }
     }
 
-    fn chore(&self, chore: Chore) {
+    fn chore(&mut self, chore: Chore) {
         match chore {
             Chore::ReserveIds { until, done } => {
                 let _ = done.send(state::save_reserved_ids(&self.dir, until));
@@ -226,10 +235,22 @@ impl Writer {
             Chore::AppendHistory(item) => {
                 if let Err(e) = state::append_history(&self.dir, &item) {
                     warn!(cause = %e, "cannot append to history");
+                    return;
+                }
+                self.history_lines += 1;
+                if self.history_lines >= state::MAX_HISTORY + state::HISTORY_SLACK {
+                    match state::rotate_history(&self.dir, state::MAX_HISTORY) {
+                        Ok(lines) => self.history_lines = lines,
+                        Err(e) => warn!(cause = %e, "cannot rotate history"),
+                    }
                 }
             }
             Chore::ClearHistory { done } => {
-                let _ = done.send(state::clear_history(&self.dir));
+                let cleared = state::clear_history(&self.dir);
+                if cleared.is_ok() {
+                    self.history_lines = 0;
+                }
+                let _ = done.send(cleared);
             }
             Chore::Delete(path) => {
                 let _ = std::fs::remove_file(path);
@@ -269,7 +290,17 @@ impl Writer {
 fn snapshot(inner: &Inner) -> (u64, DownloadId, Vec<DownloadRecord>, Vec<Option<Arc<Live>>>) {
     let core = lock(&inner.core);
     let covers = inner.mutations.load(Ordering::SeqCst);
-    let records = core.downloads.values().map(|e| e.rec.clone()).collect();
+    let records = core
+        .downloads
+        .values()
+        .map(|e| {
+            let mut rec = e.rec.clone();
+            if !rec.keeps_headers() {
+                rec.headers.clear();
+            }
+            rec
+        })
+        .collect();
     let lives = core
         .downloads
         .values()

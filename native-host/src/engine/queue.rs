@@ -126,8 +126,10 @@ pub(super) struct Core {
     /// Ids below this are reserved on disk (`ids.json`); reaching it reserves the next block first.
     pub(super) reserved_ids: DownloadId,
     pub(super) downloads: BTreeMap<DownloadId, Entry>,
-    /// Oldest first.
+    /// The newest [`state::MAX_HISTORY`] finished downloads, oldest first.
     history: Vec<HistoryItem>,
+    /// How many items were ever recorded in `history`, so a clear knows which came after it was asked for.
+    history_recorded: u64,
 }
 
 /// The range of `stall_timeout_secs`.
@@ -183,6 +185,8 @@ impl Core {
 struct Loaded {
     core: Core,
     warnings: Vec<String>,
+    /// Lines in `history.jsonl`, for the writer's rotation.
+    history_lines: usize,
 }
 
 impl Loaded {
@@ -193,20 +197,42 @@ impl Loaded {
             source,
         })?;
         let mut warnings = Vec::new();
-        let settings = state::load_settings(dir, &mut warnings);
+        let mut settings = state::load_settings(dir, &mut warnings);
+        if !settings.download_dir.is_empty() {
+            // Saved by a version that did not check, or edited by hand: the default folder is used instead.
+            let home = std::env::home_dir();
+            let checked =
+                validate::download_dir(&settings.download_dir, home.as_deref(), &SYSTEM_FOLDERS)
+                    .map_err(ApiError::from)
+                    .and_then(|_| check_links(&settings.download_dir, home));
+            if let Err(e) = checked {
+                warnings.push(format!("{e}; downloads go to the default folder instead"));
+                settings.download_dir.clear();
+            }
+        }
         let loaded = state::load_state(dir, &mut warnings);
-        let history = state::load_history(dir, &mut warnings);
+        let state::LoadedHistory {
+            items: history,
+            lines: history_lines,
+        } = state::load_history(dir, &mut warnings);
+        // Ids are never reused: not those of finished downloads in history, nor (when the state file was damaged)
+        // those of downloads lost with it, which the reservation on disk covers.
+        let reserved = state::load_reserved_ids(dir, &mut warnings);
         for w in &warnings {
             warn!("{w}");
         }
-        // Ids are never reused: not those of finished downloads in history, nor (when the state file was damaged)
-        // those of downloads lost with it, which the reservation on disk covers.
-        let reserved_ids = state::load_reserved_ids(dir);
         let mut next_id = loaded
             .next_id
             .max(history.iter().map(|h| h.id + 1).max().unwrap_or(1));
-        if loaded.damaged {
-            next_id = next_id.max(reserved_ids);
+        let mut reserved_ids = reserved.until;
+        if loaded.damaged || reserved.damaged {
+            next_id = next_id.max(reserved.until);
+        }
+        if reserved.damaged {
+            // Ids handed out after the last state write lie below the last reservation, which reached at most one
+            // block past the next id known here; skip that block, and reserve anew before the next add.
+            next_id = next_id.saturating_add(state::ID_BLOCK);
+            reserved_ids = next_id;
         }
         let mut downloads = BTreeMap::new();
         for mut rec in loaded.downloads {
@@ -222,8 +248,13 @@ impl Loaded {
             reserved_ids,
             downloads,
             history,
+            history_recorded: 0,
         };
-        Ok(Loaded { core, warnings })
+        Ok(Loaded {
+            core,
+            warnings,
+            history_lines,
+        })
     }
 }
 
@@ -231,8 +262,11 @@ impl Engine {
     /// Load state from `config.data_dir` and start: downloads that were running resume by themselves.
     pub async fn start(config: EngineConfig) -> Result<Engine, StartError> {
         let dir = config.data_dir.clone();
-        let Loaded { core, warnings } =
-            tokio::task::spawn_blocking(move || Loaded::read(&dir)).await??;
+        let Loaded {
+            core,
+            warnings,
+            history_lines,
+        } = tokio::task::spawn_blocking(move || Loaded::read(&dir)).await??;
         let (disk, jobs) = persist::channel();
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
@@ -252,7 +286,8 @@ impl Engine {
             verify: Verifications::default(),
         });
         let dir = inner.config.data_dir.clone();
-        persist::spawn_writer(dir, Arc::downgrade(&inner), jobs).map_err(StartError::Writer)?;
+        persist::spawn_writer(dir, Arc::downgrade(&inner), jobs, history_lines)
+            .map_err(StartError::Writer)?;
         let engine = Engine { inner };
         engine.start_queued();
         tokio::spawn(engine.clone().ticker());
@@ -438,16 +473,17 @@ impl Engine {
     /// Empty the history file, then forget the items it held.
     pub async fn clear_history(&self) -> Result<(), ApiError> {
         // Asked under the lock: items recorded later are appended after the clear, and stay.
-        let (held, cleared) = {
+        let (recorded, cleared) = {
             let core = lock(&self.inner.core);
-            (core.history.len(), self.inner.disk.clear_history())
+            (core.history_recorded, self.inner.disk.clear_history())
         };
         cleared
             .await
             .map_err(|e| ApiError::new(ErrorCode::Io, format!("cannot clear history: {e}")))?;
         let mut core = lock(&self.inner.core);
-        let held = held.min(core.history.len());
-        core.history.drain(..held);
+        let later = usize::try_from(core.history_recorded - recorded).unwrap_or(usize::MAX);
+        let cleared = core.history.len().saturating_sub(later);
+        core.history.drain(..cleared);
         self.emit(Event::History {
             total: core.history.len(),
         });
@@ -457,6 +493,9 @@ impl Engine {
     pub(super) fn record_history(&self, core: &mut Core, item: HistoryItem) {
         self.inner.disk.append_history(item.clone());
         core.history.push(item);
+        core.history_recorded += 1;
+        let over = core.history.len().saturating_sub(state::MAX_HISTORY);
+        core.history.drain(..over);
         self.emit(Event::History {
             total: core.history.len(),
         });
@@ -469,17 +508,19 @@ impl Engine {
     /// Validate a settings change, save it, and apply it at once (running downloads see new caps and limits live).
     pub async fn set_settings(&self, patch: SettingsPatch) -> Result<Settings, ApiError> {
         let _turn = self.inner.settings_turn.lock().await;
-        let folder = patch.download_dir.clone().filter(|d| !d.is_empty());
-        let s = patched(self.settings(), patch)?;
-        if let Some(folder) = folder {
-            let created = tokio::task::spawn_blocking({
-                let folder = folder.clone();
-                move || std::fs::create_dir_all(folder)
+        let asked_folder = patch.download_dir.as_ref().is_some_and(|d| !d.is_empty());
+        let home = std::env::home_dir();
+        let s = patched(self.settings(), patch, home.as_deref())?;
+        if asked_folder {
+            let folder = s.download_dir.clone();
+            // Checked again where its links lead before anything is created, so a link to /etc is refused too.
+            tokio::task::spawn_blocking(move || {
+                check_links(&folder, home)?;
+                std::fs::create_dir_all(&folder)
+                    .map_err(|e| invalid(format!("cannot use {folder:?} as download folder: {e}")))
             })
             .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
-            created
-                .map_err(|e| invalid(format!("cannot use {folder:?} as download folder: {e}")))?;
+            .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, e.to_string())))?;
         }
         self.inner
             .disk
@@ -529,8 +570,39 @@ impl Engine {
     }
 }
 
-/// `settings` with `patch` applied, every field checked; nothing is created or written.
-fn patched(mut s: Settings, patch: SettingsPatch) -> Result<Settings, ApiError> {
+/// The folders downloads may not go into on this platform (see [`validate::download_dir`]).
+#[cfg(unix)]
+const SYSTEM_FOLDERS: validate::SystemFolders = validate::UNIX_SYSTEM_FOLDERS;
+#[cfg(not(unix))]
+const SYSTEM_FOLDERS: validate::SystemFolders = validate::SystemFolders {
+    refused: &[],
+    allowed: &[],
+};
+
+/// Check where download folder `dir` really leads: its longest existing part with every symbolic link followed,
+/// then the rest as written, against `home` resolved the same way (blocking).
+fn check_links(dir: &str, home: Option<PathBuf>) -> Result<(), ApiError> {
+    let path = Path::new(dir);
+    let resolved = path
+        .ancestors()
+        .find_map(|existing| {
+            let real = std::fs::canonicalize(existing).ok()?;
+            let rest = path.strip_prefix(existing).ok()?;
+            Some(real.join(rest))
+        })
+        .unwrap_or_else(|| path.to_path_buf());
+    let home = home.map(|h| std::fs::canonicalize(&h).unwrap_or(h));
+    validate::resolved_download_dir(dir, &resolved, home.as_deref(), &SYSTEM_FOLDERS)?;
+    Ok(())
+}
+
+/// `settings` with `patch` applied, every field checked (the download folder against `home`); nothing is created
+/// or written.
+fn patched(
+    mut s: Settings,
+    patch: SettingsPatch,
+    home: Option<&Path>,
+) -> Result<Settings, ApiError> {
     if let Some(v) = patch.max_concurrent {
         s.max_concurrent = validate::max_concurrent(v)?;
     }
@@ -538,12 +610,13 @@ fn patched(mut s: Settings, patch: SettingsPatch) -> Result<Settings, ApiError> 
         s.bandwidth_limit = v;
     }
     if let Some(v) = patch.download_dir {
-        if !v.is_empty() && !Path::new(&v).is_absolute() {
-            return Err(invalid(format!(
-                "download_dir must be an absolute path, not {v:?}"
-            )));
-        }
-        s.download_dir = v;
+        // Saved with `.` and `..` resolved, so the folder checked is the one created and used.
+        s.download_dir = if v.is_empty() {
+            v
+        } else {
+            let dir = validate::download_dir(&v, home, &SYSTEM_FOLDERS)?;
+            dir.to_string_lossy().into_owned()
+        };
     }
     if let Some(v) = patch.default_threads {
         s.default_threads = validate::threads(v)?;

@@ -1,7 +1,9 @@
 //! The engine's files in the data directory, all JSON, all private to the user (0600 in a 0700 folder):
 //! - `state.json`: the queue, each download with its plan (segment progress and validators). Replaced atomically.
 //! - `settings.json`: [`protocol::Settings`]. Replaced atomically.
-//! - `history.jsonl`: finished downloads, one JSON object a line, appended.
+//! - `history.jsonl`: finished downloads, one JSON object a line, appended; the newest [`MAX_HISTORY`] are kept
+//!   (rotated once the file holds [`HISTORY_SLACK`] lines more).
+//! - `ids.json`: the first id not yet reserved ([`ID_BLOCK`]).
 //!
 //! A file that cannot be read is never dropped silently: it is renamed `<name>.damaged-<unix time>`, what can be
 //! recovered from it is kept, and the loader says what it did.
@@ -23,6 +25,18 @@ const IDS: &str = "ids.json";
 
 /// Ids are reserved on disk this many at a time, so that even a state file lost whole never lets an id be reused.
 pub const ID_BLOCK: DownloadId = 1000;
+
+/// History keeps the newest this many finished downloads; older ones are forgotten. At a few hundred bytes a line,
+/// that is a few MiB of `history.jsonl` (a URL may be 16 KiB, so at worst about 200 MiB).
+pub const MAX_HISTORY: usize = 10_000;
+
+/// `history.jsonl` is rewritten with its newest [`MAX_HISTORY`] lines once it holds this many more: the rewrite
+/// costs the whole file, so it happens once per this many appends rather than on each.
+pub const HISTORY_SLACK: usize = 1_000;
+
+/// Numbers read from a damaged file at or above this are garbage, not ids: no id gets near it, and adding to it
+/// cannot overflow.
+const MAX_SALVAGED_ID: DownloadId = 1 << 53;
 
 /// One download as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +78,14 @@ pub struct DownloadRecord {
     pub joined_keys: Vec<String>,
 }
 
+impl DownloadRecord {
+    /// Whether `state.json` keeps this download's request headers (cookies, authorization): only while it may still
+    /// send them. A completed or cancelled download never will; a failed one can be resumed, so it keeps them.
+    pub fn keeps_headers(&self) -> bool {
+        !matches!(self.status, Status::Completed | Status::Cancelled)
+    }
+}
+
 /// How many joined keys a download keeps: a page that starts the same download over and over must not grow the
 /// state file without bound.
 pub const MAX_JOINED_KEYS: usize = 16;
@@ -84,13 +106,84 @@ pub struct LoadedState {
     pub damaged: bool,
 }
 
-/// The first id not yet reserved (see [`ID_BLOCK`]); 1 when nothing was.
-pub fn load_reserved_ids(dir: &Path) -> DownloadId {
-    fs::read(dir.join(IDS))
+/// What `ids.json` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedIds {
+    /// The first id not yet reserved (see [`ID_BLOCK`]); 1 when nothing was. From a damaged file, the largest number
+    /// that could still be read in it.
+    pub until: DownloadId,
+    /// The file could not be read: it was set aside, and ids up to a block past every known one may have been
+    /// handed out.
+    pub damaged: bool,
+}
+
+/// Read `ids.json`. A damaged file is set aside and reported like the others.
+pub fn load_reserved_ids(dir: &Path, warnings: &mut Vec<String>) -> ReservedIds {
+    let path = dir.join(IDS);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return ReservedIds {
+                until: 1,
+                damaged: false,
+            };
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "cannot read {}: {e}; ids skip a block past every known one",
+                path.display()
+            ));
+            return ReservedIds {
+                until: 1,
+                damaged: true,
+            };
+        }
+    };
+    let read = serde_json::from_slice::<serde_json::Value>(&text)
         .ok()
-        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("reserved_until").and_then(|n| n.as_u64()))
-        .unwrap_or(1)
+        .and_then(|v| v.get("reserved_until").and_then(|n| n.as_u64()));
+    match read {
+        Some(until) => ReservedIds {
+            until,
+            damaged: false,
+        },
+        None => {
+            let until = largest_number(&text, b"").unwrap_or(1);
+            let aside = set_aside(&path);
+            warnings.push(format!(
+                "{} was damaged: ids skip a block past every known one; the damaged file is kept as {}",
+                path.display(),
+                aside.display()
+            ));
+            ReservedIds {
+                until,
+                damaged: true,
+            }
+        }
+    }
+}
+
+/// The largest number in `text` written right after `key` (any number at all when `key` is empty), ignoring
+/// those at or above [`MAX_SALVAGED_ID`]: what can still be learnt of the ids in a damaged file.
+fn largest_number(text: &[u8], key: &[u8]) -> Option<DownloadId> {
+    let mut largest = None;
+    let mut i = 0;
+    while i < text.len() {
+        let after_key = key.is_empty() || text[..i].ends_with(key);
+        let starts = text[i].is_ascii_digit() && (i == 0 || !text[i - 1].is_ascii_digit());
+        if !(starts && after_key) {
+            i += 1;
+            continue;
+        }
+        let digits = text[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let n = std::str::from_utf8(&text[i..i + digits])
+            .ok()
+            .and_then(|d| d.parse::<DownloadId>().ok())
+            .filter(|&n| n < MAX_SALVAGED_ID);
+        largest = largest.max(n);
+        i += digits;
+    }
+    largest
 }
 
 /// Record that ids below `until` may have been handed out.
@@ -169,6 +262,12 @@ pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
     };
     let max_id = loaded.downloads.iter().map(|d| d.id).max().unwrap_or(0);
     loaded.next_id = loaded.next_id.max(max_id + 1);
+    if damaged {
+        // Records that no longer parse may still show their ids, and so may the next id itself.
+        let seen = largest_number(&text, b"\"id\":")
+            .max(largest_number(&text, b"\"next_id\":").map(|n| n.saturating_sub(1)));
+        loaded.next_id = loaded.next_id.max(seen.map_or(1, |n| n + 1));
+    }
     loaded.damaged = damaged;
     if damaged {
         let aside = set_aside(&path);
@@ -263,11 +362,21 @@ pub fn save_settings(dir: &Path, settings: &Settings) -> io::Result<()> {
     write_atomic(&dir.join(SETTINGS), &body)
 }
 
-/// Load history, oldest first. Damaged lines are dropped from the live file after the whole file is set aside.
-pub fn load_history(dir: &Path, warnings: &mut Vec<String>) -> Vec<HistoryItem> {
+/// What was loaded from `history.jsonl`.
+#[derive(Debug, Default)]
+pub struct LoadedHistory {
+    /// The newest [`MAX_HISTORY`] items, oldest first.
+    pub items: Vec<HistoryItem>,
+    /// How many lines the file now holds: the writer rotates it when they reach `MAX_HISTORY + HISTORY_SLACK`.
+    pub lines: usize,
+}
+
+/// Load history. Damaged lines are dropped from the live file after the whole file is set aside; a file that has
+/// grown to [`MAX_HISTORY`] + [`HISTORY_SLACK`] lines is rotated.
+pub fn load_history(dir: &Path, warnings: &mut Vec<String>) -> LoadedHistory {
     let path = dir.join(HISTORY);
     let Ok(text) = fs::read(&path) else {
-        return Vec::new();
+        return LoadedHistory::default();
     };
     let mut items = Vec::new();
     let mut bad = 0usize;
@@ -280,6 +389,8 @@ pub fn load_history(dir: &Path, warnings: &mut Vec<String>) -> Vec<HistoryItem> 
             Err(_) => bad += 1,
         }
     }
+    let lines = items.len() + bad;
+    items.drain(..items.len().saturating_sub(MAX_HISTORY));
     if bad > 0 {
         let aside = set_aside(&path);
         let mut body = Vec::new();
@@ -298,8 +409,34 @@ pub fn load_history(dir: &Path, warnings: &mut Vec<String>) -> Vec<HistoryItem> 
             items.len(),
             aside.display()
         ));
+        let lines = items.len();
+        return LoadedHistory { items, lines };
     }
-    items
+    if lines >= MAX_HISTORY + HISTORY_SLACK {
+        match rotate_history(dir, MAX_HISTORY) {
+            Ok(lines) => return LoadedHistory { items, lines },
+            Err(e) => warnings.push(format!("cannot rotate {}: {e}", path.display())),
+        }
+    }
+    LoadedHistory { items, lines }
+}
+
+/// Rewrite `history.jsonl` with only its newest `keep` lines; returns how many it holds.
+pub fn rotate_history(dir: &Path, keep: usize) -> io::Result<usize> {
+    let path = dir.join(HISTORY);
+    let text = fs::read(&path)?;
+    let lines: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let kept = &lines[lines.len().saturating_sub(keep)..];
+    let mut body = Vec::with_capacity(text.len());
+    for line in kept {
+        body.extend_from_slice(line);
+        body.push(b'\n');
+    }
+    write_atomic(&path, &body)?;
+    Ok(kept.len())
 }
 
 pub fn append_history(dir: &Path, item: &HistoryItem) -> io::Result<()> {
@@ -455,7 +592,10 @@ mod tests {
         let mut w = vec![];
         let s = load_state(dir.path(), &mut w);
         assert_eq!(s.downloads, vec![record(1), record(2)]);
-        assert_eq!(s.next_id, 3);
+        assert_eq!(
+            s.next_id, 4,
+            "the cut record's id and the saved next id still count"
+        );
         assert!(w[0].contains("kept 2 downloads"), "{w:?}");
     }
 
@@ -481,15 +621,180 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"id\":2,\"url\":").unwrap();
         let mut w = vec![];
-        assert_eq!(load_history(dir.path(), &mut w), vec![item.clone()]);
+        assert_eq!(load_history(dir.path(), &mut w).items, vec![item.clone()]);
         assert_eq!(w.len(), 1);
         let mut w = vec![];
         assert_eq!(
-            load_history(dir.path(), &mut w),
+            load_history(dir.path(), &mut w).items,
             vec![item],
             "the rewritten file is clean"
         );
         assert!(w.is_empty());
+    }
+
+    fn set_aside_names(dir: &Path, prefix: &str) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+
+    #[test]
+    fn reserved_ids_are_read_and_a_missing_file_reserves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = vec![];
+        let none = load_reserved_ids(dir.path(), &mut w);
+        assert_eq!(
+            none,
+            ReservedIds {
+                until: 1,
+                damaged: false
+            }
+        );
+        save_reserved_ids(dir.path(), 2001).unwrap();
+        assert_eq!(load_reserved_ids(dir.path(), &mut w).until, 2001);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn a_damaged_ids_file_is_set_aside_with_what_it_still_says() {
+        for (text, until) in [
+            (&b"{\"reserved_until\":30"[..], 30),
+            (b"\0\0garbage", 1),
+            (b"{\"reserved_until\":\"x\"}", 1),
+            (b"[]", 1),
+            (b"{\"reserved_until\":99999999999999999999}", 1),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join(IDS), text).unwrap();
+            let mut w = vec![];
+            let read = load_reserved_ids(dir.path(), &mut w);
+            assert_eq!(
+                read,
+                ReservedIds {
+                    until,
+                    damaged: true
+                },
+                "{text:?}"
+            );
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].contains("ids.json was damaged"), "{w:?}");
+            assert_eq!(set_aside_names(dir.path(), "ids.json.damaged-").len(), 1);
+            assert!(!dir.path().join(IDS).exists());
+        }
+    }
+
+    #[test]
+    fn largest_number_reads_ids_from_damaged_text() {
+        let text = br#"{"next_id":12,"downloads":[{"id":3,"x":[40]},{"id":11,"url":"h"#;
+        assert_eq!(largest_number(text, br#""id":"#), Some(11));
+        assert_eq!(largest_number(text, br#""next_id":"#), Some(12));
+        assert_eq!(largest_number(text, b""), Some(40));
+        assert_eq!(largest_number(b"no digits", b""), None);
+        assert_eq!(largest_number(b"\"id\":9007199254740992", b"\"id\":"), None);
+    }
+
+    #[test]
+    fn a_damaged_state_file_keeps_the_ids_of_records_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        save_state(dir.path(), 3, &[record(1), record(2)]).unwrap();
+        let mut text = fs::read(dir.path().join(STATE)).unwrap();
+        // A third record, cut short: it cannot be kept, but its id is seen.
+        text.truncate(text.len() - 2);
+        text.extend_from_slice(br#",{"id":40,"url":"#);
+        fs::write(dir.path().join(STATE), &text).unwrap();
+        let mut w = vec![];
+        let s = load_state(dir.path(), &mut w);
+        assert_eq!(s.downloads, vec![record(1), record(2)]);
+        assert!(s.damaged);
+        assert_eq!(s.next_id, 41);
+    }
+
+    #[test]
+    fn only_downloads_that_may_still_send_keep_their_headers() {
+        for (status, keeps) in [
+            (Status::Queued, true),
+            (Status::Downloading, true),
+            (Status::Paused, true),
+            (Status::Failed, true),
+            (Status::Completed, false),
+            (Status::Cancelled, false),
+        ] {
+            let rec = DownloadRecord {
+                status,
+                ..record(1)
+            };
+            assert_eq!(rec.keeps_headers(), keeps, "{status:?}");
+        }
+    }
+
+    fn item(id: DownloadId) -> HistoryItem {
+        HistoryItem {
+            id,
+            url: format!("http://127.0.0.1/{id}"),
+            filename: "f".into(),
+            path: "/p".into(),
+            status: Status::Completed,
+            total: Some(1),
+            downloaded: 1,
+            error: None,
+            created_at: 0,
+            finished_at: id,
+        }
+    }
+
+    fn write_history(dir: &Path, ids: std::ops::RangeInclusive<DownloadId>) {
+        let mut body = Vec::new();
+        for id in ids {
+            body.extend_from_slice(&serde_json::to_vec(&item(id)).unwrap());
+            body.push(b'\n');
+        }
+        fs::write(dir.join(HISTORY), body).unwrap();
+    }
+
+    fn history_ids(dir: &Path) -> Vec<DownloadId> {
+        fs::read_to_string(dir.join(HISTORY))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<HistoryItem>(l).unwrap().id)
+            .collect()
+    }
+
+    #[test]
+    fn history_keeps_the_newest_items_and_rotates_its_file_past_the_slack() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = (MAX_HISTORY + HISTORY_SLACK - 1) as DownloadId;
+        write_history(dir.path(), 1..=n);
+        let mut w = vec![];
+        let h = load_history(dir.path(), &mut w);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(h.items.len(), MAX_HISTORY, "memory holds the newest only");
+        assert_eq!(h.items[0].id, n - MAX_HISTORY as DownloadId + 1);
+        assert_eq!(h.items.last().unwrap().id, n);
+        assert_eq!(
+            h.lines, n as usize,
+            "below the slack the file is left alone"
+        );
+
+        write_history(dir.path(), 1..=n + 1);
+        let h = load_history(dir.path(), &mut w);
+        assert_eq!(h.lines, MAX_HISTORY);
+        let ids = history_ids(dir.path());
+        assert_eq!(ids.len(), MAX_HISTORY);
+        assert_eq!(ids[0], n + 2 - MAX_HISTORY as DownloadId);
+        assert_eq!(*ids.last().unwrap(), n + 1);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        write_history(dir.path(), 1..=5);
+        assert_eq!(rotate_history(dir.path(), 2).unwrap(), 2);
+        assert_eq!(history_ids(dir.path()), [4, 5]);
+        assert_eq!(rotate_history(dir.path(), 10).unwrap(), 2);
+        assert_eq!(history_ids(dir.path()), [4, 5]);
     }
 
     #[test]
