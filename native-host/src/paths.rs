@@ -8,10 +8,13 @@
 //! - Downloads: `$XDG_DOWNLOAD_DIR`, else the `XDG_DOWNLOAD_DIR` line of `~/.config/user-dirs.dirs`, else
 //!   `~/Downloads`.
 
-use std::fs::DirBuilder;
+use std::ffi::OsStr;
+use std::fs::{DirBuilder, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::engine::dirfd::{Access, Dir, Open};
 
 /// The service's socket, inside the data directory.
 pub const SOCKET_FILE: &str = "sdm.sock";
@@ -34,6 +37,11 @@ pub enum PathError {
         path.display()
     )]
     ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "refusing {}: anyone may write to it (mode {mode:o}); run `chmod o-w` on it, or set SDM_HOME to a folder of your own",
+        path.display()
+    )]
+    OpenToOthers { path: PathBuf, mode: u32 },
 }
 
 /// The environment variables the lookups read, captured once.
@@ -155,25 +163,92 @@ pub fn default_download_dir() -> Result<PathBuf, PathError> {
     Env::current().default_download_dir()
 }
 
-/// Create the data directory if needed, readable by its owner only (it holds the socket and cookies in state).
+/// Create the data directory if needed, readable by its owner only (it holds the socket and cookies in state), then
+/// check it: a folder that belongs to another user, or that anyone may write to, is refused
+/// ([`PathError::ForeignOwner`], [`PathError::OpenToOthers`]) before anything in it is opened.
 ///
-/// An existing directory is left as it is: `$SDM_HOME` may name a folder the user set up on purpose.
+/// An existing directory of the user's own is otherwise left as it is: `$SDM_HOME` may name a folder the user set up
+/// on purpose.
 pub fn ensure_data_dir(dir: &Path) -> Result<(), PathError> {
-    let created = !dir.exists();
     let wrap = |source| PathError::CreateDataDir {
         dir: dir.to_path_buf(),
         source,
     };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(wrap)?;
+    // Created by trying to create it, not after a check that it is missing.
+    let created = match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(wrap)?;
+            true
+        }
+        Err(e) => return Err(wrap(e)),
+    };
     if created {
         // The umask may have taken bits off 0700 but never adds any; set it exactly anyway.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(wrap)?;
     }
+    let opened = Dir::open(dir).map_err(wrap)?;
+    check_folder(&opened)
+}
+
+/// The open folder `dir` is the user's own and not writable by everyone; checked on the folder itself, so a link
+/// swapped in after a check by path changes nothing.
+fn check_folder(dir: &Dir) -> Result<(), PathError> {
+    let meta = dir.metadata().map_err(|source| PathError::CreateDataDir {
+        dir: dir.path().to_path_buf(),
+        source,
+    })?;
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(PathError::ForeignOwner {
+            path: dir.path().to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(PathError::OpenToOthers {
+            path: dir.path().to_path_buf(),
+            mode,
+        });
+    }
     Ok(())
+}
+
+/// Open `path`, a file of the data directory, the way SDM opens its own files there: the folder is checked first
+/// (owner, not writable by everyone), then the file is opened relative to it, created 0600 if missing, never through
+/// a symbolic link, never truncated by the open, and only when it is a regular file of the user's own.
+fn open_private(path: &Path, open: Open) -> io::Result<File> {
+    let name = path.file_name().unwrap_or(OsStr::new(""));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = Dir::open(parent)?;
+    check_folder(&dir).map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+    dir.open_or_create(name, open, Access::Private)
+}
+
+/// Open the log file at `path` (`relay.log`, `service.log`) for appending, as [`open_private`] opens it; once it has
+/// grown past `max_bytes`, it starts afresh (the file just opened is emptied, never a file a link leads to).
+pub fn open_log(path: &Path, max_bytes: u64) -> io::Result<File> {
+    let file = open_private(path, Open::Append)?;
+    if file.metadata()?.len() > max_bytes {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
+/// Open the service's lock file in `dir` for reading and writing, as [`open_private`] opens it (so truncating it
+/// afterwards truncates that file and nothing else).
+pub fn open_lock(dir: &Path) -> io::Result<File> {
+    open_private(&dir.join(LOCK_FILE), Open::ReadWrite)
 }
 
 /// The effective user id of this process.
@@ -314,6 +389,45 @@ mod tests {
         if effective_uid() != 0 {
             assert!(check_owner(Path::new("/")).is_err());
         }
+    }
+
+    #[test]
+    fn a_data_dir_anyone_may_write_to_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("sdm");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ensure_data_dir(&data).unwrap_err();
+        assert!(matches!(err, PathError::OpenToOthers { .. }), "{err}");
+        assert!(err.to_string().contains("chmod o-w"), "{err}");
+        let err = open_lock(&data).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(!data.join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn log_and_lock_files_are_not_opened_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "x".repeat(100)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(RELAY_LOG)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(open_log(&dir.path().join(RELAY_LOG), 10).is_err());
+        assert!(open_lock(dir.path()).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), "x".repeat(100).as_bytes());
+
+        // A log of our own is appended to, and emptied once too big.
+        let log = dir.path().join(SERVICE_LOG);
+        std::fs::write(&log, "y".repeat(100)).unwrap();
+        drop(open_log(&log, 1000).unwrap());
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 100);
+        drop(open_log(&log, 10).unwrap());
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        let fresh = dir.path().join("fresh.log");
+        drop(open_log(&fresh, 10).unwrap());
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

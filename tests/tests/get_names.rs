@@ -77,10 +77,33 @@ fn assert_harmless(case: usize, name: &str) {
     );
     for c in name.chars() {
         assert!(
-            !c.is_control() && c != '/' && c != '\\',
+            !c.is_control() && c != '/' && c != '\\' && !is_invisible(c),
             "case {case}: name {name:?} holds {c:?}"
         );
     }
+    assert!(
+        !name.starts_with('.'),
+        "case {case}: a hidden name {name:?}"
+    );
+    let stem = name.split('.').next().unwrap_or("").trim_end();
+    assert!(
+        !DEVICES.iter().any(|d| d.eq_ignore_ascii_case(stem)),
+        "case {case}: a device name {name:?}"
+    );
+}
+
+/// Windows' device names: a file so named cannot be opened there.
+const DEVICES: &[&str] = &[
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
+/// Characters that change how a name reads without being seen: bidi controls and zero-width characters.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}'
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +125,45 @@ async fn hostile_content_disposition_names_stay_inside_the_folder() {
         ];
         for (case, disposition) in cases.into_iter().enumerate() {
             land(&server, case, disposition).await;
+        }
+    })
+    .await;
+}
+
+/// The name rule of issue 15 for a server's names: no leading dot, no bidi or zero-width character (a name that reads
+/// `invoiceexe.pdf` may be `invoice\u{202E}fdp.exe`), no Windows device name in any case or with any extension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_invisible_and_device_names_from_the_server_are_repaired() {
+    bounded(60, async {
+        let server = TestServer::start().await;
+        let cases: [(&[u8], &str); 8] = [
+            (b"attachment; filename=\".bashrc\"", "bashrc"),
+            (
+                b"attachment; filename*=UTF-8''invoice%E2%80%AEfdp.exe",
+                "invoicefdp.exe",
+            ),
+            (
+                b"attachment; filename*=UTF-8''a%E2%80%8Bb%E2%80%8C%E2%80%8D%E2%81%A0%EF%BB%BF.txt",
+                "ab.txt",
+            ),
+            (
+                b"attachment; filename*=UTF-8''%E2%81%A6x%E2%81%A9%E2%80%8E%E2%80%8F.txt",
+                "x.txt",
+            ),
+            (
+                b"attachment; filename*=UTF-8''.%E2%80%8B.profile",
+                "profile",
+            ),
+            (b"attachment; filename=\"CON.txt\"", "_CON.txt"),
+            (b"attachment; filename=\"lpt1\"", "_lpt1"),
+            (
+                b"attachment; filename*=UTF-8''C%E2%80%8BOM1.tar.gz",
+                "_COM1.tar.gz",
+            ),
+        ];
+        for (case, (disposition, expected)) in cases.into_iter().enumerate() {
+            let name = land(&server, 100 + case, disposition.to_vec()).await;
+            assert_eq!(name, expected, "case {case}");
         }
     })
     .await;

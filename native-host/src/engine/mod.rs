@@ -5,6 +5,7 @@
 //! - [`schedule`]: starts queued downloads up to `max_concurrent`, runs each one's transfer task, records how it
 //!   ended, and ticks progress.
 //! - [`add`]: adding to the queue: request checks, ids reserved on disk, the verified add of browser capture, `find`.
+//! - [`ops`]: `update`, `set_url`, `move`, and the bulk commands on downloads in the queue; the queue's order.
 //! - [`entry`]: one download in the queue, its saved record beside its live state.
 //! - [`persist`]: the one writer of the data directory (a thread of its own) and the checkpointer.
 //! - [`state`]: the JSON files in the data directory, written atomically.
@@ -14,6 +15,7 @@
 //! - [`body`]: a response body on its way into the part file, over either path.
 //! - [`splice`]: the fast path for ranged bodies over plain HTTP: socket, pipe, part file with `splice(2)`.
 //! - [`part`]: the `.part` file: reserved, sized, synced, checked and placed at the final path.
+//! - [`dirfd`]: files inside a folder opened once, by names no symbolic link can redirect (the platform-specific part).
 //! - [`probe`]: the HTTP client, and what the server says about a URL before anything is downloaded.
 //! - [`segments`]: the ranges still to fetch, and how a free connection takes a share of the one with the most time
 //!   left.
@@ -24,6 +26,7 @@
 
 mod add;
 pub mod body;
+pub(crate) mod dirfd;
 mod entry;
 pub mod error;
 pub mod filename;
@@ -32,6 +35,7 @@ pub mod part;
 mod persist;
 pub mod plan;
 pub mod probe;
+mod ops;
 mod queue;
 pub mod ratelimit;
 pub mod response;
