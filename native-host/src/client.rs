@@ -3,17 +3,22 @@
 //! [`connect_or_start`] finds the service on its socket and, when none answers, starts `sdm serve` detached (its own
 //! process group, so a browser that kills the relay's group does not take the service with it) and waits for it.
 //! [`Client`] sends typed requests on that connection and waits for the matching reply, skipping pushed events.
+//!
+//! **Version handshake:** a service found running is asked its version (`ping`) before the connection is used. When
+//! this binary is newer, it asks the service to `stop` (a service too old to know `stop` gets SIGTERM, which does the
+//! same), waits for it to exit, and starts itself: the old service checkpoints every download on its way out and the
+//! new one resumes them. An older binary talks to a newer service as it is, and never stops it.
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::{Command, ErrorBody, Event, Incoming, MAX_INCOMING_FRAME, Reply, Request};
+use protocol::{
+    Command, ErrorBody, ErrorCode, Event, Incoming, MAX_INCOMING_FRAME, PingResult, Reply, Request,
+};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -25,6 +30,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a request may wait for its reply: the engine answers at once, so silence means a stuck service.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a service asked to stop may take to checkpoint and exit (its transfers get 10 s to wind down).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Logs past this size are started afresh rather than appended to.
 pub const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
@@ -60,19 +68,158 @@ pub enum ClientError {
     /// The service answered, with an error.
     #[error("{}", .0.message)]
     Remote(ErrorBody),
+    #[error(
+        "the sdm service (pid {}) did not stop within {}s: see {}",
+        pid.map_or("unknown".to_string(), |p| p.to_string()),
+        STOP_TIMEOUT.as_secs(),
+        log.display()
+    )]
+    StopTimeout { pid: Option<u32>, log: PathBuf },
 }
 
-/// Connect to the service of `data_dir`, starting it if nothing answers.
+/// The version this binary speaks for: its own, or `SDM_TEST_VERSION` when set (tests of the version handshake).
+pub fn version() -> String {
+    std::env::var("SDM_TEST_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+}
+
+/// True when `ours` is a later version than `theirs`; false when either is not a version.
+fn is_newer(ours: &str, theirs: &str) -> bool {
+    match (semver::Version::parse(ours), semver::Version::parse(theirs)) {
+        (Ok(ours), Ok(theirs)) => ours > theirs,
+        _ => false,
+    }
+}
+
+/// Connect to the service of `data_dir` when one is running; `None` when none answers. Nothing is started.
+pub async fn connect_running(data_dir: &Path) -> Result<Option<UnixStream>, ClientError> {
+    let socket = data_dir.join(SOCKET_FILE);
+    paths::check_owner(data_dir)?;
+    paths::check_owner(&socket)?;
+    Ok(UnixStream::connect(&socket).await.ok())
+}
+
+/// Connect to the service of `data_dir`, starting it if nothing answers, and replacing it when it is older than this
+/// binary (the version handshake).
 ///
 /// A data directory or socket that belongs to another user is refused before anything is sent to it: its owner could
 /// read our requests (cookies included) or answer in our service's name.
 pub async fn connect_or_start(data_dir: &Path) -> Result<UnixStream, ClientError> {
-    let socket = data_dir.join(SOCKET_FILE);
-    paths::check_owner(data_dir)?;
-    paths::check_owner(&socket)?;
-    if let Ok(stream) = UnixStream::connect(&socket).await {
-        return Ok(stream);
+    match connect_running(data_dir).await? {
+        Some(stream) => match handshake(stream, data_dir).await? {
+            Some(stream) => Ok(stream),
+            None => start(data_dir).await,
+        },
+        None => start(data_dir).await,
     }
+}
+
+/// Ask a running service its version. `Some(stream)` to go on with it; `None` once an older one has stopped.
+async fn handshake(stream: UnixStream, data_dir: &Path) -> Result<Option<UnixStream>, ClientError> {
+    let mut framed = Framed::new(stream, protocol::codec::codec(MAX_INCOMING_FRAME));
+    let asked = tokio::time::timeout(
+        START_TIMEOUT,
+        call_on::<PingResult>(&mut framed, Command::Ping),
+    );
+    let theirs = match asked.await {
+        Ok(Ok(ping)) => ping.version,
+        Ok(Err(e)) => {
+            tracing::warn!(cause = %e, "the service did not answer ping; going on without the version check");
+            return Ok(Some(framed.into_inner()));
+        }
+        Err(_) => return Err(ClientError::Timeout(START_TIMEOUT)),
+    };
+    let ours = version();
+    if !is_newer(&ours, &theirs) {
+        // Only a ping went out and only its reply came back, so nothing is left in the codec's buffers.
+        return Ok(Some(framed.into_inner()));
+    }
+    tracing::info!(%ours, %theirs, "the running service is older: asking it to stop");
+    stop_on(&mut framed, data_dir).await?;
+    Ok(None)
+}
+
+/// Ask the service on `framed` to stop, and wait until it has exited: the connection closes when its process ends,
+/// after the engine's checkpoint and the release of its lock. A service that does not know `stop` gets SIGTERM.
+async fn stop_on(
+    framed: &mut Framed<UnixStream, LengthDelimitedCodec>,
+    data_dir: &Path,
+) -> Result<(), ClientError> {
+    let pid = service_pid(data_dir);
+    let waited = tokio::time::timeout(STOP_TIMEOUT, async {
+        match call_on::<serde_json::Value>(framed, Command::Stop).await {
+            Ok(_) | Err(ClientError::Closed) => {}
+            Err(ClientError::Remote(body)) if body.code == ErrorCode::BadRequest => {
+                tracing::info!(?pid, "the service does not know stop: sending SIGTERM");
+                if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+                        .map_err(io::Error::from)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        while let Some(frame) = framed.next().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+        // The connection closes as the process winds down, a moment before it is gone.
+        while pid.is_some_and(is_running) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    });
+    match waited.await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::StopTimeout {
+            pid,
+            log: data_dir.join(SERVICE_LOG),
+        }),
+    }
+}
+
+/// True while process `pid` exists and is not a zombie (Linux's `/proc`; elsewhere, never).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) state ...`: the state follows the last `)`, since comm may hold anything.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Stop the service of `data_dir` when one runs, waiting until it has exited. Returns its pid, or `None` when no
+/// service was running.
+pub async fn stop_service(data_dir: &Path) -> Result<Option<u32>, ClientError> {
+    let Some(stream) = connect_running(data_dir).await? else {
+        return Ok(None);
+    };
+    let pid = service_pid(data_dir);
+    let mut framed = Framed::new(stream, protocol::codec::codec(MAX_INCOMING_FRAME));
+    stop_on(&mut framed, data_dir).await?;
+    Ok(pid)
+}
+
+/// One request on a connection used for nothing else, and its result as `T`.
+async fn call_on<T: serde::de::DeserializeOwned>(
+    framed: &mut Framed<UnixStream, LengthDelimitedCodec>,
+    command: Command,
+) -> Result<T, ClientError> {
+    let body = serde_json::to_vec(&Request { id: 1, command }).map_err(ClientError::BadFrame)?;
+    framed.send(bytes::Bytes::from(body)).await?;
+    loop {
+        let frame = framed.next().await.ok_or(ClientError::Closed)??;
+        match serde_json::from_slice(&frame).map_err(ClientError::BadFrame)? {
+            Incoming::Reply(reply) => return reply.into_result().map_err(ClientError::Remote),
+            Incoming::Event(_) => {}
+        }
+    }
+}
+
+/// Start the service of `data_dir` and connect to it.
+async fn start(data_dir: &Path) -> Result<UnixStream, ClientError> {
+    let socket = data_dir.join(SOCKET_FILE);
     paths::ensure_data_dir(data_dir)?;
     spawn_service(data_dir)?;
     let deadline = Instant::now() + START_TIMEOUT;
@@ -98,9 +245,10 @@ pub async fn connect_or_start(data_dir: &Path) -> Result<UnixStream, ClientError
 ///
 /// Two starters may race; the loser's service finds the lock taken and exits, and both connect to the winner.
 fn spawn_service(data_dir: &Path) -> Result<(), ClientError> {
-    let exe = std::env::current_exe().map_err(|source| ClientError::Spawn {
+    // The path, not /proc/self/exe: when `sdm install` has replaced this binary, its successor is what starts.
+    let exe = crate::install::current_exe().map_err(|e| ClientError::Spawn {
         exe: PathBuf::from("sdm"),
-        source,
+        source: io::Error::other(e.to_string()),
     })?;
     let log_path = data_dir.join(SERVICE_LOG);
     let log = open_log(&log_path).map_err(|source| ClientError::Spawn {
@@ -125,17 +273,10 @@ fn spawn_service(data_dir: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Open a log file for appending (private to the user), starting afresh once it has grown past [`MAX_LOG_BYTES`].
+/// Open a log file for appending (private to the user), starting afresh once it has grown past [`MAX_LOG_BYTES`];
+/// its folder's owner is checked first and a link at its name is refused ([`paths::open_log`]).
 pub fn open_log(path: &Path) -> io::Result<std::fs::File> {
-    let too_big = std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_LOG_BYTES);
-    let mut options = OpenOptions::new();
-    options.create(true).mode(0o600);
-    if too_big {
-        options.write(true).truncate(true);
-    } else {
-        options.append(true);
-    }
-    options.open(path)
+    paths::open_log(path, MAX_LOG_BYTES)
 }
 
 /// The pid recorded by the running service of `data_dir`, if any (for messages and tests).

@@ -1,15 +1,62 @@
-//! Host manifests: the JSON file that tells a browser where `sdm` is and which extension may start it.
+//! Installing SDM for this user: the binary copied to a folder of its own, and host manifests naming that copy.
 //!
-//! Chromium browsers read `allowed_origins` (`chrome-extension://<id>/`), Firefox reads `allowed_extensions` (the
-//! add-on id). The file name must be `com.sdm.host.json`, and `path` must be absolute on Linux and macOS.
+//! A host manifest tells a browser where `sdm` is and which extension may start it. Chromium browsers read
+//! `allowed_origins` (`chrome-extension://<id>/`), Firefox-family browsers `allowed_extensions` (the add-on id). The
+//! file name must be `com.sdm.host.json`, and `path` must be absolute on Linux and macOS.
+//!
+//! The browser table and the writing, finding and removing of manifests in it are the `native_messaging` crate's
+//! (Linux, macOS, and the Windows registry). Built around it here: the snap browsers' folders, which its table lacks;
+//! `$XDG_CONFIG_HOME`, which Chromium browsers follow on Linux and its table spells as `~/.config` (a manifest in such
+//! a folder is written here, in the same shape); the binary's copy; and the check that a manifest names our copy.
+//!
+//! **Invariant:** a manifest names the installed copy (`$XDG_BIN_HOME/sdm` or `~/.local/bin/sdm`), never a build
+//! folder, so a `cargo clean` or a moved checkout cannot break a browser's connection. The copy is replaced by a
+//! rename, so a relay or service running the old one goes on running it.
 
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use native_messaging::Scope;
 use protocol::{EXTENSION_ID, GECKO_ID, HOST_NAME};
 use serde_json::json;
 
 use crate::paths::{Env, PathError};
+
+/// The Chrome Web Store's id for SDM, when the build was given one (`SDM_STORE_EXTENSION_ID`): the store signs the
+/// extension with its own key, so its id differs from the pinned development id.
+pub const STORE_EXTENSION_ID: Option<&str> = option_env!("SDM_STORE_EXTENSION_ID");
+
+// A store id that is not an extension id would make every manifest invalid: refuse it when building.
+const _: () = assert!(
+    match STORE_EXTENSION_ID {
+        Some(id) => is_extension_id(id),
+        None => true,
+    },
+    "SDM_STORE_EXTENSION_ID must be 32 letters a to p"
+);
+
+/// A Chromium extension id: 32 letters `a`..=`p`.
+const fn is_extension_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    if bytes.len() != 32 {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] < b'a' || bytes[i] > b'p' {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The `native_messaging` crate's variable naming a browser table to use instead of its own.
+const TABLE_OVERRIDE: &str = "NATIVE_MESSAGING_BROWSERS_CONFIG";
+
+/// The binary's name in the install folder.
+pub const BIN_NAME: &str = "sdm";
 
 /// The browsers SDM registers with, per user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,16 +67,24 @@ pub enum Browser {
     Edge,
     Vivaldi,
     Firefox,
+    LibreWolf,
+    /// Ubuntu's Chromium, a snap: it reads hosts inside its own folder under `~/snap`.
+    SnapChromium,
+    /// Ubuntu's Firefox, a snap.
+    SnapFirefox,
 }
 
 impl Browser {
-    pub const ALL: [Browser; 6] = [
+    pub const ALL: [Browser; 9] = [
         Browser::Chrome,
         Browser::Chromium,
         Browser::Brave,
         Browser::Edge,
         Browser::Vivaldi,
         Browser::Firefox,
+        Browser::LibreWolf,
+        Browser::SnapChromium,
+        Browser::SnapFirefox,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +95,9 @@ impl Browser {
             Browser::Edge => "edge",
             Browser::Vivaldi => "vivaldi",
             Browser::Firefox => "firefox",
+            Browser::LibreWolf => "librewolf",
+            Browser::SnapChromium => "snap-chromium",
+            Browser::SnapFirefox => "snap-firefox",
         }
     }
 
@@ -54,72 +112,122 @@ impl Browser {
         Browser::ALL.into_iter().find(|b| b.name() == alias)
     }
 
+    /// The names `--browser` accepts, for messages.
+    pub fn names() -> String {
+        Browser::ALL.map(Browser::name).join(", ")
+    }
+
     pub fn format(self) -> ManifestFormat {
         match self {
-            Browser::Firefox => ManifestFormat::Firefox,
+            Browser::Firefox | Browser::LibreWolf | Browser::SnapFirefox => ManifestFormat::Firefox,
             _ => ManifestFormat::Chromium,
         }
     }
 
-    /// The browser's own folder: when it exists, the browser has run for this user.
-    fn profile_dir(self, env: &Env) -> Result<PathBuf, PathError> {
+    /// The browser's key in the `native_messaging` crate's table, for those it has.
+    fn table_key(self) -> Option<&'static str> {
+        Some(match self {
+            Browser::Chrome => "chrome",
+            Browser::Chromium => "chromium",
+            Browser::Brave => "brave",
+            Browser::Edge => "edge",
+            Browser::Vivaldi => "vivaldi",
+            Browser::Firefox => "firefox",
+            Browser::LibreWolf => "librewolf",
+            Browser::SnapChromium | Browser::SnapFirefox => return None,
+        })
+    }
+
+    /// Where this browser reads the manifest, and whether that is the crate's own place for it.
+    fn place(self, env: &Env) -> Result<Place, InstallError> {
         let home = env.home.clone().ok_or(PathError::NoHome)?;
-        if cfg!(target_os = "macos") {
-            let support = home.join("Library/Application Support");
-            return Ok(support.join(match self {
-                Browser::Chrome => "Google/Chrome",
-                Browser::Chromium => "Chromium",
-                Browser::Brave => "BraveSoftware/Brave-Browser",
-                Browser::Edge => "Microsoft Edge",
-                Browser::Vivaldi => "Vivaldi",
-                Browser::Firefox => "Mozilla",
-            }));
+        let Some(key) = self.table_key() else {
+            let dir = match self {
+                Browser::SnapChromium => {
+                    home.join("snap/chromium/common/chromium/NativeMessagingHosts")
+                }
+                _ => home.join("snap/firefox/common/.mozilla/native-messaging-hosts"),
+            };
+            return Ok(Place { dir, key: None });
+        };
+        // The crate reads its table from this file instead when it is set, and panics when the file is not a table.
+        if std::env::var_os(TABLE_OVERRIDE).is_some() {
+            return Err(InstallError::TableOverride);
         }
-        // Chromium browsers follow XDG_CONFIG_HOME on Linux; Firefox keeps its own dot folder.
-        let config = env.config_home()?;
-        Ok(match self {
-            Browser::Chrome => config.join("google-chrome"),
-            Browser::Chromium => config.join("chromium"),
-            Browser::Brave => config.join("BraveSoftware/Brave-Browser"),
-            Browser::Edge => config.join("microsoft-edge"),
-            Browser::Vivaldi => config.join("vivaldi"),
-            Browser::Firefox => home.join(".mozilla"),
+        let file =
+            native_messaging::manifest_path(key, Scope::User, HOST_NAME).map_err(|source| {
+                InstallError::Table {
+                    browser: self.name(),
+                    source,
+                }
+            })?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Chromium browsers keep their profile under $XDG_CONFIG_HOME on Linux; the table assumes ~/.config.
+        if cfg!(target_os = "linux")
+            && self.format() == ManifestFormat::Chromium
+            && let Ok(rel) = dir.strip_prefix(home.join(".config"))
+        {
+            let config = env.config_home()?;
+            if config != home.join(".config") {
+                return Ok(Place {
+                    dir: config.join(rel),
+                    key: None,
+                });
+            }
+        }
+        Ok(Place {
+            dir,
+            key: Some(key),
         })
     }
 
     /// The per-user folder the browser reads host manifests from.
-    pub fn manifest_dir(self, env: &Env) -> Result<PathBuf, PathError> {
-        let profile = self.profile_dir(env)?;
-        Ok(match self {
-            Browser::Firefox if cfg!(target_os = "macos") => profile.join("NativeMessagingHosts"),
-            Browser::Firefox => profile.join("native-messaging-hosts"),
-            _ => profile.join("NativeMessagingHosts"),
-        })
+    pub fn manifest_dir(self, env: &Env) -> Result<PathBuf, InstallError> {
+        Ok(self.place(env)?.dir)
     }
+}
+
+/// A manifest folder, and the crate's key when the crate writes and removes the manifest there.
+struct Place {
+    dir: PathBuf,
+    key: Option<&'static str>,
 }
 
 /// Which allow-list key a manifest carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestFormat {
-    /// `allowed_origins: ["chrome-extension://<id>/"]`.
+    /// `allowed_origins: ["chrome-extension://<id>/", ...]`.
     Chromium,
     /// `allowed_extensions: ["<gecko id>"]`.
     Firefox,
 }
 
-/// The manifest's text for a host binary at `exe` (which must be absolute).
+/// The extensions that may start the host: the pinned development id, and the store's when the build knows it.
+pub fn allowed_origins() -> Vec<String> {
+    std::iter::once(EXTENSION_ID)
+        .chain(STORE_EXTENSION_ID)
+        .map(|id| format!("chrome-extension://{id}/"))
+        .collect()
+}
+
+/// The Firefox add-ons that may start the host (one id, the same unpacked and on addons.mozilla.org).
+pub fn allowed_extensions() -> Vec<String> {
+    vec![GECKO_ID.to_string()]
+}
+
+const DESCRIPTION: &str = "SDM download manager";
+
+/// The manifest's content for a host binary at `exe` (which must be absolute).
 pub fn manifest(exe: &Path, format: ManifestFormat) -> serde_json::Value {
     let mut value = json!({
         "name": HOST_NAME,
-        "description": "SDM download manager",
+        "description": DESCRIPTION,
         "path": exe.to_string_lossy(),
         "type": "stdio",
     });
     match format {
-        ManifestFormat::Chromium => {
-            value["allowed_origins"] = json!([format!("chrome-extension://{EXTENSION_ID}/")]);
-        }
-        ManifestFormat::Firefox => value["allowed_extensions"] = json!([GECKO_ID]),
+        ManifestFormat::Chromium => value["allowed_origins"] = json!(allowed_origins()),
+        ManifestFormat::Firefox => value["allowed_extensions"] = json!(allowed_extensions()),
     }
     value
 }
@@ -145,10 +253,16 @@ impl Target {
         }
     }
 
-    fn dir_and_format(&self, env: &Env) -> Result<(PathBuf, ManifestFormat), InstallError> {
+    fn place(&self, env: &Env) -> Result<(Place, ManifestFormat), InstallError> {
         match self {
-            Target::Browser(b) => Ok((b.manifest_dir(env)?, b.format())),
-            Target::Dir(dir, format) => Ok((dir.clone(), *format)),
+            Target::Browser(b) => Ok((b.place(env)?, b.format())),
+            Target::Dir(dir, format) => Ok((
+                Place {
+                    dir: dir.clone(),
+                    key: None,
+                },
+                *format,
+            )),
         }
     }
 }
@@ -159,12 +273,26 @@ pub enum InstallError {
     Path(#[from] PathError),
     #[error("cannot find the sdm binary's own path: {0}")]
     Exe(io::Error),
+    #[error("cannot find {browser}'s manifest folder: {source}")]
+    Table {
+        browser: &'static str,
+        source: io::Error,
+    },
+    #[error("{TABLE_OVERRIDE} is set: unset it, sdm registers with the browsers it knows")]
+    TableOverride,
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot remove {}: {source}", path.display())]
     Remove { path: PathBuf, source: io::Error },
+    #[error("cannot copy {} to {}: {source}", from.display(), to.display())]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
     #[error(
-        "no supported browser found for this user: pass --browser NAME (chrome, chromium, brave, edge, vivaldi, firefox) or --dir DIR"
+        "no supported browser found for this user (nothing was changed): start your browser once, or pass --browser NAME ({names}) or --dir DIR",
+        names = Browser::names()
     )]
     NoBrowser,
 }
@@ -174,62 +302,156 @@ pub enum InstallError {
 pub struct Outcome {
     pub target: String,
     pub path: PathBuf,
-    /// False when uninstalling found nothing to remove.
+    /// False when the manifest was already as wanted (install) or absent (uninstall).
     pub changed: bool,
 }
 
-/// The browsers that have a profile folder for this user.
+/// The browsers installed for this user: those whose own folder (the manifest folder's parent: the profile folder of
+/// a Chromium browser, `~/.mozilla` of Firefox) exists, which it does once the browser has run.
 pub fn detect(env: &Env) -> Vec<Browser> {
     Browser::ALL
         .into_iter()
-        .filter(|b| b.profile_dir(env).is_ok_and(|d| d.is_dir()))
+        .filter(|b| {
+            b.manifest_dir(env)
+                .is_ok_and(|d| d.parent().is_some_and(Path::is_dir))
+        })
         .collect()
 }
 
-/// The absolute path of the running binary, as a manifest must name it.
+/// Flatpak browsers found in `~/.var/app`: SDM does not register them (their sandbox cannot start a program
+/// outside it), but says so.
+pub fn detect_flatpaks(env: &Env) -> Vec<&'static str> {
+    const APPS: [&str; 7] = [
+        "org.mozilla.firefox",
+        "io.gitlab.librewolf-community",
+        "org.chromium.Chromium",
+        "com.google.Chrome",
+        "com.brave.Browser",
+        "com.microsoft.Edge",
+        "com.vivaldi.Vivaldi",
+    ];
+    let Some(home) = &env.home else {
+        return Vec::new();
+    };
+    APPS.into_iter()
+        .filter(|app| home.join(".var/app").join(app).is_dir())
+        .collect()
+}
+
+/// The absolute path of the running binary.
+///
+/// A binary replaced on disk while it runs (by `sdm install`) reads as `<path> (deleted)`; the path itself then
+/// holds its successor, which is what should be started or copied from now on.
 pub fn current_exe() -> Result<PathBuf, InstallError> {
     let exe = std::env::current_exe().map_err(InstallError::Exe)?;
+    if !exe.exists()
+        && let Some(live) = exe
+            .to_str()
+            .and_then(|s| s.strip_suffix(" (deleted)"))
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+    {
+        return Ok(live);
+    }
     Ok(exe.canonicalize().unwrap_or(exe))
 }
 
-/// Write a manifest naming `exe` into each target's folder.
+/// The folder the binary is installed to: `$XDG_BIN_HOME` (when absolute), else `~/.local/bin`.
+pub fn bin_dir(env: &Env, xdg_bin_home: Option<&Path>) -> Result<PathBuf, PathError> {
+    match xdg_bin_home.filter(|p| p.is_absolute()) {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Ok(env
+            .home
+            .as_ref()
+            .ok_or(PathError::NoHome)?
+            .join(".local/bin")),
+    }
+}
+
+/// Copy the binary at `exe` into `dir` as `sdm`, unless the same bytes are there already. Returns the installed
+/// path and whether anything changed.
+///
+/// The copy is written beside, synced, made executable and renamed over the old one: a relay or service running the
+/// old file keeps its inode, and a browser starting `sdm` meanwhile finds either the old file or the new, whole.
+pub fn install_binary(exe: &Path, dir: &Path) -> Result<(PathBuf, bool), InstallError> {
+    let dest = dir.join(BIN_NAME);
+    let copy_err = |source| InstallError::Copy {
+        from: exe.to_path_buf(),
+        to: dest.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(copy_err)?;
+    let dest = std::path::absolute(&dest).map_err(copy_err)?;
+    let same_file = dest.canonicalize().ok() == exe.canonicalize().ok();
+    if same_file || same_content(exe, &dest) {
+        return Ok((dest, false));
+    }
+    let tmp = dir.join(format!(".{BIN_NAME}.{}.tmp", std::process::id()));
+    let written = (|| {
+        std::fs::copy(exe, &tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &dest)?;
+        // The rename is durable once the folder is synced.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(copy_err(e));
+    }
+    Ok((dest, true))
+}
+
+/// True when both files exist with the same bytes.
+fn same_content(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    ma.len() == mb.len() && matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Remove the installed binary from `dir`; a missing one is not an error. Returns its path and whether it was there.
+pub fn uninstall_binary(dir: &Path) -> Result<(PathBuf, bool), InstallError> {
+    let path = dir.join(BIN_NAME);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok((path, true)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((path, false)),
+        Err(source) => Err(InstallError::Remove { path, source }),
+    }
+}
+
+/// The manifest at `path`, when it exists and is JSON.
+fn read_manifest(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Write a manifest naming `exe` into each target's folder. A manifest already as wanted is left alone.
 pub fn install(targets: &[Target], exe: &Path, env: &Env) -> Result<Vec<Outcome>, InstallError> {
     let mut done = Vec::new();
     for target in targets {
-        let (dir, format) = target.dir_and_format(env)?;
-        let path = dir.join(manifest_file_name());
-        let wrap = |source| InstallError::Write {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(wrap)?;
-        let mut text = serde_json::to_string_pretty(&manifest(exe, format))
-            .expect("a json! value always serializes");
-        text.push('\n');
-        // Write beside, then rename: a browser never reads half a manifest.
-        let tmp = dir.join(format!(".{}.tmp", manifest_file_name()));
-        std::fs::write(&tmp, text).map_err(wrap)?;
-        std::fs::rename(&tmp, &path).map_err(wrap)?;
-        done.push(Outcome {
-            target: target.label(),
-            path,
-            changed: true,
-        });
-    }
-    Ok(done)
-}
-
-/// Remove the manifest from each target's folder; a missing one is not an error.
-pub fn uninstall(targets: &[Target], env: &Env) -> Result<Vec<Outcome>, InstallError> {
-    let mut done = Vec::new();
-    for target in targets {
-        let (dir, _) = target.dir_and_format(env)?;
-        let path = dir.join(manifest_file_name());
-        let changed = match std::fs::remove_file(&path) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(source) => return Err(InstallError::Remove { path, source }),
-        };
+        let (place, format) = target.place(env)?;
+        let path = place.dir.join(manifest_file_name());
+        let wanted = manifest(exe, format);
+        let changed = read_manifest(&path).as_ref() != Some(&wanted);
+        if changed {
+            let wrap = |source| InstallError::Write {
+                path: path.clone(),
+                source,
+            };
+            match place.key {
+                Some(key) => native_messaging::install(
+                    HOST_NAME,
+                    DESCRIPTION,
+                    exe,
+                    &allowed_origins(),
+                    &allowed_extensions(),
+                    &[key],
+                    Scope::User,
+                )
+                .map_err(wrap)?,
+                None => write_atomic(&place.dir, &wanted).map_err(wrap)?,
+            }
+        }
         done.push(Outcome {
             target: target.label(),
             path,
@@ -237,6 +459,84 @@ pub fn uninstall(targets: &[Target], env: &Env) -> Result<Vec<Outcome>, InstallE
         });
     }
     Ok(done)
+}
+
+/// Write a manifest beside, then rename: a browser never reads half of it.
+fn write_atomic(dir: &Path, value: &serde_json::Value) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+    text.push('\n');
+    let tmp = dir.join(format!(".{}.tmp", manifest_file_name()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(manifest_file_name()))
+}
+
+/// Remove the manifest from each target's folder; a missing one is not an error.
+pub fn uninstall(targets: &[Target], env: &Env) -> Result<Vec<Outcome>, InstallError> {
+    let mut done = Vec::new();
+    for target in targets {
+        let (place, _) = target.place(env)?;
+        let path = place.dir.join(manifest_file_name());
+        let changed = path.exists();
+        match place.key {
+            // The crate removes every place its table lists for the browser.
+            Some(key) => {
+                native_messaging::remove(HOST_NAME, &[key], Scope::User).map_err(|source| {
+                    InstallError::Remove {
+                        path: path.clone(),
+                        source,
+                    }
+                })?
+            }
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(InstallError::Remove { path, source }),
+            },
+        }
+        done.push(Outcome {
+            target: target.label(),
+            path,
+            changed,
+        });
+    }
+    Ok(done)
+}
+
+/// What a browser's manifest says, for `sdm status`: absent, naming `exe`, or naming something else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    Absent,
+    /// A valid manifest (the crate's checks for table browsers: name, type, allow-list) naming `exe`.
+    Current,
+    /// A manifest naming another binary, or not valid.
+    Other(String),
+}
+
+/// Check the manifest of `browser` against the binary at `exe`.
+pub fn registration(browser: Browser, exe: &Path, env: &Env) -> Result<Registration, InstallError> {
+    let place = browser.place(env)?;
+    let path = place.dir.join(manifest_file_name());
+    if !path.exists() {
+        return Ok(Registration::Absent);
+    }
+    let Some(value) = read_manifest(&path) else {
+        return Ok(Registration::Other("not JSON".into()));
+    };
+    if let Some(key) = place.key {
+        let valid = native_messaging::verify_installed(HOST_NAME, Some(&[key]), Scope::User)
+            .unwrap_or(false);
+        if !valid {
+            return Ok(Registration::Other("not a valid host manifest".into()));
+        }
+    }
+    if value != manifest(exe, browser.format()) {
+        let named = value["path"].as_str().unwrap_or("no path").to_string();
+        return Ok(Registration::Other(named));
+    }
+    Ok(Registration::Current)
 }
 
 #[cfg(test)]
@@ -251,8 +551,12 @@ mod tests {
         assert_eq!(c["path"], "/opt/sdm/bin/sdm");
         assert_eq!(c["type"], "stdio");
         assert_eq!(
-            c["allowed_origins"],
-            json!(["chrome-extension://mamfelpfpaooapfmapiecgobfkfnmjnj/"])
+            c["allowed_origins"][0],
+            "chrome-extension://mamfelpfpaooapfmapiecgobfkfnmjnj/"
+        );
+        assert_eq!(
+            c["allowed_origins"].as_array().unwrap().len(),
+            1 + usize::from(STORE_EXTENSION_ID.is_some())
         );
         assert!(c.get("allowed_extensions").is_none());
         let f = manifest(exe, ManifestFormat::Firefox);
@@ -261,57 +565,92 @@ mod tests {
     }
 
     #[test]
+    fn extension_ids_are_32_letters_a_to_p() {
+        assert!(is_extension_id(EXTENSION_ID));
+        assert!(!is_extension_id("mamfelpfpaooapfmapiecgobfkfnmjn"));
+        assert!(!is_extension_id("mamfelpfpaooapfmapiecgobfkfnmjnz"));
+    }
+
+    #[test]
     fn browser_names_and_aliases() {
         assert_eq!(Browser::from_name("Chrome"), Some(Browser::Chrome));
         assert_eq!(Browser::from_name("google-chrome"), Some(Browser::Chrome));
         assert_eq!(Browser::from_name("firefox"), Some(Browser::Firefox));
+        assert_eq!(
+            Browser::from_name("snap-firefox"),
+            Some(Browser::SnapFirefox)
+        );
         assert_eq!(Browser::from_name("netscape"), None);
     }
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn linux_manifest_dirs_follow_the_browsers_conventions() {
+    fn snap_browsers_read_manifests_in_their_own_folders() {
         let env = Env {
             home: Some("/home/u".into()),
             xdg_config_home: Some("/cfg".into()),
             ..Env::default()
         };
-        let dir = |b: Browser| b.manifest_dir(&env).unwrap();
+        let place = |b: Browser| b.place(&env).unwrap();
         assert_eq!(
-            dir(Browser::Chrome),
-            PathBuf::from("/cfg/google-chrome/NativeMessagingHosts")
+            place(Browser::SnapChromium).dir,
+            PathBuf::from("/home/u/snap/chromium/common/chromium/NativeMessagingHosts")
         );
         assert_eq!(
-            dir(Browser::Brave),
-            PathBuf::from("/cfg/BraveSoftware/Brave-Browser/NativeMessagingHosts")
+            place(Browser::SnapFirefox).dir,
+            PathBuf::from("/home/u/snap/firefox/common/.mozilla/native-messaging-hosts")
         );
-        assert_eq!(
-            dir(Browser::Firefox),
-            PathBuf::from("/home/u/.mozilla/native-messaging-hosts")
-        );
+        assert!(place(Browser::SnapFirefox).key.is_none());
     }
 
     #[test]
-    fn install_then_uninstall_in_a_home() {
-        let home = tempfile::tempdir().unwrap();
+    fn the_binary_is_copied_once_and_replaced_by_a_rename() {
+        let root = tempfile::tempdir().unwrap();
+        let exe = root.path().join("built-sdm");
+        std::fs::write(&exe, b"first").unwrap();
+        let bin = root.path().join("bin");
+        let (dest, changed) = install_binary(&exe, &bin).unwrap();
+        assert!(changed);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"first");
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert!(
+            !install_binary(&exe, &bin).unwrap().1,
+            "same bytes: no copy"
+        );
+
+        // A process holding the old file open keeps reading the old bytes after the replacement.
+        let held = std::fs::File::open(&dest).unwrap();
+        std::fs::write(&exe, b"second").unwrap();
+        assert!(install_binary(&exe, &bin).unwrap().1);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"second");
+        let mut old = String::new();
+        io::Read::read_to_string(&mut &held, &mut old).unwrap();
+        assert_eq!(old, "first");
+        // Nothing is left beside it.
+        assert_eq!(std::fs::read_dir(&bin).unwrap().count(), 1);
+
+        assert_eq!(uninstall_binary(&bin).unwrap(), (dest.clone(), true));
+        assert_eq!(uninstall_binary(&bin).unwrap(), (dest, false));
+    }
+
+    #[test]
+    fn bin_dir_prefers_an_absolute_xdg_bin_home() {
         let env = Env {
-            home: Some(home.path().to_path_buf()),
+            home: Some("/home/u".into()),
             ..Env::default()
         };
-        assert!(detect(&env).is_empty());
-        let targets = [
-            Target::Browser(Browser::Chromium),
-            Target::Browser(Browser::Firefox),
-        ];
-        let done = install(&targets, Path::new("/x/sdm"), &env).unwrap();
-        assert_eq!(done.len(), 2);
-        let text = std::fs::read_to_string(&done[1].path).unwrap();
-        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["allowed_extensions"], json!(["sdm@sdm.dev"]));
-        assert_eq!(detect(&env), vec![Browser::Chromium, Browser::Firefox]);
-        let gone = uninstall(&targets, &env).unwrap();
-        assert!(gone.iter().all(|o| o.changed && !o.path.exists()));
-        let again = uninstall(&targets, &env).unwrap();
-        assert!(again.iter().all(|o| !o.changed));
+        assert_eq!(
+            bin_dir(&env, None).unwrap(),
+            PathBuf::from("/home/u/.local/bin")
+        );
+        assert_eq!(
+            bin_dir(&env, Some(Path::new("rel"))).unwrap(),
+            PathBuf::from("/home/u/.local/bin")
+        );
+        assert_eq!(
+            bin_dir(&env, Some(Path::new("/opt/bin"))).unwrap(),
+            PathBuf::from("/opt/bin")
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! - `sdm serve`: the engine [`service`](sdm::service) in the foreground.
 //! - `sdm get`: one download, here and now, without the service.
 //! - `sdm add|ls|pause|resume|cancel|rm|open|history|settings|wait`: commands sent to the service.
-//! - `sdm install`: register the host with the browsers.
+//! - `sdm install`, `status`, `stop`, `uninstall`: install for this user, and the service's life.
 //!
 //! This file picks the face, sets up logging and the runtime, and hands over to [`cli`], where each command lives.
 
@@ -44,6 +44,10 @@ fn main() -> ExitCode {
         Cmd::Install(install_args) => {
             init_logging(None, "warn");
             cli::install::run(install_args)
+        }
+        Cmd::Lifecycle(command) => {
+            init_logging(None, "warn");
+            runtime(false).and_then(|rt| rt.block_on(cli::lifecycle::run(command)))
         }
         Cmd::Remote(command) => {
             init_logging(None, "warn");

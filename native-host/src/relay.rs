@@ -6,6 +6,9 @@
 //!   service goes away;
 //! - after the service restarts, a browser that had subscribed is subscribed again on the new connection.
 //!
+//! Its connection comes from [`client::connect_or_start`], so a relay newer than the running service replaces it (the
+//! version handshake) before the first frame is forwarded.
+//!
 //! **Invariant:** nothing but frames of at most [`MAX_OUTGOING_FRAME`] bytes is written to stdout. A larger reply is
 //! replaced by a `too_large` error carrying its id; a larger event is dropped.
 //!

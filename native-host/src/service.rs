@@ -13,21 +13,22 @@
 //! wait for one) run in tasks of their own that send their reply to that channel when done, so the connection goes
 //! on answering meanwhile; their replies may overtake earlier ones, and are matched by id.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
-    AddResult, Command, ErrorCode, FindResult, HistoryResult, MAX_INCOMING_FRAME,
-    MAX_OUTGOING_FRAME, PingResult, Reply, SettingsResult,
+    AddResult, Command, CountResult, ErrorCode, FindResult, HistoryResult, MAX_INCOMING_FRAME,
+    MAX_OUTGOING_FRAME, PingResult, Reply, SettingsResult, StatusCounts, StatusResult,
 };
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ApiError, Engine, EngineConfig, StartError};
 use crate::paths::{self, LOCK_FILE, SOCKET_FILE};
@@ -66,6 +67,7 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
     let dir = &config.data_dir;
+    // Refuses a folder of another user's, or one anyone may write to, before anything in it is opened.
     paths::ensure_data_dir(dir)?;
     let _lock = take_lock(dir)?;
     let socket = dir.join(SOCKET_FILE);
@@ -87,13 +89,18 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
         tracing::warn!(%warning, "engine start-up");
     }
 
+    let control = Control {
+        data_dir: dir.clone(),
+        stop: CancellationToken::new(),
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let engine = engine.clone();
+                    let control = control.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_connection(engine, stream).await {
+                        if let Err(e) = serve_connection(engine, control, stream).await {
                             tracing::debug!(cause = %e, "connection ended");
                         }
                     });
@@ -108,6 +115,7 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             // The terminal of a foreground `sdm serve` went away: stop as cleanly as for SIGTERM.
             _ = sighup.recv() => { tracing::info!("SIGHUP: shutting down"); break; }
+            _ = control.stop.cancelled() => { tracing::info!("asked to stop: shutting down"); break; }
         }
     }
     drop(listener);
@@ -125,14 +133,9 @@ fn take_lock(dir: &Path) -> Result<File, ServiceError> {
         path: path.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(lock_err)?;
+    // Opened without truncating and never through a link: a link planted at its name cannot make the pid below
+    // overwrite another file.
+    let mut file = paths::open_lock(dir).map_err(lock_err)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -180,9 +183,17 @@ fn bind(socket: &Path) -> Result<UnixListener, ServiceError> {
     bound.map_err(listen_err)
 }
 
+/// What a connection needs of the service beyond the engine: for `status` and `stop`.
+#[derive(Clone)]
+struct Control {
+    data_dir: PathBuf,
+    /// Cancelled by `stop`: the service then shuts down as on SIGTERM (every download checkpointed) and exits.
+    stop: CancellationToken,
+}
+
 /// Read requests from one connection and answer them, until it closes. Most are answered in order; a verified `add`
 /// and `find` answer from tasks of their own.
-async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> {
+async fn serve_connection(engine: Engine, control: Control, stream: UnixStream) -> io::Result<()> {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, protocol::codec::codec(MAX_INCOMING_FRAME));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
@@ -216,8 +227,8 @@ async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> 
                         tx.clone(),
                     ));
                 }
-                // Commands that may wait (a verified add asks the server first, `find` waits for one) must not
-                // hold up the connection: they answer later, from a task of their own.
+                // Commands that may wait (a verified add asks the server first, `find` waits for one, `set_url` asks
+                // the new address) must not hold up the connection: they answer later, from a task of their own.
                 let id = request.id;
                 match request.command {
                     Command::Add(add) if add.expect.is_some() => {
@@ -230,9 +241,19 @@ async fn serve_connection(engine: Engine, stream: UnixStream) -> io::Result<()> 
                         );
                         continue;
                     }
-                    command @ Command::Find { .. } => {
+                    command @ (Command::Find { .. } | Command::SetUrl { .. }) => {
                         let engine = engine.clone();
                         reply_later(&tx, async move { dispatch(&engine, id, command).await });
+                        continue;
+                    }
+                    Command::Status => encode_reply(&Reply::ok(id, status(&engine, &control))),
+                    Command::Stop => {
+                        // Answered first; the caller then waits for this connection to close, which happens once
+                        // the engine has checkpointed and the process exits.
+                        let _ = tx
+                            .send(encode_reply(&Reply::ok(id, serde_json::json!({}))))
+                            .await;
+                        control.stop.cancel();
                         continue;
                     }
                     command => dispatch(&engine, id, command).await,
@@ -324,12 +345,18 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
             | Command::Resume { .. }
             | Command::Cancel { .. }
             | Command::Remove { .. }
+            | Command::Update { .. }
+            | Command::SetUrl { .. }
+            | Command::Move { .. }
+            | Command::PauseAll
+            | Command::ResumeAll
+            | Command::ClearFinished
     );
     let reply = match command {
         Command::Ping => Reply::ok(
             id,
             PingResult {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: crate::client::version(),
             },
         ),
         Command::Add(add) => {
@@ -380,13 +407,86 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
                 .await
                 .map(|settings| SettingsResult { settings }),
         ),
+        Command::Update {
+            download_id,
+            bandwidth_limit,
+            threads,
+        } => result(
+            id,
+            engine
+                .update(download_id, bandwidth_limit, threads)
+                .map(|()| &empty),
+        ),
+        Command::SetUrl {
+            download_id,
+            url,
+            restart,
+        } => result(
+            id,
+            engine
+                .set_url(download_id, &url, restart)
+                .await
+                .map(|()| &empty),
+        ),
+        Command::Move { download_id, to } => {
+            result(id, engine.move_to(download_id, to).map(|()| &empty))
+        }
+        Command::PauseAll => Reply::ok(
+            id,
+            CountResult {
+                count: engine.pause_all(),
+            },
+        ),
+        Command::ResumeAll => Reply::ok(
+            id,
+            CountResult {
+                count: engine.resume_all(),
+            },
+        ),
+        Command::ClearFinished => Reply::ok(
+            id,
+            CountResult {
+                count: engine.clear_finished(),
+            },
+        ),
         // The forwarder was started by the caller, which owns the connection.
         Command::Subscribe => Reply::ok(id, &empty),
+        // The connection answers these (they need the service, not only the engine); `dispatch` is never given them.
+        Command::Status | Command::Stop => Reply::err(
+            Some(id),
+            ErrorCode::Internal,
+            "status and stop are answered by the service's connection",
+        ),
     };
     if changes_queue && reply.ok {
         engine.persist().await;
     }
     encode_reply(&reply)
+}
+
+/// `status`: this service's version, pid and data folder, and its downloads counted by status.
+fn status(engine: &Engine, control: &Control) -> StatusResult {
+    let mut counts = StatusCounts::default();
+    let mut offset = 0;
+    loop {
+        let page = engine.list(protocol::PageRequest {
+            offset,
+            limit: None,
+        });
+        offset += page.downloads.len();
+        for download in &page.downloads {
+            counts.add(download.status);
+        }
+        if page.downloads.is_empty() || offset >= page.total {
+            break;
+        }
+    }
+    StatusResult {
+        version: crate::client::version(),
+        pid: std::process::id(),
+        data_dir: control.data_dir.display().to_string(),
+        counts,
+    }
 }
 
 /// The reply to an `add`, sent only once the download is in `state.json`: the browser erases its own copy of a
@@ -449,14 +549,16 @@ fn encode_page<P: Serialize, T>(
     }
 }
 
-/// Open a completed download's file or folder with the desktop's handler.
+/// Open a completed download's file or folder with the desktop's handler. A file that opening could run (see
+/// [`open_target`]) opens its folder instead.
 fn open(engine: &Engine, id: protocol::DownloadId, folder: bool) -> Result<(), ApiError> {
     let file = engine.completed_path(id)?;
-    let target = if folder {
-        file.parent().map(Path::to_path_buf).unwrap_or(file)
-    } else {
-        file
-    };
+    // Followed through a link, so a link to a program counts as one.
+    let executable = std::fs::metadata(&file).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    let target = open_target(&file, folder, executable);
+    if !folder && target != file {
+        tracing::info!(id, "opening the folder of a file that could run");
+    }
     if !target.exists() {
         return Err(ApiError::new(
             ErrorCode::NotFound,
@@ -486,6 +588,86 @@ fn open(engine: &Engine, id: protocol::DownloadId, folder: bool) -> Result<(), A
         let _ = child.wait().await;
     });
     Ok(())
+}
+
+/// Extensions (compared without case) of files the desktop runs when it opens them, or hands to something that
+/// does: launchers, scripts, Java archives, AppImages, self-extracting installers (`.run`, `.bin`) and Windows
+/// programs (which Wine, when installed, runs).
+const LAUNCHER_EXTENSIONS: &[&str] = &[
+    "desktop", "jar", "sh", "bash", "exe", "msi", "com", "scr", "bat", "cmd", "ps1", "vbs",
+    "appimage", "run", "bin",
+];
+
+/// What `open` hands to the desktop for the completed `file`: its folder when `folder` is asked, or when opening the
+/// file could run it (it is `executable`, any x bit set, or of a launcher type); otherwise the file.
+fn open_target(file: &Path, folder: bool, executable: bool) -> PathBuf {
+    let launcher = file
+        .extension()
+        .map(|e| e.to_string_lossy())
+        .is_some_and(|e| {
+            LAUNCHER_EXTENSIONS
+                .iter()
+                .any(|l| e.eq_ignore_ascii_case(l))
+        });
+    match file.parent() {
+        Some(parent) if folder || executable || launcher => parent.to_path_buf(),
+        _ => file.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    #[test]
+    fn files_that_could_run_open_their_folder() {
+        let dir = Path::new("/home/ann/Downloads");
+        for name in [
+            "evil.desktop",
+            "app.jar",
+            "x.sh",
+            "Setup.EXE",
+            "a.bat",
+            "a.Cmd",
+            "a.ps1",
+            "Tool.AppImage",
+            "tool.appimage",
+            "installer.run",
+            "firmware.bin",
+            "a.msi",
+            "archive.tar.gz.sh",
+        ] {
+            assert_eq!(open_target(&dir.join(name), false, false), dir, "{name}");
+        }
+        assert_eq!(
+            open_target(&dir.join("program"), false, true),
+            dir,
+            "an x bit"
+        );
+        assert_eq!(
+            open_target(&dir.join("notes.txt"), false, true),
+            dir,
+            "an x bit"
+        );
+    }
+
+    #[test]
+    fn other_files_open_themselves_and_folder_opens_the_folder() {
+        let dir = Path::new("/home/ann/Downloads");
+        for name in [
+            "paper.pdf",
+            "song.mp3",
+            "archive.tar.gz",
+            "desktop",
+            "sh",
+            "x.desktop.txt",
+            ".jar",
+        ] {
+            let file = dir.join(name);
+            assert_eq!(open_target(&file, false, false), file, "{name}");
+            assert_eq!(open_target(&file, true, false), dir, "{name}");
+        }
+    }
 }
 
 #[cfg(test)]

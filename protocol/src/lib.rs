@@ -98,6 +98,56 @@ pub enum Command {
     Find {
         client_key: String,
     },
+    /// The service's version, pid, data folder and download counts (`sdm status`).
+    Status,
+    /// Checkpoint every download and exit; the downloads go on at the next start. Answered before the service stops:
+    /// the caller learns that it is gone when the connection closes.
+    Stop,
+    /// Change a download's speed cap (bytes per second, 0 = none) or connections; a running download changes at
+    /// once (a new connection count restarts its transfer from the bytes it has).
+    Update {
+        download_id: DownloadId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth_limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        threads: Option<u32>,
+    },
+    /// A new address for a download (its link expired or failed). The bytes it has are kept when the new address
+    /// serves the same file (same size, and the same ETag and Last-Modified where both sides give one); otherwise
+    /// the answer is a `conflict` error, unless `restart`, which starts over from byte 0 at the new address.
+    SetUrl {
+        download_id: DownloadId,
+        url: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        restart: bool,
+    },
+    /// Move a download in the queue's order, which is the order `list` returns and queued downloads start in.
+    Move {
+        download_id: DownloadId,
+        to: MoveTo,
+    },
+    /// Pause every queued and running download ([`CountResult`]).
+    PauseAll,
+    /// Queue every paused and failed download again ([`CountResult`]).
+    ResumeAll,
+    /// Take completed, failed and cancelled downloads off the list; history keeps them ([`CountResult`]).
+    ClearFinished,
+}
+
+/// `move.to`: where a download goes in the queue's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveTo {
+    Top,
+    Bottom,
+    Up,
+    Down,
+}
+
+/// The answer to `pause_all`, `resume_all` and `clear_finished`: how many downloads it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountResult {
+    pub count: usize,
 }
 
 /// `add`: a new download.
@@ -323,6 +373,48 @@ pub struct PingResult {
     pub version: String,
 }
 
+/// `status`: who answers, and what its queue holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResult {
+    /// The service's version (`sdm --version`), which a newer client compares with its own.
+    pub version: String,
+    pub pid: u32,
+    /// The data folder the service owns (state, socket, logs).
+    pub data_dir: String,
+    pub counts: StatusCounts,
+}
+
+/// How many downloads the queue holds, by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusCounts {
+    pub queued: usize,
+    pub downloading: usize,
+    pub paused: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+}
+
+impl StatusCounts {
+    /// Count one more download in `status`.
+    pub fn add(&mut self, status: Status) {
+        let slot = match status {
+            Status::Queued => &mut self.queued,
+            Status::Downloading => &mut self.downloading,
+            Status::Paused => &mut self.paused,
+            Status::Completed => &mut self.completed,
+            Status::Failed => &mut self.failed,
+            Status::Cancelled => &mut self.cancelled,
+        };
+        *slot += 1;
+    }
+
+    pub fn total(&self) -> usize {
+        self.queued + self.downloading + self.paused + self.completed + self.failed + self.cancelled
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AddResult {
     pub id: DownloadId,
@@ -375,6 +467,8 @@ pub enum ErrorCode {
     /// A verified add could not fetch the file the browser got (an error status, another size, a web page instead
     /// of the file): nothing was added, and the browser keeps its copy.
     FetchFailed,
+    /// `set_url`: the new address serves another file than the one partly downloaded; nothing changed.
+    Conflict,
     Io,
     Internal,
 }

@@ -198,3 +198,103 @@ fn settings_fill_missing_fields_with_defaults() {
     assert_eq!(s.max_concurrent, 5);
     assert_eq!(s.default_threads, DEFAULT_THREADS);
 }
+
+#[test]
+fn status_and_stop_are_bare_commands_and_status_counts_every_status() {
+    assert_eq!(
+        parse_request(br#"{"id":2,"cmd":"status"}"#)
+            .unwrap()
+            .command,
+        Command::Status
+    );
+    assert_eq!(
+        parse_request(br#"{"id":3,"cmd":"stop"}"#).unwrap().command,
+        Command::Stop
+    );
+    let mut counts = StatusCounts::default();
+    for status in [Status::Downloading, Status::Downloading, Status::Failed] {
+        counts.add(status);
+    }
+    let result = StatusResult {
+        version: "0.1.0".into(),
+        pid: 42,
+        data_dir: "/d".into(),
+        counts,
+    };
+    let value = serde_json::to_value(&result).unwrap();
+    assert_eq!(value["counts"]["downloading"], 2);
+    assert_eq!(value["counts"]["failed"], 1);
+    assert_eq!(value["counts"]["queued"], 0);
+    assert_eq!(counts.total(), 3);
+    let back: StatusResult = serde_json::from_value(value).unwrap();
+    assert_eq!(back, result);
+}
+
+#[test]
+fn queue_operations_have_their_wire_shape() {
+    let cases = [
+        (
+            json!({"id": 1, "cmd": "update", "download_id": 3, "bandwidth_limit": 1024}),
+            Command::Update {
+                download_id: 3,
+                bandwidth_limit: Some(1024),
+                threads: None,
+            },
+        ),
+        (
+            json!({"id": 1, "cmd": "update", "download_id": 3, "threads": 4}),
+            Command::Update {
+                download_id: 3,
+                bandwidth_limit: None,
+                threads: Some(4),
+            },
+        ),
+        (
+            json!({"id": 1, "cmd": "set_url", "download_id": 3, "url": "http://x/a"}),
+            Command::SetUrl {
+                download_id: 3,
+                url: "http://x/a".into(),
+                restart: false,
+            },
+        ),
+        (
+            json!({"id": 1, "cmd": "set_url", "download_id": 3, "url": "http://x/a", "restart": true}),
+            Command::SetUrl {
+                download_id: 3,
+                url: "http://x/a".into(),
+                restart: true,
+            },
+        ),
+        (
+            json!({"id": 1, "cmd": "move", "download_id": 3, "to": "top"}),
+            Command::Move {
+                download_id: 3,
+                to: MoveTo::Top,
+            },
+        ),
+        (json!({"id": 1, "cmd": "pause_all"}), Command::PauseAll),
+        (json!({"id": 1, "cmd": "resume_all"}), Command::ResumeAll),
+        (
+            json!({"id": 1, "cmd": "clear_finished"}),
+            Command::ClearFinished,
+        ),
+    ];
+    for (text, command) in cases {
+        let req = Request { id: 1, command };
+        assert_eq!(serde_json::to_value(&req).unwrap(), text);
+        assert_eq!(parse_request(text.to_string().as_bytes()).unwrap(), req);
+    }
+    for to in ["up", "down", "bottom"] {
+        let frame = json!({"id": 1, "cmd": "move", "download_id": 3, "to": to}).to_string();
+        assert!(parse_request(frame.as_bytes()).is_ok(), "{to}");
+    }
+    let bad = br#"{"id":9,"cmd":"move","download_id":3,"to":"sideways"}"#;
+    assert_eq!(parse_request(bad).unwrap_err().id, Some(9));
+    let count = serde_json::to_value(CountResult { count: 2 }).unwrap();
+    assert_eq!(count, json!({"count": 2}));
+    let conflict = Reply::err(Some(1), ErrorCode::Conflict, "another file");
+    assert_eq!(
+        serde_json::to_value(&conflict).unwrap()["error"]["code"],
+        "conflict"
+    );
+}

@@ -6,6 +6,8 @@
 //! - [`build`]: `cargo xtask build`: the release `sdm`, the popup's wasm and the unpacked extension in
 //!   `target/extension/`.
 //! - [`test`]: `cargo xtask test`: every Rust test, then the browser tests, with one summary.
+//! - [`dist`]: `cargo xtask dist`: the release packages (store zip, Firefox xpi, binary tarball, SHA256SUMS) in
+//!   `target/dist/`.
 //! - [`run`]: `cargo xtask run`: build, register the host, start the service, open Chromium with the extension.
 //! - [`bench`]: `cargo xtask bench`: the download benchmark.
 //!
@@ -14,6 +16,7 @@
 
 mod bench;
 mod build;
+mod dist;
 mod run;
 mod test;
 mod tools;
@@ -31,6 +34,8 @@ tasks:
                      install what is missing, run `cargo test --workspace` and the browser tests
   run                build, register the host, start `sdm serve`, open Chromium with the extension loaded
   bench [args]       download benchmark
+  dist               release packages in target/dist/: the extension for the Chrome Web Store (zip) and
+                     addons.mozilla.org (xpi), sdm with README and licence (tar.gz), SHA256SUMS
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("run") => run::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("dist") => dist::run(),
         // Started by the bench as the delaying link of its latency scenario.
         Some("__wire") => bench::wire::main(&args[1..]),
         Some("help" | "-h" | "--help") | None => {

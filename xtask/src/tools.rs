@@ -238,3 +238,38 @@ pub fn ensure_npm_packages(installed: &mut Installed) -> Result<()> {
         .env("PUPPETEER_SKIP_DOWNLOAD", "1")
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"))
 }
+
+/// The web-ext version `cargo xtask dist` lints the Firefox package with.
+const WEB_EXT_VERSION: &str = "10.7.0";
+
+/// Mozilla's `web-ext` (for `lint`), installed with npm into `target/tools/web-ext` when missing: it is a release
+/// tool, so it stays out of the browser tests' packages.
+pub fn ensure_web_ext(installed: &mut Installed) -> Result<PathBuf> {
+    let dir = crate::build::target_dir().join("tools/web-ext");
+    let bin = dir.join("node_modules/.bin/web-ext");
+    let have = output(Command::new(&bin).arg("--version"));
+    if have.as_deref() == Some(WEB_EXT_VERSION) {
+        return Ok(bin);
+    }
+    if which("npm").is_none() {
+        bail!(
+            "npm not found: `cargo xtask dist` lints the Firefox package with web-ext, which needs Node.js and npm"
+        );
+    }
+    installed.note(format!(
+        "web-ext {WEB_EXT_VERSION} (npm, into {})",
+        dir.display()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg(format!("web-ext@{WEB_EXT_VERSION}")))?;
+    Ok(bin)
+}

@@ -7,7 +7,9 @@
 //! - [`get`]: `sdm get`, one download here and now, with a progress bar.
 //! - [`queue`]: `add`, `ls`, `pause`, `resume`, `cancel`, `rm`, `open` and `wait` on the service's queue.
 //! - [`history`], [`settings`]: the service's history and settings.
-//! - [`install`]: host manifests for the browsers.
+//! - [`ops`]: `set-url`, `limit`, `move`, `pause --all`, `resume --all` and `clear` on downloads in the queue.
+//! - [`install`]: the installed binary and the host manifests for the browsers.
+//! - [`lifecycle`]: `status`, `stop` and `uninstall`, which never start the service.
 //! - [`parse`]: value parsers for flags; [`print`]: stdout and the tables.
 //!
 //! Errors here are `anyhow`, printed once by `main` as `sdm: <chain>`; a service error carries its code.
@@ -15,6 +17,8 @@
 pub mod get;
 pub mod history;
 pub mod install;
+pub mod lifecycle;
+pub mod ops;
 pub mod parse;
 pub mod print;
 pub mod queue;
@@ -32,7 +36,7 @@ use print::out;
 #[derive(Parser)]
 #[command(
     name = "sdm",
-    after_help = "Environment:\n  SDM_HOME  data directory: state, socket, logs [default: $XDG_DATA_HOME/sdm or ~/.local/share/sdm]\n  SDM_LOG   log filter, e.g. debug or sdm=trace [default: info for serve, warn otherwise]\n  XDG_DOWNLOAD_DIR  where downloads go when the settings name no folder [default: ~/Downloads]",
+    after_help = "Environment:\n  SDM_HOME  data directory: state, socket, logs [default: $XDG_DATA_HOME/sdm or ~/.local/share/sdm]\n  SDM_LOG   log filter, e.g. debug or sdm=trace [default: info for serve, warn otherwise]\n  XDG_DOWNLOAD_DIR  where downloads go when the settings name no folder [default: ~/Downloads]\n  XDG_BIN_HOME  where `sdm install` puts sdm [default: ~/.local/bin]",
     version,
     about = "SDM download manager: segmented downloads from the command line or the browser"
 )]
@@ -54,8 +58,10 @@ pub enum Cmd {
     Get(get::GetArgs),
     #[command(flatten)]
     Remote(Remote),
-    /// Register the native messaging host with browsers (for this user)
+    /// Install sdm for this user and register it with every browser found
     Install(install::InstallArgs),
+    #[command(flatten)]
+    Lifecycle(lifecycle::Lifecycle),
 }
 
 /// The commands sent to the service (started when none answers).
@@ -69,10 +75,22 @@ pub enum Remote {
         #[arg(long)]
         json: bool,
     },
-    /// Pause a download
-    Pause { id: DownloadId },
-    /// Resume a paused or failed download
-    Resume { id: DownloadId },
+    /// Pause a download, or every queued and running one with --all
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Pause {
+        id: Option<DownloadId>,
+        /// Pause every queued and running download
+        #[arg(long)]
+        all: bool,
+    },
+    /// Resume a paused or failed download, or every one with --all
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Resume {
+        id: Option<DownloadId>,
+        /// Resume every paused and failed download
+        #[arg(long)]
+        all: bool,
+    },
     /// Cancel a download
     Cancel { id: DownloadId },
     /// Remove a download from the list
@@ -96,6 +114,28 @@ pub enum Remote {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Give a download a new address (its link expired); the bytes already down are kept if it is the same file
+    SetUrl {
+        id: DownloadId,
+        url: String,
+        /// Start over from the first byte if the new address serves another file
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Change a download's speed cap now, in bytes per second (K, M, G suffixes); 0 = unlimited
+    Limit {
+        id: DownloadId,
+        #[arg(value_name = "BYTES_PER_SEC", value_parser = parse::bytes)]
+        rate: u64,
+    },
+    /// Move a download in the queue: queued downloads start from the top
+    Move {
+        id: DownloadId,
+        #[arg(value_enum)]
+        to: ops::Place,
+    },
+    /// Take completed, failed and cancelled downloads off the list (history keeps them)
+    Clear,
     /// Wait until a download is finished; succeed only if it completed
     Wait {
         id: DownloadId,
@@ -111,11 +151,17 @@ pub async fn remote(command: Remote) -> anyhow::Result<ExitCode> {
     match command {
         Remote::Add(args) => queue::add(&mut client, args).await?,
         Remote::Ls { json } => queue::ls(&mut client, json).await?,
-        Remote::Pause { id } => {
+        Remote::Pause { id: None, .. } => {
+            ops::bulk(&mut client, Command::PauseAll, "paused").await?
+        }
+        Remote::Pause { id: Some(id), .. } => {
             let command = Command::Pause { download_id: id };
             simple(&mut client, command, "paused", id).await?
         }
-        Remote::Resume { id } => {
+        Remote::Resume { id: None, .. } => {
+            ops::bulk(&mut client, Command::ResumeAll, "resumed").await?
+        }
+        Remote::Resume { id: Some(id), .. } => {
             let command = Command::Resume { download_id: id };
             simple(&mut client, command, "resumed", id).await?
         }
@@ -139,6 +185,10 @@ pub async fn remote(command: Remote) -> anyhow::Result<ExitCode> {
         }
         Remote::History(args) => history::run(&mut client, args).await?,
         Remote::Settings { set } => settings::run(&mut client, &set).await?,
+        Remote::SetUrl { id, url, restart } => ops::set_url(&mut client, id, url, restart).await?,
+        Remote::Limit { id, rate } => ops::limit(&mut client, id, rate).await?,
+        Remote::Move { id, to } => ops::move_to(&mut client, id, to).await?,
+        Remote::Clear => ops::bulk(&mut client, Command::ClearFinished, "cleared").await?,
         Remote::Wait { id, timeout } => return queue::wait(&mut client, id, timeout).await,
     }
     Ok(ExitCode::SUCCESS)
@@ -156,7 +206,7 @@ async fn simple(
 }
 
 /// A service error, worded for the command line: its message, then its code.
-fn service_error(e: ClientError) -> anyhow::Error {
+pub(crate) fn service_error(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Remote(body) => anyhow::anyhow!("{} ({})", body.message, code_name(body.code)),
         other => other.into(),

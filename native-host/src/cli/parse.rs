@@ -57,9 +57,8 @@ pub fn bytes(s: &str) -> Result<u64, String> {
 
 /// A browser by its name.
 pub fn browser(s: &str) -> Result<Browser, String> {
-    Browser::from_name(s).ok_or_else(|| {
-        format!("unknown browser {s:?}: use chrome, chromium, brave, edge, vivaldi or firefox")
-    })
+    Browser::from_name(s)
+        .ok_or_else(|| format!("unknown browser {s:?}: use one of {}", Browser::names()))
 }
 
 #[cfg(test)]

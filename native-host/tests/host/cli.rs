@@ -5,70 +5,6 @@ use serde_json::Value;
 use crate::support::{FileServer, sandbox};
 
 #[test]
-fn install_dir_writes_a_chromium_manifest_naming_this_binary() {
-    let sandbox = sandbox();
-    let dir = sandbox.root.path().join("profile/NativeMessagingHosts");
-    let dir_arg = dir.display().to_string();
-    let out = sandbox.ok(&["install", "--dir", &dir_arg]);
-    let file = dir.join("com.sdm.host.json");
-    assert!(out.contains(&file.display().to_string()), "{out}");
-
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_sdm")).unwrap();
-    assert_eq!(manifest["name"], "com.sdm.host");
-    assert_eq!(manifest["type"], "stdio");
-    assert_eq!(manifest["path"], exe.display().to_string());
-    assert_eq!(
-        manifest["allowed_origins"],
-        serde_json::json!([format!("chrome-extension://{}/", protocol::EXTENSION_ID)])
-    );
-    assert!(
-        manifest["description"]
-            .as_str()
-            .is_some_and(|d| !d.is_empty())
-    );
-
-    let out = sandbox.ok(&["install", "--dir", &dir_arg, "--uninstall"]);
-    assert!(out.contains("removed"), "{out}");
-    assert!(!file.exists());
-}
-
-#[test]
-fn install_per_browser_uses_each_browsers_folder_and_format() {
-    let sandbox = sandbox();
-    // No browser has run in this home: a bare `install` says what to do.
-    let err = sandbox.fails(&["install"]);
-    assert!(err.contains("--browser"), "{err}");
-
-    sandbox.ok(&["install", "--browser", "firefox", "--browser", "chromium"]);
-    let firefox = sandbox
-        .home()
-        .join(".mozilla/native-messaging-hosts/com.sdm.host.json");
-    let chromium = sandbox
-        .home()
-        .join(".config/chromium/NativeMessagingHosts/com.sdm.host.json");
-    let f: Value = serde_json::from_str(&std::fs::read_to_string(&firefox).unwrap()).unwrap();
-    assert_eq!(
-        f["allowed_extensions"],
-        serde_json::json!([protocol::GECKO_ID])
-    );
-    let c: Value = serde_json::from_str(&std::fs::read_to_string(&chromium).unwrap()).unwrap();
-    assert!(c["allowed_origins"].is_array());
-
-    // Now both browsers are "found": a bare install refreshes them, a bare uninstall removes them.
-    let out = sandbox.ok(&["install"]);
-    assert!(
-        out.contains("(firefox)") && out.contains("(chromium)"),
-        "{out}"
-    );
-    sandbox.ok(&["install", "--uninstall"]);
-    assert!(!firefox.exists() && !chromium.exists());
-
-    let err = sandbox.fails(&["install", "--browser", "netscape"]);
-    assert!(err.contains("unknown browser"), "{err}");
-}
-
-#[test]
 fn get_validates_its_arguments() {
     let sandbox = sandbox();
     for (args, needle) in [
@@ -206,4 +142,164 @@ fn history_lists_and_clears() {
     assert_eq!(page["total"], 1, "{page}");
     assert!(sandbox.ok(&["history", "--clear"]).contains("cleared"));
     assert_eq!(sandbox.ok(&["history"]).trim(), "no history");
+}
+
+/// The downloads `sdm ls --json` lists, in its order.
+fn listed(sandbox: &crate::support::Sandbox) -> Vec<Value> {
+    match serde_json::from_str(&sandbox.ok(&["ls", "--json"])).unwrap() {
+        Value::Array(items) => items,
+        other => panic!("ls --json gave {other}"),
+    }
+}
+
+/// The field `key` of download `id` as `sdm ls --json` shows it.
+fn field(sandbox: &crate::support::Sandbox, id: &str, key: &str) -> Value {
+    listed(sandbox)
+        .into_iter()
+        .find(|d| d["id"].as_u64() == id.parse().ok())
+        .unwrap_or_else(|| panic!("download {id} is not listed"))[key]
+        .clone()
+}
+
+/// Poll `sdm ls --json` (every 50 ms, up to 20 s) until `pred` holds for download `id`.
+fn wait_listed(
+    sandbox: &crate::support::Sandbox,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) {
+    for _ in 0..400 {
+        if listed(sandbox)
+            .iter()
+            .any(|d| d["id"].as_u64() == id.parse().ok() && pred(d))
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("download {id} never reached {what}: {:?}", listed(sandbox));
+}
+
+/// A runtime for `sdm_tests::TestServer`, which serves from its tasks while the test drives the CLI.
+fn test_server() -> (tokio::runtime::Runtime, sdm_tests::TestServer) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(sdm_tests::TestServer::start());
+    (rt, server)
+}
+
+#[test]
+fn limit_move_pause_all_resume_all_and_clear_act_on_the_queue() {
+    const MIB: u64 = 1024 * 1024;
+    let (_rt, server) = test_server();
+    let files: Vec<_> = (0..2)
+        .map(|i| {
+            server.serve(
+                &format!("/slow{i}.bin"),
+                sdm_tests::FileSpec::new(8 * MIB)
+                    .seed(300 + i)
+                    .rate(MIB / 4),
+            )
+        })
+        .collect();
+    let sandbox = sandbox();
+    sandbox.ok(&["settings", "--set", "max_concurrent=1"]);
+    let first = sandbox.ok(&["add", files[0].url()]).trim().to_string();
+    let second = sandbox.ok(&["add", files[1].url()]).trim().to_string();
+    wait_listed(&sandbox, &first, "downloading", |d| {
+        d["status"] == "downloading"
+    });
+
+    let said = sandbox.ok(&["limit", &first, "64K"]);
+    assert!(said.contains(&first), "{said}");
+    assert_eq!(field(&sandbox, &first, "bandwidth_limit"), 64 * 1024);
+    let err = sandbox.fails(&["limit", &first, "fast"]);
+    assert!(err.contains("byte count"), "{err}");
+    let table = sandbox.ok(&["ls"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("ETA")),
+        "{table}"
+    );
+
+    assert_eq!(listed(&sandbox)[0]["id"].to_string(), first);
+    sandbox.ok(&["move", &second, "top"]);
+    let order: Vec<String> = listed(&sandbox)
+        .iter()
+        .map(|d| d["id"].to_string())
+        .collect();
+    assert_eq!(order, [second.clone(), first.clone()]);
+    let err = sandbox.fails(&["move", &second, "sideways"]);
+    assert!(err.contains("top"), "{err}");
+
+    assert_eq!(sandbox.ok(&["pause", "--all"]).trim(), "paused 2");
+    for id in [&first, &second] {
+        assert_eq!(field(&sandbox, id, "status"), "paused");
+    }
+    let err = sandbox.fails(&["pause"]);
+    assert!(err.contains("--all"), "{err}");
+    assert_eq!(sandbox.ok(&["resume", "--all"]).trim(), "resumed 2");
+    // Moved to the top, the second download is the one that starts.
+    wait_listed(&sandbox, &second, "downloading", |d| {
+        d["status"] == "downloading"
+    });
+    assert_eq!(field(&sandbox, &first, "status"), "queued");
+
+    for id in [&first, &second] {
+        sandbox.ok(&["cancel", id]);
+    }
+    // A cancelled download leaves the list once its transfer has stopped.
+    for _ in 0..200 {
+        sandbox.ok(&["clear"]);
+        if listed(&sandbox).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(listed(&sandbox).is_empty(), "{:?}", listed(&sandbox));
+    let history: Value = serde_json::from_str(&sandbox.ok(&["history", "--json"])).unwrap();
+    assert_eq!(history["total"], 2, "{history}");
+}
+
+#[test]
+fn set_url_keeps_the_bytes_of_the_same_file_and_refuses_another() {
+    const MIB: u64 = 1024 * 1024;
+    let (_rt, server) = test_server();
+    let spec = sdm_tests::FileSpec::new(4 * MIB).seed(310).etag().rate(MIB);
+    let old = server.serve("/expired.bin", spec.clone());
+    let sandbox = sandbox();
+    let id = sandbox.ok(&["add", old.url()]).trim().to_string();
+    wait_listed(&sandbox, &id, "1 MiB down", |d| {
+        d["downloaded"].as_u64() >= Some(MIB)
+    });
+    sandbox.ok(&["pause", &id]);
+    wait_listed(&sandbox, &id, "paused", |d| d["status"] == "paused");
+
+    let other = server.serve(
+        "/other.bin",
+        sdm_tests::FileSpec::new(4 * MIB).seed(311).etag(),
+    );
+    let err = sandbox.fails(&["set-url", &id, other.url()]);
+    assert!(err.contains("conflict"), "{err}");
+    let err = sandbox.fails(&["set-url", &id, "ftp://example.com/x"]);
+    assert!(err.contains("http or https"), "{err}");
+
+    let new = server.serve("/fresh.bin", spec);
+    let said = sandbox.ok(&["set-url", &id, new.url()]);
+    assert!(said.contains(&id), "{said}");
+    assert_eq!(field(&sandbox, &id, "url"), new.url());
+    sandbox.ok(&["resume", &id]);
+    let path = sandbox.ok(&["wait", &id, "--timeout", "30"]);
+    assert_eq!(std::fs::read(path.trim()).unwrap(), new.bytes());
+    let from_zero: Vec<_> = new
+        .gets()
+        .into_iter()
+        .filter(|r| r.range_start().is_none_or(|s| s == 0))
+        .collect();
+    assert!(
+        from_zero.is_empty(),
+        "the new address was asked from byte 0: {from_zero:?}"
+    );
 }

@@ -9,3 +9,5 @@ mod service;
 mod cli;
 // The shared sandbox (`sdm_tests::harness`) on the binary cargo built for these tests, and a tiny HTTP server.
 mod support;
+// `sdm install` / `status` / `stop` / `uninstall` in a temporary HOME, the version handshake, the dist packages.
+mod install;
