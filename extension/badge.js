@@ -5,6 +5,16 @@ import { api } from "./api.js";
 
 const downloading = new Set();
 
+/** The popup's setting (extension storage, this browser only): `false` turns off notifications of finished downloads. */
+export const NOTIFY_KEY = "sdm-notify";
+
+/** Notify of a finished download unless the user turned that off; read at each use, so a change applies at once. */
+async function notifyFinished(id, title, message) {
+  const stored = await Promise.resolve(api.storage.local.get(NOTIFY_KEY)).catch(() => ({}));
+  if (stored?.[NOTIFY_KEY] === false) return;
+  notify(id, title, message);
+}
+
 function show() {
   const n = downloading.size;
   api.action.setBadgeText({ text: n > 0 ? String(n) : "" }).catch(() => {});
@@ -37,8 +47,8 @@ export function onHostEvent(ev) {
       if (d.status === "downloading") downloading.add(d.id);
       else downloading.delete(d.id);
       const name = d.filename || d.url;
-      if (d.status === "completed") notify(`sdm-${d.id}`, "Download complete", name);
-      if (d.status === "failed") notify(`sdm-${d.id}`, "Download failed", `${name}: ${d.error ?? "unknown error"}`);
+      if (d.status === "completed") notifyFinished(`sdm-${d.id}`, "Download complete", name);
+      if (d.status === "failed") notifyFinished(`sdm-${d.id}`, "Download failed", `${name}: ${d.error ?? "unknown error"}`);
       break;
     }
     case "removed":

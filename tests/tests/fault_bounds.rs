@@ -331,6 +331,7 @@ fn paused_record(id: DownloadId) -> DownloadRecord {
         size: None,
         client_key: None,
         joined_keys: Vec::new(),
+        rank: None,
     }
 }
 

@@ -20,6 +20,8 @@ mod get_checks;
 mod queue;
 // A restarted `Engine` resumes an interrupted download from where it stopped.
 mod restart;
+// Issue 19: update (cap, connections), set_url (same file kept, another refused), move, pause/resume all, clear.
+mod queue_ops;
 // Browser capture: verified adds, client keys, `find`, names sent on GET only, replies out of order.
 mod capture;
 // The fault suite's client of a sandboxed service (`sdm_tests::harness`): connect, list, add, wait; a seeded Rng.
@@ -40,3 +42,9 @@ mod fault_access;
 mod fault_concurrency;
 // Randomized properties of the outward-facing parsers (requests, frames, Content-Range, file names).
 mod fault_props;
+// Issue 15, credentials: Cookie/Authorization/user headers only to the origin they were given for; bad TLS certificates.
+mod fault_origin;
+// Issue 15, files: symlinks and races in the download folder and $SDM_HOME; the name rule.
+mod fault_files;
+// Issue 15, bounds: download folders refused, launcher types opened as folders, size limits, what state keeps.
+mod fault_bounds;

@@ -12,15 +12,17 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 
 use protocol::{
-    Command, DownloadId, ErrorCode, Event, HistoryResult, ListResult, MAX_PAGE, PageRequest, Reply,
-    SettingsResult,
+    Command, CountResult, DownloadId, ErrorCode, Event, HistoryResult, ListResult, MAX_PAGE,
+    MoveTo, PageRequest, Reply, SettingsResult,
 };
 use wasm_bindgen::JsCast;
 use web_sys::{Document, Element, HtmlTemplateElement, KeyboardEvent};
 
 use crate::dom::{self, by_id, input, set_attr, set_hidden};
+use crate::forms::RowForm;
 use crate::host::Host;
 use crate::model::{Change, Model};
+use crate::prefs;
 use crate::view_state;
 
 mod panels;
@@ -99,6 +101,72 @@ impl Action {
     }
 }
 
+/// A header button acting on every download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bulk {
+    PauseAll,
+    ResumeAll,
+    ClearFinished,
+}
+
+impl Bulk {
+    const ALL: [Bulk; 3] = [Bulk::PauseAll, Bulk::ResumeAll, Bulk::ClearFinished];
+
+    /// The id of its button in `popup.html`.
+    fn button(self) -> &'static str {
+        match self {
+            Bulk::PauseAll => "pause-all",
+            Bulk::ResumeAll => "resume-all",
+            Bulk::ClearFinished => "clear-finished",
+        }
+    }
+
+    fn command(self) -> Command {
+        match self {
+            Bulk::PauseAll => Command::PauseAll,
+            Bulk::ResumeAll => Command::ResumeAll,
+            Bulk::ClearFinished => Command::ClearFinished,
+        }
+    }
+
+    /// What the notice says it did to `count` downloads.
+    fn done(self, count: usize) -> String {
+        let verb = match self {
+            Bulk::PauseAll => "Paused",
+            Bulk::ResumeAll => "Resumed",
+            Bulk::ClearFinished => "Cleared",
+        };
+        let s = if count == 1 { "" } else { "s" };
+        format!("{verb} {count} download{s}")
+    }
+}
+
+/// What a row's "More" menu asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOp {
+    /// The typed address; `restart`: start over there ("Start over", offered after a `conflict`).
+    SetUrl {
+        restart: bool,
+    },
+    /// The typed speed cap and connections.
+    Update,
+    Move(MoveTo),
+}
+
+impl RowOp {
+    fn parse(s: &str) -> Option<RowOp> {
+        Some(match s {
+            "set-url" => RowOp::SetUrl { restart: false },
+            "restart-url" => RowOp::SetUrl { restart: true },
+            "update" => RowOp::Update,
+            "top" => RowOp::Move(MoveTo::Top),
+            "up" => RowOp::Move(MoveTo::Up),
+            "down" => RowOp::Move(MoveTo::Down),
+            _ => return None,
+        })
+    }
+}
+
 /// Everything that can happen to the popup.
 #[derive(Debug)]
 pub enum Message {
@@ -124,6 +192,13 @@ pub enum Message {
     TabKey(String),
     SubmitAdd,
     Row(DownloadId, Action),
+    Bulk(Bulk),
+    /// Notifications turned on or off in the settings (saved at once, in extension storage).
+    Notify(bool),
+    /// Whether notifications are on, as read from extension storage.
+    NotifyLoaded(bool),
+    /// A row's "More" menu, with what was typed in it.
+    RowOp(DownloadId, RowOp, RowForm),
     /// Move through history by this many pages.
     HistoryPage(i64),
     ClearHistory,
@@ -140,6 +215,8 @@ enum Pending {
     List { offset: usize },
     Add,
     Row,
+    Bulk(Bulk),
+    RowOp(DownloadId, RowOp),
     History,
     ClearHistory,
     GetSettings,
@@ -224,6 +301,7 @@ pub fn start() {
     };
     APP.with(|a| *a.borrow_mut() = Some(app));
     wire(&doc);
+    prefs::load_notify(|on| dispatch(Message::NotifyLoaded(on)));
     dispatch(Message::Connect);
 }
 
@@ -247,6 +325,11 @@ fn wire(doc: &Document) {
     dom::listen(&by_id(doc, "add-form"), "submit", |e| {
         e.prevent_default();
         dispatch(Message::SubmitAdd);
+    });
+    dom::listen(&by_id(doc, "set-notify"), "change", |_| {
+        dispatch(Message::Notify(
+            input(&dom::document(), "set-notify").checked(),
+        ))
     });
     dom::listen(&by_id(doc, "settings-form"), "submit", |e| {
         e.prevent_default();
@@ -273,6 +356,40 @@ fn wire(doc: &Document) {
             dispatch(Message::Row(id, action));
         }
     });
+    dom::listen(&by_id(doc, "downloads"), "click", |e| {
+        let Some(target) = e.target().and_then(|t| t.dyn_into::<Element>().ok()) else {
+            return;
+        };
+        let Some(button) = target.closest("button[data-op]").ok().flatten() else {
+            return;
+        };
+        let Some(li) = button.closest("li[data-id]").ok().flatten() else {
+            return;
+        };
+        let op = button
+            .get_attribute("data-op")
+            .and_then(|o| RowOp::parse(&o));
+        let id = li.get_attribute("data-id").and_then(|id| id.parse().ok());
+        let typed = |selector: &str| {
+            dom::child(&li, selector)
+                .dyn_into::<web_sys::HtmlInputElement>()
+                .map(|i| i.value())
+                .unwrap_or_default()
+        };
+        let form = RowForm {
+            url: typed(".m-url"),
+            speed_kib: typed(".m-speed"),
+            threads: typed(".m-threads"),
+        };
+        if let (Some(op), Some(id)) = (op, id) {
+            dispatch(Message::RowOp(id, op, form));
+        }
+    });
+    for bulk in Bulk::ALL {
+        dom::listen(&by_id(doc, bulk.button()), "click", move |_| {
+            dispatch(Message::Bulk(bulk))
+        });
+    }
     dom::listen(&by_id(doc, "history-prev"), "click", |_| {
         dispatch(Message::HistoryPage(-1))
     });
@@ -326,6 +443,30 @@ impl App {
             }
             Message::SubmitAdd => self.submit_add(),
             Message::Row(id, action) => self.send(action.command(id), Pending::Row),
+            Message::Bulk(bulk) => self.send(bulk.command(), Pending::Bulk(bulk)),
+            Message::Notify(on) => prefs::save_notify(on, move |saved| {
+                let text = match saved {
+                    Ok(()) if on => "Notifications on".to_owned(),
+                    Ok(()) => "Notifications off".to_owned(),
+                    Err(e) => format!("could not save the notification setting: {e}"),
+                };
+                dom::by_id(&dom::document(), "notice").set_text_content(Some(&text));
+            }),
+            Message::NotifyLoaded(on) => input(&self.doc, "set-notify").set_checked(on),
+            Message::RowOp(id, op, form) => {
+                let command = match op {
+                    RowOp::SetUrl { restart } => form.set_url(id, restart),
+                    RowOp::Update => form.update(id),
+                    RowOp::Move(to) => Ok(Command::Move {
+                        download_id: id,
+                        to,
+                    }),
+                };
+                match command {
+                    Ok(command) => self.send(command, Pending::RowOp(id, op)),
+                    Err(e) => self.notice(&e),
+                }
+            }
             Message::HistoryPage(delta) => {
                 let offset = self.history_offset as i64 + delta * HISTORY_PAGE as i64;
                 if offset >= 0 && (offset as usize) < self.history_total.max(1) {
@@ -442,6 +583,13 @@ impl App {
             // offer Retry (a new port, a fresh list) rather than a passing notice.
             match (what, code) {
                 (Pending::Ping, _) | (_, Some(ErrorCode::Unavailable)) => self.go_offline(&message),
+                // Another file at the new address: offer to start over there.
+                (Pending::RowOp(id, RowOp::SetUrl { .. }), Some(ErrorCode::Conflict)) => {
+                    self.offer_restart(id, true);
+                    self.notice(&format!(
+                        "{message}. Press Start over to download it from the start."
+                    ));
+                }
                 _ => self.notice(&message),
             }
             return;
@@ -453,6 +601,25 @@ impl App {
                 self.render_summary();
             }
             Pending::Subscribe | Pending::Row => {}
+            Pending::RowOp(id, op) => {
+                let said = match op {
+                    RowOp::SetUrl { restart: false } => {
+                        "New address set; the bytes already down are kept"
+                    }
+                    RowOp::SetUrl { restart: true } => "New address set; starting over",
+                    RowOp::Update => "Changed",
+                    RowOp::Move(_) => "Moved in the queue",
+                };
+                if matches!(op, RowOp::SetUrl { .. }) {
+                    self.offer_restart(id, false);
+                }
+                self.notice(said);
+            }
+            // The rows follow from the `state` and `removed` events; the notice says how many changed.
+            Pending::Bulk(bulk) => match reply.into_result::<CountResult>() {
+                Ok(r) => self.notice(&bulk.done(r.count)),
+                Err(e) => self.notice(&e.message),
+            },
             Pending::List { offset } => match reply.into_result::<ListResult>() {
                 Ok(page) => self.loaded_list(offset, page),
                 Err(e) => self.notice(&e.message),
@@ -559,6 +726,24 @@ impl App {
         }
         if tab == Tab::History && (self.history_stale || self.history_total == 0) {
             self.load_history();
+        }
+    }
+
+    /// Show (and focus) or hide a row's "Start over" button; hiding it also empties the address typed.
+    fn offer_restart(&self, id: DownloadId, offer: bool) {
+        let Some(row) = self.rows.get(&id) else {
+            return;
+        };
+        let button = dom::child(&row.li, ".m-restart");
+        set_hidden(&button, !offer);
+        if offer {
+            if let Some(b) = button.dyn_ref::<web_sys::HtmlElement>() {
+                let _ = b.focus();
+            }
+        } else if let Ok(url) =
+            dom::child(&row.li, ".m-url").dyn_into::<web_sys::HtmlInputElement>()
+        {
+            url.set_value("");
         }
     }
 

@@ -3,7 +3,7 @@
 //! Speeds are typed in KiB/s and sizes in MiB, since that is how people think of them; 0 or empty means no limit.
 
 use protocol::validate::{self, Invalid};
-use protocol::{AddRequest, Settings, SettingsPatch};
+use protocol::{AddRequest, Command, DownloadId, Settings, SettingsPatch};
 
 /// The add form's fields, as typed.
 #[derive(Debug, Default, Clone)]
@@ -41,6 +41,47 @@ impl AddForm {
             retries,
             bandwidth_limit: limit.filter(|&l| l > 0).map(|l| l.saturating_mul(1024)),
             ..AddRequest::default()
+        })
+    }
+}
+
+/// A row's "More" menu, as typed: a new address, a speed cap and a connection count for that download.
+#[derive(Debug, Default, Clone)]
+pub struct RowForm {
+    pub url: String,
+    pub speed_kib: String,
+    pub threads: String,
+}
+
+impl RowForm {
+    /// `set_url` with the typed address; `restart`: start over there when it serves another file.
+    pub fn set_url(&self, download_id: DownloadId, restart: bool) -> Result<Command, String> {
+        let url = self.url.trim();
+        if url.is_empty() {
+            return Err("paste the new http:// or https:// address first".into());
+        }
+        validate::url(url).map_err(shown)?;
+        Ok(Command::SetUrl {
+            download_id,
+            url: url.to_owned(),
+            restart,
+        })
+    }
+
+    /// `update` with what was typed (empty fields stay as they are; a cap of 0 lifts the cap).
+    pub fn update(&self, download_id: DownloadId) -> Result<Command, String> {
+        let threads = optional_number(&self.threads, "connections")?
+            .map(|t| validate::threads(saturate(t)))
+            .transpose()
+            .map_err(shown)?;
+        let limit = optional_number(&self.speed_kib, "speed cap")?;
+        if threads.is_none() && limit.is_none() {
+            return Err("type a speed cap or a number of connections first".into());
+        }
+        Ok(Command::Update {
+            download_id,
+            bandwidth_limit: limit.map(|l| l.saturating_mul(1024)),
+            threads,
         })
     }
 }
@@ -295,5 +336,67 @@ mod tests {
             ..SettingsForm::default()
         };
         assert!(form.to_patch().unwrap_err().contains("required"));
+    }
+
+    #[test]
+    fn row_form_reads_a_new_address_a_cap_and_connections() {
+        let form = RowForm {
+            url: " https://mirror.example/f.iso ".into(),
+            speed_kib: "256".into(),
+            threads: "4".into(),
+        };
+        assert_eq!(
+            form.set_url(7, false).unwrap(),
+            Command::SetUrl {
+                download_id: 7,
+                url: "https://mirror.example/f.iso".into(),
+                restart: false,
+            }
+        );
+        assert_eq!(
+            form.update(7).unwrap(),
+            Command::Update {
+                download_id: 7,
+                bandwidth_limit: Some(256 * 1024),
+                threads: Some(4),
+            }
+        );
+        let lift = RowForm {
+            speed_kib: "0".into(),
+            ..RowForm::default()
+        };
+        assert_eq!(
+            lift.update(7).unwrap(),
+            Command::Update {
+                download_id: 7,
+                bandwidth_limit: Some(0),
+                threads: None,
+            }
+        );
+    }
+
+    #[test]
+    fn row_form_refuses_bad_input() {
+        let empty = RowForm::default();
+        assert!(empty.set_url(1, false).is_err());
+        assert!(empty.update(1).is_err());
+        for (url, speed, threads) in [
+            ("ftp://h/f", "", ""),
+            ("", "fast", ""),
+            ("", "", "0"),
+            ("", "", "33"),
+        ] {
+            let form = RowForm {
+                url: url.into(),
+                speed_kib: speed.into(),
+                threads: threads.into(),
+            };
+            let refused = if url.is_empty() {
+                form.update(1).is_err()
+            } else {
+                form.set_url(1, false).is_err()
+            };
+            assert!(refused, "{form:?}");
+        }
     }
 }

@@ -18,8 +18,8 @@ pub fn downloads(downloads: &[DownloadInfo]) -> anyhow::Result<()> {
         return out("no downloads");
     }
     out(format_args!(
-        "{:>5}  {:<11}  {:>6}  {:>10}  {:>11}  NAME",
-        "ID", "STATUS", "%", "SIZE", "SPEED"
+        "{:>5}  {:<11}  {:>6}  {:>10}  {:>11}  {:>6}  NAME",
+        "ID", "STATUS", "%", "SIZE", "SPEED", "ETA"
     ))?;
     for d in downloads {
         let percent = d
@@ -30,26 +30,40 @@ pub fn downloads(downloads: &[DownloadInfo]) -> anyhow::Result<()> {
             .total
             .map(|t| HumanBytes(t).to_string())
             .unwrap_or_else(|| "?".into());
-        let speed = if d.status == Status::Downloading {
-            format!("{}/s", HumanBytes(d.speed))
+        let (speed, eta) = if d.status == Status::Downloading {
+            (format!("{}/s", HumanBytes(d.speed)), time_left(d.eta))
         } else {
-            "-".into()
+            ("-".into(), "-".into())
         };
         let name = match &d.error {
             Some(err) => format!("{}  ({err})", d.filename),
             None => d.filename.clone(),
         };
         out(format_args!(
-            "{:>5}  {:<11}  {:>6}  {:>10}  {:>11}  {}",
+            "{:>5}  {:<11}  {:>6}  {:>10}  {:>11}  {:>6}  {}",
             d.id,
             d.status.as_str(),
             percent,
             size,
             speed,
+            eta,
             name
         ))?;
     }
     Ok(())
+}
+
+/// Time left, short enough for a column: `42s`, `3m05s`, `2h03m`, `5d02h`; `?` when it cannot be known.
+fn time_left(eta: Option<u64>) -> String {
+    let Some(s) = eta else {
+        return "?".into();
+    };
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
 }
 
 /// The `history` table: a finished download's path, or its name and error.
@@ -79,4 +93,18 @@ pub fn history(items: &[HistoryItem]) -> anyhow::Result<()> {
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_left;
+
+    #[test]
+    fn time_left_fits_a_column() {
+        assert_eq!(time_left(None), "?");
+        assert_eq!(time_left(Some(42)), "42s");
+        assert_eq!(time_left(Some(185)), "3m05s");
+        assert_eq!(time_left(Some(2 * 3600 + 3 * 60 + 9)), "2h03m");
+        assert_eq!(time_left(Some(5 * 86400 + 2 * 3600)), "5d02h");
+    }
 }

@@ -138,6 +138,7 @@ impl NewDownload {
             size: None,
             client_key: self.client_key,
             joined_keys: Vec::new(),
+            rank: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::filename;
 use super::oneshot::{SpeedMeter, eta};
-use super::plan::Live;
+use super::plan::{Live, Plan};
 use super::ratelimit::RateLimiter;
 use super::state::DownloadRecord;
 
@@ -24,6 +24,52 @@ pub(super) struct Entry {
     pub(super) removing: Option<bool>,
     pub(super) meter: SpeedMeter,
     pub(super) speed: u64,
+    /// `update` or `set_url` stopped the running task to start it again: when it reports back still running, the
+    /// plan it leaves is changed by this and a new task starts from it at once (see `Engine::finished`).
+    pub(super) restart: Option<Restart>,
+}
+
+/// How a running download's plan changes before its transfer starts again.
+#[derive(Debug, Clone)]
+pub(super) enum Restart {
+    /// The same plan: only the connection count changed.
+    Resume,
+    /// The plan at a new address (`set_url`).
+    Readdress(Readdress),
+}
+
+/// A new address for a download, and what becomes of what it already has.
+#[derive(Debug, Clone)]
+pub(super) struct Readdress {
+    /// Where ranges are now fetched from (the new URL after redirects).
+    pub(super) final_url: String,
+    /// `Some`: the new address serves the same file and the part file is kept; these are its validators, sent with
+    /// every range from now on. `None`: start over from byte 0.
+    pub(super) keep: Option<(Option<String>, Option<String>)>,
+}
+
+impl Readdress {
+    /// `plan` as it goes on at the new address.
+    pub(super) fn apply(&self, plan: Option<Plan>) -> Option<Plan> {
+        let mut plan = plan?;
+        plan.final_url = self.final_url.clone();
+        match &self.keep {
+            Some((etag, last_modified)) => {
+                plan.etag = etag.clone();
+                plan.last_modified = last_modified.clone();
+            }
+            // No segments: the transfer probes the new address and truncates the part file, keeping the path.
+            None => {
+                plan.total = None;
+                plan.ranges = false;
+                plan.etag = None;
+                plan.last_modified = None;
+                plan.segments.clear();
+                plan.restarts = 0;
+            }
+        }
+        Some(plan)
+    }
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -46,6 +92,7 @@ impl Entry {
             removing: None,
             meter: SpeedMeter::default(),
             speed: 0,
+            restart: None,
         }
     }
 

@@ -333,6 +333,7 @@ impl Engine {
         }
     }
 
+    /// A page of the downloads, in the queue's order (the order in which queued ones start; see `move_to`).
     pub fn list(&self, page: PageRequest) -> ListResult {
         let core = lock(&self.inner.core);
         let limit = page
@@ -341,11 +342,11 @@ impl Engine {
             .min(protocol::MAX_PAGE);
         ListResult {
             downloads: core
-                .downloads
-                .values()
+                .ordered()
+                .iter()
                 .skip(page.offset)
                 .take(limit)
-                .map(Entry::info)
+                .map(|id| core.downloads[id].info())
                 .collect(),
             total: core.downloads.len(),
         }

@@ -10,7 +10,7 @@ use protocol::{DownloadId, Event, Progress, Status};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::entry::{Entry, now_ms};
+use super::entry::{Entry, Restart, now_ms};
 use super::error::TransferError;
 use super::plan::{Live, Plan};
 use super::queue::{Core, Engine, lock};
@@ -25,18 +25,18 @@ impl Engine {
         self.schedule(&mut lock(&self.inner.core));
     }
 
-    /// Start queued downloads, oldest first, up to `max_concurrent`; send the newest back to the queue when there
-    /// are more running than that (after the setting was lowered).
+    /// Start queued downloads in the queue's order (see `Core::ordered`), up to `max_concurrent`; send the last ones
+    /// back to the queue when there are more running than that (after the setting was lowered).
     pub(super) fn schedule(&self, core: &mut Core) {
         if self.inner.stopping.is_cancelled() {
             return;
         }
         let max = core.settings.max_concurrent as usize;
-        let running: Vec<DownloadId> = core
-            .downloads
-            .values()
-            .filter(|e| e.rec.status == Status::Downloading)
-            .map(|e| e.rec.id)
+        let order = core.ordered();
+        let running: Vec<DownloadId> = order
+            .iter()
+            .copied()
+            .filter(|id| core.downloads[id].rec.status == Status::Downloading)
             .collect();
         for id in running.iter().skip(max).rev() {
             let e = core.downloads.get_mut(id).expect("listed");
@@ -48,11 +48,12 @@ impl Engine {
         }
         let mut slots = max.saturating_sub(running.len());
         let stall = Duration::from_secs(core.settings.stall_timeout_secs);
-        let ids: Vec<DownloadId> = core
-            .downloads
-            .values()
-            .filter(|e| e.rec.status == Status::Queued && e.task.is_none())
-            .map(|e| e.rec.id)
+        let ids: Vec<DownloadId> = order
+            .into_iter()
+            .filter(|id| {
+                let e = &core.downloads[id];
+                e.rec.status == Status::Queued && e.task.is_none()
+            })
             .collect();
         for id in ids {
             if slots == 0 {
@@ -64,7 +65,7 @@ impl Engine {
         }
     }
 
-    fn spawn(&self, e: &mut Entry, stall: Duration) {
+    pub(super) fn spawn(&self, e: &mut Entry, stall: Duration) {
         let id = e.rec.id;
         e.rec.status = Status::Downloading;
         e.rec.error = None;
@@ -135,6 +136,7 @@ impl Engine {
         plan: Option<Plan>,
     ) -> Option<PathBuf> {
         let mut core = lock(&self.inner.core);
+        let stall = Duration::from_secs(core.settings.stall_timeout_secs);
         let e = core.downloads.get_mut(&id)?;
         e.task = None;
         if plan.is_some() {
@@ -150,6 +152,22 @@ impl Engine {
                 Ok(path) => delete_file.then_some(path),
                 Err(_) => e.leftover(delete_file),
             };
+        }
+        // Stopped by `update` or `set_url` to go on differently: unless it was paused, cancelled or shut down
+        // meanwhile, it starts again at once, in the slot it held. A new address applies whatever the ending.
+        if let Some(restart) = e.restart.take()
+            && result.is_err()
+        {
+            if let Restart::Readdress(r) = &restart {
+                e.rec.plan = r.apply(e.rec.plan.take());
+            }
+            if matches!(result, Err(TransferError::Cancelled))
+                && e.rec.status == Status::Downloading
+                && !self.inner.stopping.is_cancelled()
+            {
+                self.spawn(e, stall);
+                return None;
+            }
         }
         let mut history = false;
         let mut leftover = None;

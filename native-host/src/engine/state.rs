@@ -76,6 +76,10 @@ pub struct DownloadRecord {
     /// for them too after a lost reply. At most [`MAX_JOINED_KEYS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub joined_keys: Vec<String>,
+    /// Where the download stands in the queue's order (`move`): downloads with a rank come first, lowest rank first,
+    /// then those without one (new ones, and every one of an older state file) by id, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u64>,
 }
 
 impl DownloadRecord {
@@ -515,6 +519,7 @@ mod tests {
             size: None,
             client_key: None,
             joined_keys: Vec::new(),
+            rank: None,
         }
     }
 
@@ -545,6 +550,26 @@ mod tests {
         assert_eq!(
             load_state(dir.path(), &mut w).downloads,
             vec![keyed, record(8)]
+        );
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn queue_ranks_are_kept_and_older_records_without_one_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranked = DownloadRecord {
+            rank: Some(0),
+            ..record(4)
+        };
+        save_state(dir.path(), 9, &[ranked.clone(), record(5)]).unwrap();
+        let text: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join(STATE)).unwrap()).unwrap();
+        assert_eq!(text["downloads"][0]["rank"], 0);
+        assert!(text["downloads"][1].get("rank").is_none());
+        let mut w = vec![];
+        assert_eq!(
+            load_state(dir.path(), &mut w).downloads,
+            vec![ranked, record(5)]
         );
         assert!(w.is_empty(), "{w:?}");
     }
