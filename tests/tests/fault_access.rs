@@ -12,7 +12,7 @@ use sdm_tests::{FileSpec, TestServer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::fault_support::{Connect, add, wait_info};
+use crate::fault_support::{Connect, add, give_away, wait_info};
 use crate::support::{assert_exact, bounded};
 
 const MIB: u64 = 1024 * 1024;
@@ -260,28 +260,6 @@ async fn cookies_do_not_follow_a_redirect_to_another_host() {
         }
     })
     .await;
-}
-
-/// Give `path` to `nobody`; false (with the reason printed) where that is not allowed.
-fn give_away(path: &Path) -> bool {
-    let out = std::process::Command::new("chown")
-        .arg("65534")
-        .arg(path)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED (chown needs root): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (no chown): {e}");
-            false
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

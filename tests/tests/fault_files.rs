@@ -15,6 +15,7 @@ use sdm_tests::harness::{STEP, Sandbox, wait_output};
 use sdm_tests::{FileSpec, TestServer};
 use serde_json::json;
 
+use crate::fault_support::give_away;
 use crate::support::{
     add, assert_exact, bounded, complete_exact, connections_closed, names_in, until,
     wait_downloaded, wait_for, wait_status, with_engine,
@@ -318,28 +319,6 @@ async fn links_at_relay_log_and_service_lock_are_not_followed() {
         assert!(!sdm.socket().exists());
     })
     .await;
-}
-
-/// Give `path` to `nobody`; false (with the reason printed) where that is not allowed.
-fn give_away(path: &Path) -> bool {
-    match std::process::Command::new("chown")
-        .arg("65534")
-        .arg(path)
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED (chown needs root): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (no chown): {e}");
-            false
-        }
-    }
 }
 
 /// `sdm serve` checks its data folder before it opens anything in it: one that anyone may write to, or that belongs

@@ -9,6 +9,7 @@
 //! sdm.kill();                        // SIGKILL, as a crash would
 //! ```
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sdm::client::Client;
@@ -139,5 +140,27 @@ impl Rng {
     /// Uniform in `[lo, hi)`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo).max(1)
+    }
+}
+
+/// Give `path` to `nobody`; false (with the reason printed) where that is not allowed.
+pub fn give_away(path: &Path) -> bool {
+    let out = std::process::Command::new("chown")
+        .arg("65534")
+        .arg(path)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED (chown needs root): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (no chown): {e}");
+            false
+        }
     }
 }

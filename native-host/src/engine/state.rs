@@ -121,25 +121,32 @@ pub struct ReservedIds {
     pub damaged: bool,
 }
 
+/// Read a data file. `Ok(None)`: there is none. `Err(())`: it cannot be read, which goes into `warnings` with
+/// `instead`, what start-up does without it.
+fn read_data(
+    path: &Path,
+    instead: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<u8>>, ()> {
+    match fs::read(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            warnings.push(format!("cannot read {}: {e}; {instead}", path.display()));
+            Err(())
+        }
+    }
+}
+
 /// Read `ids.json`. A damaged file is set aside and reported like the others.
 pub fn load_reserved_ids(dir: &Path, warnings: &mut Vec<String>) -> ReservedIds {
     let path = dir.join(IDS);
-    let text = match fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let text = match read_data(&path, "ids skip a block past every known one", warnings) {
+        Ok(Some(t)) => t,
+        absent_or_unreadable => {
             return ReservedIds {
                 until: 1,
-                damaged: false,
-            };
-        }
-        Err(e) => {
-            warnings.push(format!(
-                "cannot read {}: {e}; ids skip a block past every known one",
-                path.display()
-            ));
-            return ReservedIds {
-                until: 1,
-                damaged: true,
+                damaged: absent_or_unreadable.is_err(),
             };
         }
     };
@@ -213,26 +220,12 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
 /// Load the queue. A damaged file is set aside and every download in it that still parses is kept.
 pub fn load_state(dir: &Path, warnings: &mut Vec<String>) -> LoadedState {
     let path = dir.join(STATE);
-    let text = match fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return LoadedState {
-                next_id: 1,
-                downloads: Vec::new(),
-                damaged: false,
-            };
-        }
-        Err(e) => {
-            warnings.push(format!(
-                "cannot read {}: {e}; starting with an empty queue",
-                path.display()
-            ));
-            return LoadedState {
-                next_id: 1,
-                downloads: Vec::new(),
-                damaged: false,
-            };
-        }
+    let Ok(Some(text)) = read_data(&path, "starting with an empty queue", warnings) else {
+        return LoadedState {
+            next_id: 1,
+            downloads: Vec::new(),
+            damaged: false,
+        };
     };
     let mut lost = 0usize;
     let mut loaded = LoadedState {
