@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 
 use protocol::{
     AddRequest, Command as Cmd, DownloadId, ErrorCode, Expect, HistoryItem, PageRequest,
-    SettingsPatch, SettingsResult, Status,
+    SettingsResult, Status,
 };
-use sdm::client::{Client, ClientError};
+use sdm::client::ClientError;
 use sdm::engine::plan::Dest;
 use sdm::engine::state::{self, DownloadRecord};
 use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Connect, add, add_file, list, wait_info};
+use crate::fault_support::{Connect, add, add_file, list, try_set_download_dir, wait_info};
 use crate::support::{bounded, start_engine, stop, tempdir, until};
 
 const KIB: u64 = 1024;
@@ -40,17 +40,6 @@ fn assert_refused<T: std::fmt::Debug>(
         }
         other => panic!("expected a {code:?} refusal mentioning {mentions:?}, got {other:?}"),
     }
-}
-
-async fn set_download_dir(client: &mut Client, dir: &Path) -> Result<SettingsResult, ClientError> {
-    client
-        .call(Cmd::SetSettings {
-            settings: SettingsPatch {
-                download_dir: Some(dir.display().to_string()),
-                ..SettingsPatch::default()
-            },
-        })
-        .await
 }
 
 /// Folders outside the sandbox that a failed check may create, removed (when empty) however the test ends.
@@ -102,7 +91,7 @@ async fn download_folders_in_system_or_hidden_places_are_refused_and_not_created
         ];
         for (dir, mentions) in &cases {
             assert_refused(
-                set_download_dir(&mut client, dir).await,
+                try_set_download_dir(&mut client, dir).await,
                 ErrorCode::InvalidArgument,
                 mentions,
             );
@@ -123,13 +112,13 @@ async fn download_folders_in_system_or_hidden_places_are_refused_and_not_created
 
         // A folder of one's own is still accepted and made.
         let mine = home.join("Downloads/sdm");
-        let s = set_download_dir(&mut client, &mine)
+        let s = try_set_download_dir(&mut client, &mine)
             .await
             .expect("a folder in the home is accepted");
         assert_eq!(Path::new(&s.settings.download_dir), mine);
         assert!(mine.is_dir());
         // `..` is resolved before anything is made: the folder passed through is not created.
-        let s = set_download_dir(&mut client, &home.join(".cache/../Music"))
+        let s = try_set_download_dir(&mut client, &home.join(".cache/../Music"))
             .await
             .expect("a folder in the home, reached through `..`, is accepted");
         assert_eq!(Path::new(&s.settings.download_dir), home.join("Music"));

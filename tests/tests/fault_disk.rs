@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use protocol::{Command as Cmd, SettingsPatch, SettingsResult, Status};
+use protocol::{Command as Cmd, Status};
 use sdm_tests::harness::Sandbox;
 use sdm_tests::{FileSpec, TestServer};
 
-use crate::fault_support::{Connect, add_file, info, wait_info};
+use crate::fault_support::{Connect, add_file, info, try_set_download_dir, wait_info};
 use crate::support::{assert_exact, bounded};
 
 const MIB: u64 = 1024 * 1024;
@@ -49,21 +49,6 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-/// Ask the service to download into `dir` from now on.
-async fn try_set_download_dir(
-    client: &mut sdm::client::Client,
-    dir: &Path,
-) -> Result<SettingsResult, sdm::client::ClientError> {
-    client
-        .call(Cmd::SetSettings {
-            settings: SettingsPatch {
-                download_dir: Some(dir.display().to_string()),
-                ..SettingsPatch::default()
-            },
-        })
-        .await
 }
 
 /// [`try_set_download_dir`], which must succeed.

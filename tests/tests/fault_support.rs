@@ -12,7 +12,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sdm::client::Client;
+use protocol::{Command as Cmd, SettingsPatch, SettingsResult};
+use sdm::client::{Client, ClientError};
 use sdm_tests::harness::Sandbox;
 
 /// A sandbox's service, through the `sdm` library's client (which the harness, shared with native-host's own tests,
@@ -163,4 +164,19 @@ pub fn give_away(path: &Path) -> bool {
             false
         }
     }
+}
+
+/// Ask the service to put new downloads in `dir`.
+pub async fn try_set_download_dir(
+    client: &mut Client,
+    dir: &Path,
+) -> Result<SettingsResult, ClientError> {
+    client
+        .call(Cmd::SetSettings {
+            settings: SettingsPatch {
+                download_dir: Some(dir.display().to_string()),
+                ..SettingsPatch::default()
+            },
+        })
+        .await
 }
