@@ -1,14 +1,15 @@
 //! `cargo xtask bench`: `sdm get` and the service side by side with aria2c, axel and curl, on this machine, in one run
-//! (issue 4).
+//! (issue 4; the HTTPS scenario: issue 18).
 //!
 //! # Layout
-//! - [`lab`]: the test bed: test files in tmpfs, our own nginx (own config and prefix, ports on 127.0.0.1), an
-//!   optional network namespace behind a delaying, lossy link, and the cleanup of all of it when dropped.
+//! - [`lab`]: the test bed: test files in tmpfs, our own nginx (own config and prefix, ports on 127.0.0.1, a TLS 1.3
+//!   listener with a throwaway CA when openssl is installed), an optional network namespace behind a delaying, lossy
+//!   link, and the cleanup of all of it when dropped.
 //! - [`wire`]: that link, a userspace netem between two TUN devices (this kernel has no `sch_netem`).
 //! - [`measure`]: running one client once: wall time, user+sys CPU and peak RSS (GNU time's `wait4`), the output's
 //!   sha256, and the median / min–max of a series.
 //! - [`clients`]: the command line of each client for a download, a connection count and a speed cap.
-//! - [`scenarios`]: one function per scenario of issue 4, each returning rows of measurements.
+//! - [`scenarios`]: one function per scenario of issues 4 and 18, each returning rows of measurements.
 //! - [`report`]: `bench/results.json`, `BENCHMARKS.md` and the chart `docs/bench.png` (drawn by `bench/chart.py`).
 //!
 //! **Invariant:** every output file is checked against the source's sha256; a run with a wrong file is a failure and
@@ -35,9 +36,10 @@ usage: cargo xtask bench [--quick | --smoke] [--runs N] [--only NAME,...] [--no-
               bench/results.json, docs/bench.png
               (with --only or --runs under 5: under target/bench-partial/ instead)
   --quick     smaller files and 2 runs; writes the same files under target/bench-quick/
-  --smoke     16 MiB from loopback, 1 run, sdm (+ aria2c if installed); fails only if sdm's output is wrong
+  --smoke     16 MiB from loopback over http and https, 1 run, sdm (+ aria2c if installed); fails only if
+              sdm's output is wrong
   --runs N    runs per client and scenario
-  --only      scenarios to run: loopback, capped, latency, tail, queue, cap, service
+  --only      scenarios to run: loopback, https, capped, latency, tail, queue, cap, service
   --no-build  use target/release/sdm as it is
   --keep      keep the lab folder (nginx logs, configs) in /dev/shm for a look afterwards
   --baseline  another sdm binary (an older build) measured beside this one as \"sdm (baseline)\" in the
@@ -185,6 +187,7 @@ fn needed(mode: Mode) -> Vec<(&'static str, &'static str)> {
             ("aria2c", "aria2"),
             ("axel", "axel"),
             ("curl", "curl"),
+            ("openssl", "openssl"),
             ("ip", "iproute2"),
             ("tc", "iproute2"),
             ("/usr/bin/time", "time"),

@@ -61,6 +61,12 @@ impl Body {
             Body::Reqwest { pending, .. } => {
                 file.write_all_at(&pending[..n], at)?;
                 pending.advance(n);
+                if pending.is_empty() {
+                    // Let go of hyper's read buffer now, not when the next chunk replaces this one: a chunk is a
+                    // view into that buffer, and while one is held hyper cannot reuse it for its next read and
+                    // allocates another (up to 408 KiB a connection, fresh pages each time).
+                    *pending = Bytes::new();
+                }
                 Ok(())
             }
             Body::Spliced(b) => b.commit(file, at, n),

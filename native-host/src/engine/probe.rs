@@ -1,10 +1,15 @@
 //! What a server says about a URL before anything is downloaded: final URL after redirects, size, whether it serves
 //! ranges, the validators that tell one version of the file from another, and the name it suggests.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Client, Method, Response, StatusCode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use url::{Origin, Url};
 
 use super::error::TransferError;
@@ -13,12 +18,22 @@ use super::response::{content_length, parse_content_range};
 
 /// The HTTP client every transfer shares: HTTP/1.1 only (over HTTP/2 all ranges would share one TCP connection),
 /// no compression (it breaks ranges), a connect timeout. It follows no redirect itself: [`send`] does, so that each
-/// hop carries only the caller's headers that belong to its origin.
+/// hop carries only the caller's headers that belong to its origin. Its TLS verifier reads the system's CA store at
+/// the first certificate it checks ([`LazyRoots`]), not here: a plain-http download never pays for it.
 pub fn client() -> Result<Client, TransferError> {
     // Several crypto providers may be compiled in; pick ring once. A second call finds one installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransferError::Network(format!("TLS setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LazyRoots::new(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Client::builder()
         .http1_only()
+        .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(15))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
@@ -26,6 +41,85 @@ pub fn client() -> Result<Client, TransferError> {
         .user_agent(concat!("sdm/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(TransferError::Client)
+}
+
+/// The platform's certificate verifier (what reqwest uses by default), built at the first certificate to check, once
+/// per client (the engine and `sdm get` each make one): building it reads and parses every CA certificate of the system (about 150 files on Debian, some
+/// milliseconds), which a plain-http `sdm get` does not need. Signatures of the handshake itself need no roots and
+/// are checked with the provider's algorithms, as the platform verifier does.
+#[derive(Debug)]
+struct LazyRoots {
+    provider: Arc<CryptoProvider>,
+    verifier: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+}
+
+impl LazyRoots {
+    fn new(provider: Arc<CryptoProvider>) -> LazyRoots {
+        LazyRoots {
+            provider,
+            verifier: OnceLock::new(),
+        }
+    }
+
+    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        self.verifier
+            .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl ServerCertVerifier for LazyRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Redirects followed before a request fails with [`TransferError::Redirects`].
@@ -322,6 +416,22 @@ fn read(resp: &Response, partial: bool) -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_store_is_not_read_until_a_certificate_is_checked() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = LazyRoots::new(provider.clone());
+        // What a ClientHello needs of the verifier does not read the store.
+        assert_eq!(
+            roots.supported_verify_schemes(),
+            provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        );
+        assert!(roots.verifier.get().is_none());
+        let _ = roots.verifier();
+        assert!(roots.verifier.get().is_some());
+    }
 
     fn first(status: u16, total: Option<u64>, mime: Option<&str>) -> FirstByte {
         FirstByte {

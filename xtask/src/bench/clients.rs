@@ -106,6 +106,26 @@ impl Client {
         v
     }
 
+    /// `argv` (from [`Client::argv`]) made to trust the CA at `ca`, for an https URL: sdm through `SSL_CERT_FILE`
+    /// (its verifier reads the system's store, which that variable replaces), aria2c and curl through their options.
+    /// axel has no such option: `None`.
+    pub fn trusting(&self, mut argv: Vec<String>, ca: &Path) -> Option<Vec<String>> {
+        let ca_s = ca.to_string_lossy();
+        match self.kind {
+            Kind::Sdm | Kind::SdmNoSplice | Kind::SdmBaseline => {
+                argv.splice(0..0, ["env".into(), format!("SSL_CERT_FILE={ca_s}")]);
+            }
+            Kind::Aria2Default | Kind::Aria2X | Kind::Aria2Matched => {
+                argv.insert(1, format!("--ca-certificate={ca_s}"));
+            }
+            Kind::Curl => {
+                argv.splice(1..1, ["--cacert".into(), ca_s.into_owned()]);
+            }
+            Kind::Axel => return None,
+        }
+        Some(argv)
+    }
+
     /// Connections this client actually opens when asked for `n`.
     pub fn connections(&self, n: u32) -> u32 {
         match self.kind {

@@ -28,6 +28,15 @@ pub const WIRE_LOSS_PPM: u32 = 1000;
 /// The send buffers of the server behind the wire: up to 64 MiB per connection.
 pub const SERVER_WMEM: &str = "net.ipv4.tcp_wmem=4096 16384 67108864";
 
+/// The loopback nginx's TLS listener.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// `https://127.0.0.1:PORT`.
+    pub base: String,
+    /// The CA that signed its certificate: what a client must trust.
+    pub ca: PathBuf,
+}
+
 /// A served test file.
 #[derive(Clone, Debug)]
 pub struct TestFile {
@@ -45,6 +54,9 @@ pub struct Lab {
     pub base: String,
     /// `http://10.x.y.2:PORT` inside the namespace, once [`Lab::start_netns`] succeeded.
     pub ns_base: Option<String>,
+    /// `https://127.0.0.1:PORT` (TLS 1.3, the same files) and the throwaway CA its certificate is signed by, once
+    /// [`Lab::start_nginx`] made them (it needs openssl).
+    pub tls: Option<Tls>,
     files: BTreeMap<String, TestFile>,
     nginx: Vec<Child>,
     netns: Option<String>,
@@ -80,6 +92,7 @@ impl Lab {
             out,
             base: String::new(),
             ns_base: None,
+            tls: None,
             files: BTreeMap::new(),
             nginx: Vec::new(),
             netns: None,
@@ -159,16 +172,96 @@ impl Lab {
             .collect()
     }
 
-    /// Start nginx on 127.0.0.1 (call after the files exist: the slow-tail map names their segment starts).
+    /// Start nginx on 127.0.0.1 (call after the files exist: the slow-tail map names their segment starts), with a
+    /// TLS 1.3 listener beside the plain one when openssl can make it a certificate.
     pub fn start_nginx(&mut self) -> Result<()> {
         let port = free_port()?;
         let prefix = self.dir.join("nginx");
-        let conf = self.nginx_conf(&prefix, "127.0.0.1", port, CONN_CAP)?;
+        let tls = match self.make_certificate() {
+            Ok(files) => Some((free_port()?, files)),
+            Err(e) => {
+                println!("bench: no TLS listener: {e:#}");
+                None
+            }
+        };
+        let listener = tls
+            .as_ref()
+            .map(|(p, (cert, key, _))| (*p, cert.as_path(), key.as_path()));
+        let conf = self.nginx_conf(&prefix, "127.0.0.1", port, CONN_CAP, listener)?;
         let child = self.spawn_nginx(&prefix, &conf, None)?;
         self.nginx.push(child);
         wait_listening(&format!("127.0.0.1:{port}"), &prefix, self.nginx.last_mut())?;
         self.base = format!("http://127.0.0.1:{port}");
+        if let Some((tls_port, (_, _, ca))) = tls {
+            wait_listening(
+                &format!("127.0.0.1:{tls_port}"),
+                &prefix,
+                self.nginx.last_mut(),
+            )?;
+            self.tls = Some(Tls {
+                base: format!("https://127.0.0.1:{tls_port}"),
+                ca,
+            });
+        }
         Ok(())
+    }
+
+    /// A throwaway CA and a certificate for 127.0.0.1 signed by it (P-256, valid 2 days), in `tls/`: the leaf's
+    /// path, its key's and the CA's. A self-signed leaf will not do: webpki refuses a CA certificate as a server's.
+    fn make_certificate(&self) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let openssl = find_program("openssl").context("openssl not installed")?;
+        let dir = self.dir.join("tls");
+        fs::create_dir_all(&dir)?;
+        let [ca, ca_key, cert, key, csr, ext] = [
+            "ca.pem", "ca.key", "cert.pem", "key.pem", "leaf.csr", "ext.cnf",
+        ]
+        .map(|n| dir.join(n));
+        fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )?;
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        quiet(
+            Command::new(&openssl)
+                .args(["req", "-x509"])
+                .args(ec)
+                .arg("-keyout")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca)
+                .args(["-days", "2", "-subj", "/CN=sdm bench CA"]),
+        )?;
+        quiet(
+            Command::new(&openssl)
+                .arg("req")
+                .args(ec)
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr)
+                .args(["-subj", "/CN=127.0.0.1"]),
+        )?;
+        quiet(
+            Command::new(&openssl)
+                .args(["x509", "-req", "-in"])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .args(["-CAcreateserial", "-days", "2", "-extfile"])
+                .arg(&ext)
+                .arg("-out")
+                .arg(&cert),
+        )?;
+        Ok((cert, key, ca))
     }
 
     /// A namespace joined to this one by [`super::wire`] (a TUN device on each side, [`WIRE_DELAY_MS`] each way,
@@ -223,7 +316,7 @@ impl Lab {
         ip_in_ns(&["link", "set", &ns_if, "up"])?;
         let port = free_port()?;
         let prefix = self.dir.join("nginx-ns");
-        let conf = self.nginx_conf(&prefix, &ns_addr, port, CONN_CAP)?;
+        let conf = self.nginx_conf(&prefix, &ns_addr, port, CONN_CAP, None)?;
         let child = self.spawn_nginx(&prefix, &conf, Some((&ip, &ns)))?;
         self.nginx.push(child);
         wait_listening(&format!("{ns_addr}:{port}"), &prefix, self.nginx.last_mut())?;
@@ -231,7 +324,15 @@ impl Lab {
         Ok(())
     }
 
-    fn nginx_conf(&self, prefix: &Path, addr: &str, port: u16, cap: u64) -> Result<PathBuf> {
+    /// `tls`: also listen on that port with TLS 1.3 only, with that certificate and key.
+    fn nginx_conf(
+        &self,
+        prefix: &Path,
+        addr: &str,
+        port: u16,
+        cap: u64,
+        tls: Option<(u16, &Path, &Path)>,
+    ) -> Result<PathBuf> {
         for d in ["tmp", "logs"] {
             fs::create_dir_all(prefix.join(d))?;
         }
@@ -247,6 +348,14 @@ impl Lab {
         };
         let cap_k = cap / 1024;
         let (tail_fast, tail_slow) = (TAIL_FAST / 1024, TAIL_SLOW / 1024);
+        let tls = tls.map_or(String::new(), |(port, cert, key)| {
+            format!(
+                "listen {addr}:{port} ssl backlog=4096;\n        ssl_protocols TLSv1.3;\n        \
+                 ssl_certificate {};\n        ssl_certificate_key {};\n        ",
+                cert.display(),
+                key.display()
+            )
+        });
         let conf = format!(
             r#"# Written by `cargo xtask bench`; one process, in the foreground, so the bench can stop it.
 daemon off;
@@ -275,7 +384,7 @@ http {{
     }}
     server {{
         listen {addr}:{port} backlog=4096;
-        root {www};
+        {tls}root {www};
         location /cap/ {{ alias {www}/; limit_rate {cap_k}k; }}
         location /tail/ {{ alias {www}/; limit_rate $tail_rate; }}
         location /slow/ {{ alias {www}/; limit_rate 1k; }}

@@ -320,7 +320,7 @@ fn markdown(
     let _ = writeln!(
         t,
         "Written by `cargo xtask bench{}` on {} — rerun it to reproduce (it installs nginx-light, aria2, axel, curl, \
-         iproute2 and time from Debian when missing, starts its own nginx, and cleans up after itself). Every \
+         openssl, iproute2 and time from Debian when missing, starts its own nginx, and cleans up after itself). Every \
          number is the **median (min–max) of {} runs** (the latency scenario {}× as many, in rounds); every \
          output file was checked against the source's sha256 (failed runs are counted in `ok runs` and never enter \
          a number). Clients run one at a time (where they are compared with each other, in turns: one run each per \
@@ -352,7 +352,7 @@ fn markdown(
     if chart {
         let _ = writeln!(t, "![benchmark chart]({})\n", rel(png, md).display());
     }
-    let _ = writeln!(t, "## Targets (issue 4)\n");
+    let _ = writeln!(t, "## Targets (issues 4 and 18)\n");
     let _ = writeln!(
         t,
         "| target | goal | measured | ratio | verdict |\n|---|---|---|---:|---|"

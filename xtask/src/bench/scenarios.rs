@@ -1,4 +1,4 @@
-//! The scenarios of issue 4, one function each, and the targets each one checks.
+//! The scenarios of issues 4 and 18, one function each, and the targets each one checks.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -16,7 +16,7 @@ use super::lab::{
 use super::measure::{self, Row};
 use super::{Mode, Options};
 
-/// A target of issue 4 and how this run did against it.
+/// A target of issue 4 or 18 and how this run did against it.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
@@ -139,12 +139,16 @@ pub fn run_all(lab: &mut Lab, clients: &Clients, opts: &Options) -> Result<Vec<S
     let mut done = Vec::new();
     if opts.mode == Mode::Smoke {
         done.push(loopback(lab, clients, opts, &files.big)?);
+        done.push(https(lab, clients, opts, &files.big)?);
         return Ok(done);
     }
     let mid = files.mid.as_ref().context("no mid-size file")?;
     let small = files.small.as_ref().context("no small file")?;
     if opts.wants("loopback") {
         done.push(loopback(lab, clients, opts, &files.big)?);
+    }
+    if opts.wants("https") {
+        done.push(https(lab, clients, opts, &files.big)?);
     }
     if opts.wants("capped") {
         done.push(capped(lab, clients, opts, small, mid)?);
@@ -170,15 +174,19 @@ pub fn run_all(lab: &mut Lab, clients: &Clients, opts: &Options) -> Result<Vec<S
     Ok(done)
 }
 
-/// `--smoke` fails only if sdm produced a wrong file (or none).
+/// `--smoke` fails only if sdm produced a wrong file (or none), over plain HTTP or HTTPS.
 pub fn check_smoke(scenarios: &[Scenario]) -> Result<()> {
-    let row = scenarios
-        .iter()
-        .flat_map(|s| &s.rows)
-        .find(|r| r.client == "sdm")
-        .context("smoke: sdm did not run")?;
-    if let Some(f) = row.failures.first() {
-        bail!("smoke: sdm failed: {f}");
+    let mut ran = false;
+    for s in scenarios {
+        for row in s.rows.iter().filter(|r| r.client == "sdm") {
+            ran = true;
+            if let Some(f) = row.failures.first() {
+                bail!("smoke: sdm failed ({}): {f}", s.key);
+            }
+        }
+    }
+    if !ran {
+        bail!("smoke: sdm did not run");
     }
     Ok(())
 }
@@ -210,9 +218,20 @@ fn rounds(lab: &Lab, jobs: &[Job], runs: usize) -> Result<Vec<Row>> {
         .iter()
         .map(|job| {
             let out = lab.out.join(&job.file.name);
-            (job.client.argv(&job.url, &out, job.n, job.limit), out)
+            let argv = job.client.argv(&job.url, &out, job.n, job.limit);
+            if !job.url.starts_with("https://") {
+                return Ok((argv, out));
+            }
+            let ca = &lab
+                .tls
+                .as_ref()
+                .context("an https job without a TLS listener")?
+                .ca;
+            let argv = (job.client.trusting(argv, ca))
+                .with_context(|| format!("{} cannot be told to trust a CA", job.client.name))?;
+            Ok((argv, out))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut rows: Vec<Row> = jobs
         .iter()
         .zip(&argvs)
@@ -269,15 +288,22 @@ fn verify(status: &ExitStatus, log: &Path, files: &[(PathBuf, &str)]) -> Result<
 /// The command line as a reader can rerun it: lab paths and the port replaced by placeholders.
 fn display(argv: &[String], lab: &Lab) -> String {
     let mut parts: Vec<String> = argv.to_vec();
-    if let Some(first) = parts.first_mut()
-        && let Some(name) = Path::new(first.as_str()).file_name()
+    // The program's name without its folder, also behind `env VAR=value` (an https row's sdm).
+    if parts.first().is_some_and(|p| p == "env") {
+        parts.remove(0);
+    }
+    if let Some(program) = parts.iter_mut().find(|p| !p.contains('='))
+        && let Some(name) = Path::new(program.as_str()).file_name()
     {
-        *first = name.to_string_lossy().into_owned();
+        *program = name.to_string_lossy().into_owned();
     }
     let mut s = parts.join(" ");
     s = s.replace(&lab.dir.display().to_string(), "$LAB");
     if !lab.base.is_empty() {
         s = s.replace(&lab.base, "$NGINX");
+    }
+    if let Some(tls) = &lab.tls {
+        s = s.replace(&tls.base, "$NGINX_TLS");
     }
     if let Some(ns) = &lab.ns_base {
         s = s.replace(ns, "$NGINX_NS");
@@ -412,6 +438,124 @@ fn loopback(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Re
             sc.notes.push(format!(
                 "splice(2) before/after: with `--no-splice` sdm took {bw:.2} s, {bc:.2} s CPU, {br:.1} MB; \
                  with it {w:.2} s, {c:.2} s CPU, {r:.1} MB (CPU ×{:.2}).",
+                c / bc
+            ));
+        }
+    }
+    Ok(sc)
+}
+
+/// The HTTPS scenario's peak RSS target: name and goal.
+const RSS: (&str, &str) = ("HTTPS peak RSS", "≤ 10 MB");
+
+/// The loopback file over HTTPS (TLS 1.3, the same nginx) at 8 connections and at 1, next to aria2c matched and
+/// curl: what TLS costs each client, and whether sdm's connections cost CPU (issue 18).
+fn https(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Result<Scenario> {
+    let mut sc = Scenario::new(
+        "https",
+        format!(
+            "{} MiB over HTTPS (TLS 1.3) from nginx on loopback into tmpfs",
+            file.size / MIB
+        ),
+        "What TLS costs: the loopback scenario's file from the same nginx's TLS 1.3 listener (a throwaway CA, \
+         given to sdm as SSL_CERT_FILE, to aria2c as --ca-certificate, to curl as --cacert). nginx decrypts \
+         nothing but encrypts every byte on one worker, so on 2 cores it shares the machine with the client. sdm \
+         runs at 8 connections and at 1: eight should cost no more CPU than one.",
+    );
+    let targets = [
+        ("HTTPS wall, 8 connections", "≤ 0.8× aria2c matched's", 0.8),
+        (
+            "HTTPS CPU (user+sys), 8 connections",
+            "≤ 0.6× aria2c matched's",
+            0.6,
+        ),
+        ("HTTPS CPU, sdm -c 8 vs -c 1", "≤ 1.15× sdm -c 1's", 1.15),
+    ];
+    let Some(tls) = &lab.tls else {
+        sc.notes
+            .push("Not run: nginx has no TLS listener (openssl is missing).".into());
+        for (name, goal, _) in targets {
+            sc.targets.push(unmeasured(name, goal));
+        }
+        sc.targets.push(unmeasured(RSS.0, RSS.1));
+        return Ok(sc);
+    };
+    println!("bench: {}", sc.title);
+    let url = format!("{}/{}", tls.base, file.name);
+    let smoke = opts.mode == Mode::Smoke;
+    let job = |client, n| Job {
+        client,
+        setting: format!("N={n}"),
+        url: url.clone(),
+        file,
+        n,
+        limit: None,
+        timeout: timeout_for(file.size, 20.0 * MIB as f64),
+        warmup: !smoke,
+    };
+    let mut jobs = Vec::new();
+    for client in clients.pick(&[Kind::Sdm, Kind::SdmBaseline]) {
+        jobs.push(job(client, 8));
+        if !smoke {
+            jobs.push(job(client, 1));
+        }
+    }
+    for client in clients.pick(&[Kind::Aria2Matched, Kind::Curl]) {
+        jobs.push(Job {
+            setting: format!("N={}", client.connections(8)),
+            ..job(client, 8)
+        });
+    }
+    sc.rows = rounds(lab, &jobs, opts.runs)?;
+    let measured = sc.clone();
+    let median = |client: &str, setting: &str, metric: &str| {
+        (measured.row(client, setting)).and_then(|r| r.median(metric))
+    };
+    let named = |who: &str, v: Option<f64>| v.map(|v| (who.to_owned(), v));
+    let aria = "aria2c (matched)";
+    let ratios = [
+        (
+            median("sdm", "N=8", "wall"),
+            named(aria, median(aria, "N=8", "wall")),
+        ),
+        (
+            median("sdm", "N=8", "cpu"),
+            named(aria, median(aria, "N=8", "cpu")),
+        ),
+        (
+            median("sdm", "N=8", "cpu"),
+            named("sdm -c 1", median("sdm", "N=1", "cpu")),
+        ),
+    ];
+    for ((name, goal, max), (m, against)) in targets.into_iter().zip(ratios) {
+        sc.targets.push(ratio_target(name, goal, m, against, max));
+    }
+    let rss = [median("sdm", "N=8", "rss"), median("sdm", "N=1", "rss")]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+    let (name, goal) = RSS;
+    sc.targets.push(match rss {
+        Some(r) => Target {
+            name: name.into(),
+            goal: goal.into(),
+            measured: format!("{r:.1} MB (the larger of sdm's two medians)"),
+            ratio: Some(r / 10.0),
+            pass: Some(r <= 10.0),
+        },
+        None => unmeasured(name, goal),
+    });
+    for n in ["N=8", "N=1"] {
+        if let (Some(c), Some(bc), Some(w), Some(bw)) = (
+            median("sdm", n, "cpu"),
+            median("sdm (baseline)", n, "cpu"),
+            median("sdm", n, "wall"),
+            median("sdm (baseline)", n, "wall"),
+        ) {
+            sc.notes.push(format!(
+                "Before/after at {n}: the baseline took {bw:.2} s, {bc:.2} s CPU; this build {w:.2} s, {c:.2} s \
+                 CPU (wall ×{:.2}, CPU ×{:.2}).",
+                w / bw,
                 c / bc
             ));
         }
