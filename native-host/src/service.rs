@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{
-    AddResult, Command, CountResult, ErrorCode, FindResult, HistoryResult, MAX_INCOMING_FRAME,
-    MAX_OUTGOING_FRAME, PingResult, Reply, SettingsResult, StatusCounts, StatusResult,
+    AddManyResult, AddOutcome, AddResult, Command, CountResult, ErrorCode, FindResult,
+    HistoryResult, MAX_INCOMING_FRAME, MAX_OUTGOING_FRAME, PingResult, Reply, SettingsResult,
+    StatusCounts, StatusResult,
 };
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
@@ -448,6 +449,19 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
             CountResult {
                 count: engine.clear_finished(),
             },
+        ),
+        // Written to `state.json` by the engine, once for the whole batch, before it answers.
+        Command::AddMany { items } => result(
+            id,
+            engine.add_many(items).await.map(|results| AddManyResult {
+                results: results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(added) => AddOutcome::Added(added),
+                        Err(e) => AddOutcome::failed(e.code, e.message),
+                    })
+                    .collect(),
+            }),
         ),
         // The forwarder was started by the caller, which owns the connection.
         Command::Subscribe => Reply::ok(id, &empty),

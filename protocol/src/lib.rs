@@ -44,6 +44,11 @@ pub const MAX_CONCURRENT_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
 pub const MAX_URL_LEN: usize = 16 * 1024;
 /// `client_key`: the accepted length in bytes (of printable ASCII).
 pub const CLIENT_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=128;
+/// Most items one `add_many` takes. With [`MAX_OUTCOME_MESSAGE`] it bounds the reply: 500 results of at most about
+/// 1.6 KB each (a message of control characters escaped 6 bytes apiece) stay under [`MAX_OUTGOING_FRAME`].
+pub const MAX_ADD_MANY: usize = 500;
+/// Longest error message in an `add_many` result, in bytes; a longer one is cut (at a character boundary).
+pub const MAX_OUTCOME_MESSAGE: usize = 256;
 
 /// Numeric id of a download, unique within one service's data directory.
 pub type DownloadId = u64;
@@ -132,6 +137,12 @@ pub enum Command {
     ResumeAll,
     /// Take completed, failed and cancelled downloads off the list; history keeps them ([`CountResult`]).
     ClearFinished,
+    /// Several adds in one request, answered by one write of the state ([`AddManyResult`]). Each item is judged on
+    /// its own: one refused item does not refuse the others. At most [`MAX_ADD_MANY`] items; a verified add
+    /// (`expect`) is refused in a batch, since each waits for its own server.
+    AddMany {
+        items: Vec<AddRequest>,
+    },
 }
 
 /// `move.to`: where a download goes in the queue's order.
@@ -422,6 +433,39 @@ pub struct AddResult {
     /// downloaded): nothing new was added. Omitted when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub existing: bool,
+}
+
+/// `add_many`: one outcome per item, in the items' order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddManyResult {
+    pub results: Vec<AddOutcome>,
+}
+
+/// What became of one item of an `add_many`: `{"id": 7}` (with `existing` as for `add`) or
+/// `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AddOutcome {
+    Added(AddResult),
+    Failed { error: ErrorBody },
+}
+
+impl AddOutcome {
+    /// A refused item, its message cut to [`MAX_OUTCOME_MESSAGE`] bytes so that a full batch's reply fits a frame.
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> AddOutcome {
+        let mut message = message.into();
+        if message.len() > MAX_OUTCOME_MESSAGE {
+            let mut end = MAX_OUTCOME_MESSAGE - '…'.len_utf8();
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        AddOutcome::Failed {
+            error: ErrorBody { code, message },
+        }
+    }
 }
 
 /// `find`: the download with that `client_key`, or `null`.

@@ -298,3 +298,85 @@ fn queue_operations_have_their_wire_shape() {
         "conflict"
     );
 }
+
+#[test]
+fn add_many_round_trips_and_its_results_keep_their_order() {
+    let req = Request {
+        id: 4,
+        command: Command::AddMany {
+            items: vec![
+                AddRequest {
+                    url: "http://x/a".into(),
+                    threads: Some(2),
+                    ..AddRequest::default()
+                },
+                AddRequest {
+                    url: "http://x/b".into(),
+                    ..AddRequest::default()
+                },
+            ],
+        },
+    };
+    let text = json!({"id": 4, "cmd": "add_many", "items": [
+        {"url": "http://x/a", "threads": 2},
+        {"url": "http://x/b"},
+    ]});
+    assert_eq!(serde_json::to_value(&req).unwrap(), text);
+    assert_eq!(parse_request(text.to_string().as_bytes()).unwrap(), req);
+    let unknown = br#"{"id":5,"cmd":"add_many","items":[{"url":"http://x/a","colour":"red"}]}"#;
+    assert_eq!(parse_request(unknown).unwrap_err().id, Some(5));
+
+    let result = AddManyResult {
+        results: vec![
+            AddOutcome::Added(AddResult {
+                id: 7,
+                existing: false,
+            }),
+            AddOutcome::failed(ErrorCode::InvalidArgument, "not a valid URL"),
+            AddOutcome::Added(AddResult {
+                id: 3,
+                existing: true,
+            }),
+        ],
+    };
+    let wire = json!({"results": [
+        {"id": 7},
+        {"error": {"code": "invalid_argument", "message": "not a valid URL"}},
+        {"id": 3, "existing": true},
+    ]});
+    assert_eq!(serde_json::to_value(&result).unwrap(), wire);
+    let reply: Reply =
+        serde_json::from_value(json!({"id": 4, "ok": true, "result": wire})).unwrap();
+    assert_eq!(reply.into_result::<AddManyResult>().unwrap(), result);
+}
+
+#[test]
+fn a_full_add_many_reply_of_long_errors_fits_in_a_frame() {
+    // Cut at a character boundary: 2-byte characters.
+    let wide = "é".repeat(MAX_OUTGOING_FRAME);
+    let AddOutcome::Failed { error } = AddOutcome::failed(ErrorCode::InvalidArgument, &wide) else {
+        panic!("a failure");
+    };
+    assert!(
+        error.message.len() <= MAX_OUTCOME_MESSAGE,
+        "{}",
+        error.message.len()
+    );
+    assert!(error.message.ends_with('…'));
+    let short = AddOutcome::failed(ErrorCode::Io, "disk full");
+    assert_eq!(
+        serde_json::to_value(&short).unwrap(),
+        json!({"error": {"code": "io", "message": "disk full"}})
+    );
+    // The worst case: every byte a control character, escaped as 6.
+    let long = "\u{1}".repeat(MAX_OUTGOING_FRAME);
+    let reply = Reply::ok(
+        u64::MAX,
+        AddManyResult {
+            results: (0..MAX_ADD_MANY)
+                .map(|_| AddOutcome::failed(ErrorCode::InvalidArgument, &long))
+                .collect(),
+        },
+    );
+    to_frame(&reply, MAX_OUTGOING_FRAME).expect("the reply fits");
+}

@@ -22,6 +22,8 @@ mod queue;
 mod restart;
 // Issue 19: update (cap, connections), set_url (same file kept, another refused), move, pause/resume all, clear.
 mod queue_ops;
+// Issue 18: `add_many`, a batch of adds judged item by item, in the queue at once and written once.
+mod queue_batch;
 // Browser capture: verified adds, client keys, `find`, names sent on GET only, replies out of order.
 mod capture;
 // The fault suite's client of a sandboxed service (`sdm_tests::harness`): connect, list, add, wait; a seeded Rng.

@@ -67,7 +67,7 @@ pub enum Cmd {
 /// The commands sent to the service (started when none answers).
 #[derive(Subcommand)]
 pub enum Remote {
-    /// Queue a download in the service
+    /// Queue a download in the service, or every URL of a list with -i
     Add(queue::AddArgs),
     /// List the service's downloads
     Ls {
@@ -136,9 +136,11 @@ pub enum Remote {
     },
     /// Take completed, failed and cancelled downloads off the list (history keeps them)
     Clear,
-    /// Wait until a download is finished; succeed only if it completed
+    /// Wait until a download is finished, or with no id until nothing is queued or downloading; succeed only if it
+    /// completed (with no id: if no listed download failed or was cancelled; paused ones are not waited for)
     Wait {
-        id: DownloadId,
+        /// The download to wait for [default: every queued and downloading one]
+        id: Option<DownloadId>,
         /// Give up after this many seconds
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,

@@ -12,6 +12,13 @@ pub fn out(line: impl std::fmt::Display) -> anyhow::Result<()> {
     writeln!(stdout, "{line}").context("cannot write to stdout")
 }
 
+/// Write a line to stderr as `sdm: <line>`, for a problem that does not end the command (one line of a list).
+pub fn warn(line: impl std::fmt::Display) {
+    let mut stderr = std::io::stderr().lock();
+    // Nothing better can be done when stderr is gone.
+    let _ = writeln!(stderr, "sdm: {line}");
+}
+
 /// The `ls` table: one download a line, its error beside its name.
 pub fn downloads(downloads: &[DownloadInfo]) -> anyhow::Result<()> {
     if downloads.is_empty() {

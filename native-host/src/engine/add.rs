@@ -396,19 +396,121 @@ impl Engine {
                 }
                 let id = core.next_id;
                 if id < core.reserved_ids {
-                    core.next_id += 1;
-                    let dir = self.download_dir(&core.settings);
-                    let entry = Entry::new(new.record(id, &core, dir));
-                    info!(id, "added");
-                    self.changed(&entry);
-                    core.downloads.insert(id, entry);
-                    return Ok(AddResult {
-                        id,
-                        existing: false,
-                    });
+                    return Ok(self.place(&mut core, new));
                 }
                 // Sent under the lock, so reservations reach the writer in the order they were asked for.
                 let until = id + state::ID_BLOCK;
+                let written = self.inner.disk.reserve_ids(until);
+                async move { written.await.map(|()| until) }
+            };
+            let until = reserved.await.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Io,
+                    format!("cannot write to the data directory: {e}"),
+                )
+            })?;
+            let mut core = lock(&self.inner.core);
+            core.reserved_ids = core.reserved_ids.max(until);
+        }
+    }
+
+    /// Put a checked download in the queue as the next id, which the caller has seen is reserved.
+    fn place(&self, core: &mut Core, new: NewDownload) -> AddResult {
+        let id = core.next_id;
+        core.next_id += 1;
+        let dir = self.download_dir(&core.settings);
+        let entry = Entry::new(new.record(id, core, dir));
+        info!(id, "added");
+        self.changed(&entry);
+        core.downloads.insert(id, entry);
+        AddResult {
+            id,
+            existing: false,
+        }
+    }
+
+    /// Add several downloads (`add_many`): one result per item, in order, each judged on its own, so a refused item
+    /// does not refuse the others. The whole batch goes into the queue under one lock, and this returns once one write
+    /// of `state.json` holds it all, so a list of 200 URLs costs one write, not 200. A verified add (`expect`) is
+    /// refused here: each waits for its own server, which [`Engine::add_verified`] does one by one.
+    ///
+    /// The error is for the batch as a whole: more than [`protocol::MAX_ADD_MANY`] items, or ids that cannot be
+    /// reserved on disk.
+    pub async fn add_many(
+        &self,
+        items: Vec<AddRequest>,
+    ) -> Result<Vec<Result<AddResult, ApiError>>, ApiError> {
+        if items.len() > protocol::MAX_ADD_MANY {
+            return Err(invalid(format!(
+                "add_many takes at most {} items, not {}: send the rest in another request",
+                protocol::MAX_ADD_MANY,
+                items.len()
+            )));
+        }
+        let checked: Vec<Result<NewDownload, ApiError>> = items
+            .into_iter()
+            .map(|req| {
+                if req.expect.is_some() {
+                    return Err(invalid(
+                        "a verified add (with expect) cannot be in add_many: send it alone as add",
+                    ));
+                }
+                NewDownload::check(req)
+            })
+            .collect();
+        let keyed = checked
+            .iter()
+            .any(|c| c.as_ref().is_ok_and(|n| n.client_key.is_some()));
+        let results = self.insert_batch(checked).await?;
+        info!(
+            items = results.len(),
+            added = results
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|a| !a.existing))
+                .count(),
+            "batch added"
+        );
+        self.persist().await;
+        self.crash_point(keyed);
+        self.start_queued();
+        Ok(results)
+    }
+
+    /// [`Engine::insert`] for a batch: ids for all of it are reserved on disk first, then every item goes in under
+    /// one lock, so no checkpoint writes half a batch.
+    async fn insert_batch(
+        &self,
+        checked: Vec<Result<NewDownload, ApiError>>,
+    ) -> Result<Vec<Result<AddResult, ApiError>>, ApiError> {
+        // One block always covers a batch, so one reservation is enough.
+        const _: () = assert!(protocol::MAX_ADD_MANY as DownloadId <= state::ID_BLOCK);
+        let needed = checked.iter().filter(|c| c.is_ok()).count() as DownloadId;
+        // Taken by the pass that inserts; a pass that must reserve ids first leaves it for the next.
+        let mut checked = Some(checked);
+        loop {
+            let reserved = {
+                let mut core = lock(&self.inner.core);
+                if core.next_id + needed <= core.reserved_ids {
+                    let results = checked
+                        .take()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let new = c?;
+                            if let Some(id) = new.client_key.as_deref().and_then(|k| core.by_key(k))
+                            {
+                                return Ok(AddResult { id, existing: true });
+                            }
+                            if core.downloads.len() >= MAX_QUEUE {
+                                return Err(queue_full());
+                            }
+                            Ok(self.place(&mut core, new))
+                        })
+                        .collect();
+                    return Ok(results);
+                }
+                // Sent under the lock, so reservations reach the writer in the order they were asked for.
+                let until = core.next_id + state::ID_BLOCK;
                 let written = self.inner.disk.reserve_ids(until);
                 async move { written.await.map(|()| until) }
             };

@@ -7,6 +7,8 @@ mod relay;
 mod service;
 // The command-line faces: install, get, add/wait/ls, settings, argument checks.
 mod cli;
+// `sdm add -i` (URL lists in batches that fit in frames) and `sdm wait` with no id.
+mod batch;
 // The shared sandbox (`sdm_tests::harness`) on the binary cargo built for these tests, and a tiny HTTP server.
 mod support;
 // `sdm install` / `status` / `stop` / `uninstall` in a temporary HOME, the version handshake, the dist packages.
