@@ -8,6 +8,7 @@
 //! - [`wire`]: that link, a userspace netem between two TUN devices (this kernel has no `sch_netem`).
 //! - [`measure`]: running one client once: wall time, user+sys CPU and peak RSS (GNU time's `wait4`), the output's
 //!   sha256, and the median / min–max of a series.
+//! - [`bound`]: the link's own bound, a minimal reader of N ranged connections (the latency scenario's yardstick).
 //! - [`clients`]: the command line of each client for a download, a connection count and a speed cap.
 //! - [`scenarios`]: one function per scenario of issues 4 and 18, each returning rows of measurements.
 //! - [`report`]: `bench/results.json`, `BENCHMARKS.md` and the chart `docs/bench.png` (drawn by `bench/chart.py`).
@@ -15,6 +16,7 @@
 //! **Invariant:** every output file is checked against the source's sha256; a run with a wrong file is a failure and
 //! never a number.
 
+mod bound;
 mod clients;
 mod lab;
 mod measure;
@@ -132,6 +134,10 @@ impl Options {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    // Not for people: the latency scenario runs the link's bound reader as a client of its own.
+    if let Some(("--bound-read", rest)) = args.split_first().map(|(a, r)| (a.as_str(), r)) {
+        return bound::main(rest);
+    }
     let opts = Options::parse(args)?;
     let started = Instant::now();
     let mut installed = Installed::default();

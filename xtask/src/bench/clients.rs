@@ -24,6 +24,9 @@ pub enum Kind {
     Axel,
     /// curl: one connection.
     Curl,
+    /// The link's own bound: `cargo xtask bench --bound-read URL N SIZE` (see `bound.rs`), N ranged `GET`s whose
+    /// bytes are discarded. Not a client of `Clients::all`: only the latency scenario runs it.
+    Bound,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +44,15 @@ impl Kind {
 }
 
 impl Client {
+    /// The bound reader: this xtask binary with `bench --bound-read`.
+    pub fn bound() -> anyhow::Result<Client> {
+        Ok(Client {
+            kind: Kind::Bound,
+            name: "link bound",
+            program: std::env::current_exe()?,
+        })
+    }
+
     /// The command line that downloads `url` to `out` with `n` connections and an optional cap in bytes per second.
     pub fn argv(&self, url: &str, out: &Path, n: u32, limit: Option<u64>) -> Vec<String> {
         let mut v = vec![self.program.to_string_lossy().into_owned()];
@@ -95,6 +107,10 @@ impl Client {
                 }
                 v.push(url.into());
             }
+            Kind::Bound => {
+                // The size is the job's to add: it is not part of a download's command line.
+                v.extend(["bench".into(), "--bound-read".into(), url.into(), n_s]);
+            }
             Kind::Curl => {
                 v.extend(["-sS".into(), "-f".into(), "-o".into(), out_s]);
                 if let Some(l) = limit {
@@ -121,7 +137,7 @@ impl Client {
             Kind::Curl => {
                 argv.splice(1..1, ["--cacert".into(), ca_s.into_owned()]);
             }
-            Kind::Axel => return None,
+            Kind::Axel | Kind::Bound => return None,
         }
         Some(argv)
     }
