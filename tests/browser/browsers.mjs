@@ -1,8 +1,9 @@
 // One interface over the two browsers the extension ships for: Debian's Chromium (playwright-core, CDP) and Debian's
-// Firefox ESR (puppeteer-core, WebDriver BiDi). Both run headless with the unpacked extension from
-// $SDM_EXTENSION_DIR, a fresh profile, the host registered for that profile only (unless `host: false`), SDM_HOME in
-// their environment (passed on to the host they start), and their own download folder set to `downloadsDir`, where
-// files land under the names the browser chose.
+// Firefox ESR (puppeteer-core, WebDriver BiDi). Both run headless with the extension's store package
+// ($SDM_CHROME_ZIP unpacked, $SDM_FIREFOX_XPI; the unpacked build in $SDM_EXTENSION_DIR when unset), a fresh
+// profile, the host registered for that profile only (unless `host: false`), SDM_HOME in their environment (passed on
+// to the host they start), and their own download folder set to `downloadsDir`, where files land under the names the
+// browser chose.
 //
 //   const b = await launch("firefox", { profile, home, downloadsDir });
 //   const page = await b.newPage(url); await page.click("#dl");
@@ -18,7 +19,7 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 import puppeteer from "puppeteer-core";
 
-import { chromiumOptions, EXTENSION_DIR, EXTENSION_ID, registerHost, SDM_BIN, sleep, waitFor } from "./support.mjs";
+import { chromiumOptions, EXTENSION_ID, FIREFOX_EXTENSION, registerHost, SDM_BIN, sleep, waitFor } from "./support.mjs";
 
 export const FIREFOX = process.env.FIREFOX ?? "/usr/bin/firefox-esr";
 /** Both, always; `SDM_BROWSERS=firefox` narrows a run by hand while looking at one browser. */
@@ -132,7 +133,12 @@ async function finishChromium(context, { profile, downloadsDir }) {
 
   const worker = async () => {
     const find = () => context.serviceWorkers().filter((w) => w.url().startsWith(`chrome-extension://${EXTENSION_ID}/`)).pop();
-    return find() ?? (await waitFor("the extension's service worker", find, { timeoutMs: 15_000 }));
+    const what = () =>
+      `the extension's service worker at chrome-extension://${EXTENSION_ID}/ (workers: ${context
+        .serviceWorkers()
+        .map((w) => w.url())
+        .join(", ")})`;
+    return find() ?? (await waitFor(what(), find, { timeoutMs: 15_000 }));
   };
   await worker();
   const keeper = extensionPageKeeper(async () => {
@@ -292,7 +298,9 @@ async function launchFirefox({ profile, home, downloadsDir, host = true, env = {
 }
 
 async function finishFirefox(browser, { profile, downloadsDir }) {
-  const id = await browser.installExtension(path.resolve(EXTENSION_DIR));
+  // A temporary add-on, from the xpi as from a folder. Its id is the manifest's gecko id (one without it would get
+  // a generated id), which the host's manifest allows.
+  const id = await browser.installExtension(path.resolve(FIREFOX_EXTENSION));
   if (id !== GECKO_ID) throw new Error(`the add-on installed as ${id}, not ${GECKO_ID}`);
   const popupUrl = `moz-extension://${FIREFOX_UUID}/popup.html`;
   const keeper = extensionPageKeeper(async () => {

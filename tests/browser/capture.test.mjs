@@ -1,5 +1,5 @@
 // The capture contract (issue 13) in real browsers: every way a page starts a download, run in headless Chromium and
-// headless Firefox ESR with the unpacked extension, the real `sdm` host and service, and the trigger server (two
+// headless Firefox ESR with the extension's packages, the real `sdm` host and service, and the trigger server (two
 // sites on the loopback). Each trigger ends in exactly one exact copy of the file: in SDM's download_dir when SDM
 // takes it (the browser's copy cancelled and erased), in the browser's own folder otherwise (SDM's queue untouched).
 // The request log says which credentials reached the server, and from which program.
@@ -9,8 +9,19 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import { KINDS, launch } from "./browsers.mjs";
-import { ServiceClient, serviceLog, sha256File, sleep, startService, stopServicesOf, tempDir, waitFor } from "./support.mjs";
+import { GECKO_ID, KINDS, launch } from "./browsers.mjs";
+import {
+  FIREFOX_XPI,
+  readZip,
+  ServiceClient,
+  serviceLog,
+  sha256File,
+  sleep,
+  startService,
+  stopServicesOf,
+  tempDir,
+  waitFor,
+} from "./support.mjs";
 import { cookiesOf, startTriggerServer } from "./trigger-server.mjs";
 
 const KIB = 1024;
@@ -335,6 +346,12 @@ for (const kind of KINDS) {
       // The extension page answers through the same API in both browsers.
       const items = await b.evalInExtension((api) => api.downloads.search({}));
       assert.ok(Array.isArray(items));
+      if (kind === "firefox" && FIREFOX_XPI) {
+        // What made the add-on install as sdm@sdm.dev (browsers.mjs checks the installed id).
+        const manifest = JSON.parse(readZip(FIREFOX_XPI).get("manifest.json").toString("utf8"));
+        assert.equal(manifest.browser_specific_settings?.gecko?.id, GECKO_ID);
+        assert.equal(manifest.key, undefined);
+      }
     });
 
     for (const trigger of TRIGGERS) {

@@ -1,6 +1,6 @@
-// End to end: Debian's Chromium with the unpacked extension (target/extension), the real `sdm` host registered for
-// the test profile, a real service with its own SDM_HOME, and files served from 127.0.0.1. Each test checks the
-// downloaded file's sha256.
+// End to end: Debian's Chromium with the extension (the store zip of `cargo xtask dist` unpacked, or the unpacked
+// build target/extension when $SDM_CHROME_ZIP is unset), the real `sdm` host registered for the test profile, a real
+// service with its own SDM_HOME, and files served from 127.0.0.1. Each test checks the downloaded file's sha256.
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -8,7 +8,10 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import {
+  CHROME_ZIP,
   content,
+  DEV_EXTENSION_ID,
+  EXTENSION_DIR,
   EXTENSION_ID,
   launchBrowser,
   openPopup,
@@ -65,8 +68,15 @@ describe("with the host registered and the service running", { timeout: 300_000 
     await stopServicesOf(home);
   });
 
-  test("the extension loads with its pinned id and its worker reaches the host", async () => {
+  test("the extension loads with the id the host allows and its worker reaches the host", async () => {
+    // The id read from the browser's service worker: the one support.mjs computed from the folder and registered
+    // the host for, when the store zip (no `key`) is loaded; the pinned one for the unpacked build.
     assert.equal(browser.id, EXTENSION_ID);
+    if (CHROME_ZIP) {
+      const manifest = JSON.parse(fs.readFileSync(path.join(EXTENSION_DIR, "manifest.json"), "utf8"));
+      assert.equal(manifest.key, undefined, "the store package has no `key`");
+      assert.notEqual(browser.id, DEV_EXTENSION_ID);
+    }
     await waitFor("the worker's native port", () => browser.worker.evaluate(() => self.sdmHostStatus().connected));
     // update() fails for a menu item that does not exist.
     await waitFor("the context menu item", () =>

@@ -1,5 +1,6 @@
-// Test support: a loopback file server, the SDM service and a client for its socket, and Chromium with the
-// extension loaded. Everything runs on 127.0.0.1 and in temporary folders; every wait has a deadline.
+// Test support: a loopback file server, the SDM service and a client for its socket, the extension's packages, and
+// Chromium with the extension loaded. Everything runs on 127.0.0.1 and in temporary folders; every wait has a
+// deadline.
 
 import { spawn, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -9,14 +10,21 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import zlib from "node:zlib";
 import { chromium } from "playwright-core";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(here, "../..");
 export const SDM_BIN = process.env.SDM_BIN ?? path.join(ROOT, "target/release/sdm");
-export const EXTENSION_DIR = process.env.SDM_EXTENSION_DIR ?? path.join(ROOT, "target/extension");
+/** The unpacked build (`cargo xtask build`), loaded when no package is given. */
+export const UNPACKED_DIR = process.env.SDM_EXTENSION_DIR ?? path.join(ROOT, "target/extension");
+/** The store packages of `cargo xtask dist`, which `cargo xtask test` passes; unset when a developer runs a test
+ * file by hand, which then loads the unpacked build. */
+export const CHROME_ZIP = process.env.SDM_CHROME_ZIP;
+export const FIREFOX_XPI = process.env.SDM_FIREFOX_XPI;
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-export const EXTENSION_ID = "mamfelpfpaooapfmapiecgobfkfnmjnj";
+/** The development id, pinned by the `key` of extension/manifest.json; the store package has no `key`. */
+export const DEV_EXTENSION_ID = "mamfelpfpaooapfmapiecgobfkfnmjnj";
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export const sha256 = (buf) => createHash("sha256").update(buf).digest("hex");
@@ -71,6 +79,61 @@ export function tempDir(prefix) {
   tempDirs.push(dir);
   return dir;
 }
+
+/** The files of the zip archive `file` (stored and deflated entries: what a browser's package holds), by name. */
+export function readZip(file) {
+  const zip = fs.readFileSync(file);
+  const end = zip.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  if (end < 0) throw new Error(`${file} is not a zip archive`);
+  const files = new Map();
+  let at = zip.readUInt32LE(end + 16);
+  for (let n = zip.readUInt16LE(end + 10); n > 0; n--) {
+    if (zip.readUInt32LE(at) !== 0x02014b50) throw new Error(`${file}: bad central directory at ${at}`);
+    const method = zip.readUInt16LE(at + 10);
+    const size = zip.readUInt32LE(at + 20);
+    const nameLen = zip.readUInt16LE(at + 28);
+    const local = zip.readUInt32LE(at + 42);
+    const name = zip.toString("utf8", at + 46, at + 46 + nameLen);
+    at += 46 + nameLen + zip.readUInt16LE(at + 30) + zip.readUInt16LE(at + 32);
+    if (name.endsWith("/")) continue;
+    if (method !== 0 && method !== 8) throw new Error(`${file}: ${name} uses compression method ${method}`);
+    const start = local + 30 + zip.readUInt16LE(local + 26) + zip.readUInt16LE(local + 28);
+    const data = zip.subarray(start, start + size);
+    files.set(name, method === 8 ? zlib.inflateRawSync(data) : data);
+  }
+  return files;
+}
+
+/** Extract the zip archive `file` into the folder `dir`. */
+export function unzip(file, dir) {
+  for (const [name, bytes] of readZip(file)) {
+    const dest = path.resolve(dir, name);
+    if (!dest.startsWith(path.resolve(dir) + path.sep)) throw new Error(`${file}: entry ${name} leaves the folder`);
+    fs.mkdirSync(path.dirname(dest), { recursive: true });
+    fs.writeFileSync(dest, bytes);
+  }
+}
+
+/** The id Chromium gives an extension loaded unpacked from `dir` without a `key` in its manifest: the SHA-256 of the
+ * folder's absolute path, its first 32 hex digits spelled with the letters a to p. */
+export function unpackedExtensionId(dir) {
+  const hex = createHash("sha256").update(path.resolve(dir)).digest("hex").slice(0, 32);
+  return [...hex].map((d) => String.fromCharCode(97 + Number.parseInt(d, 16))).join("");
+}
+
+/** The folder Chromium loads the extension from: the store zip unpacked into a folder of this test process (its real
+ * path, which is what Chromium hashes), or the unpacked build. */
+export const EXTENSION_DIR = CHROME_ZIP
+  ? (() => {
+      const dir = fs.realpathSync(tempDir("chrome-zip"));
+      unzip(CHROME_ZIP, dir);
+      return dir;
+    })()
+  : UNPACKED_DIR;
+/** The id Chromium gives it: derived from the folder for the store zip (no `key`), the pinned one otherwise. */
+export const EXTENSION_ID = CHROME_ZIP ? unpackedExtensionId(EXTENSION_DIR) : DEV_EXTENSION_ID;
+/** What Firefox installs (as a temporary add-on): the xpi, or the unpacked build. */
+export const FIREFOX_EXTENSION = FIREFOX_XPI ?? UNPACKED_DIR;
 
 /** Deterministic bytes for a name (xorshift32), so the expected sha256 is known without keeping files around. */
 export function content(name, size) {
@@ -352,16 +415,18 @@ export function serviceLog(home) {
   return "(no log)";
 }
 
-/** Register the host for a Chromium profile folder (what `sdm install --dir` is for). */
+/** Register the host for a Chromium profile folder (what `sdm install --dir` is for), allowing the id the store
+ * package gets from its folder when that is what is loaded. */
 export function registerHost(userDataDir) {
-  execFileSync(SDM_BIN, ["install", "--dir", path.join(userDataDir, "NativeMessagingHosts")], {
+  const extra = EXTENSION_ID === DEV_EXTENSION_ID ? [] : ["--extension-id", EXTENSION_ID];
+  execFileSync(SDM_BIN, ["install", "--dir", path.join(userDataDir, "NativeMessagingHosts"), ...extra], {
     env: { ...process.env, SDM_HOME: path.join(userDataDir, "unused-home") },
     stdio: "pipe",
   });
 }
 
-/** Playwright's options for headless Chromium with the unpacked extension, with `SDM_HOME` (and `env`) in its
- * environment so the host it starts talks to the test's service. */
+/** Playwright's options for headless Chromium with the extension (loaded unpacked from EXTENSION_DIR), with
+ * `SDM_HOME` (and `env`) in its environment so the host it starts talks to the test's service. */
 export function chromiumOptions({ home, env = {}, args = [] }) {
   return {
     executablePath: CHROMIUM,
@@ -386,7 +451,7 @@ export function chromiumOptions({ home, env = {}, args = [] }) {
 }
 
 /**
- * Chromium with the unpacked extension, in a fresh profile. SDM_HOME is in its environment, so the host it starts
+ * Chromium with the extension, in a fresh profile. SDM_HOME is in its environment, so the host it starts
  * talks to the right service. Returns the context, the extension's service worker and its id.
  */
 export async function launchBrowser({ userDataDir, home }) {

@@ -70,38 +70,11 @@ fn host_target() -> Result<String> {
 
 /// Write the packages for the unpacked extension in `extension` and the binary `sdm` into `out` (emptied first).
 pub fn package(extension: &Path, sdm: &Path, target: &str, out: &Path) -> Result<Dist> {
-    let manifest_path = extension.join("manifest.json");
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&manifest_path)
-            .with_context(|| format!("cannot read {}", manifest_path.display()))?,
-    )
-    .context("the extension's manifest.json is not JSON")?;
-    if manifest["version"] != VERSION {
-        bail!(
-            "extension/manifest.json says version {} but the workspace is {VERSION}: make them the same",
-            manifest["version"]
-        );
-    }
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
     }
     std::fs::create_dir_all(out)?;
-    let files = extension_files(extension)?;
-
-    let chrome = out.join(format!("sdm-{VERSION}-chrome.zip"));
-    write_zip(
-        &chrome,
-        extension,
-        &files,
-        &for_store(&manifest, Store::Chrome)?,
-    )?;
-    let firefox = out.join(format!("sdm-{VERSION}-firefox.xpi"));
-    write_zip(
-        &firefox,
-        extension,
-        &files,
-        &for_store(&manifest, Store::Firefox)?,
-    )?;
+    let (chrome, firefox) = extension_packages(extension, out)?;
     let binary = out.join(format!("sdm-{VERSION}-{target}.tar.gz"));
     write_tarball(&binary, &format!("sdm-{VERSION}-{target}"), sdm)?;
 
@@ -119,6 +92,40 @@ pub fn package(extension: &Path, sdm: &Path, target: &str, out: &Path) -> Result
         firefox,
         binary,
     })
+}
+
+/// Write the two extension packages (the Chrome zip, the Firefox xpi) into the folder `out`, which must exist; returns
+/// their paths. `cargo xtask test` loads these in the browser tests.
+pub fn extension_packages(extension: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let manifest_path = extension.join("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("cannot read {}", manifest_path.display()))?,
+    )
+    .context("the extension's manifest.json is not JSON")?;
+    if manifest["version"] != VERSION {
+        bail!(
+            "extension/manifest.json says version {} but the workspace is {VERSION}: make them the same",
+            manifest["version"]
+        );
+    }
+    let files = extension_files(extension)?;
+
+    let chrome = out.join(format!("sdm-{VERSION}-chrome.zip"));
+    write_zip(
+        &chrome,
+        extension,
+        &files,
+        &for_store(&manifest, Store::Chrome)?,
+    )?;
+    let firefox = out.join(format!("sdm-{VERSION}-firefox.xpi"));
+    write_zip(
+        &firefox,
+        extension,
+        &files,
+        &for_store(&manifest, Store::Firefox)?,
+    )?;
+    Ok((chrome, firefox))
 }
 
 #[derive(Clone, Copy)]

@@ -1,13 +1,16 @@
 //! `cargo xtask test`: install what is missing (and say so), build, run `cargo test --workspace` and the browser
 //! tests, then print one summary. Exits non-zero if anything failed.
+//!
+//! The browser tests load the extension as it ships: the store zip and the xpi of `cargo xtask dist` (the same
+//! bytes, written by the same code, without the binary's tarball they do not need), in `target/test-packages/`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::build;
 use crate::tools::{self, Installed};
+use crate::{build, dist};
 
 struct Step {
     name: String,
@@ -70,7 +73,24 @@ pub fn run(args: &[String]) -> Result<()> {
                 || crate::bench::run(&["--smoke".to_owned(), "--no-build".to_owned()]),
             );
         }
-        if let (true, Some((chromium, firefox))) = (browser, &browsers) {
+        let mut packages = None;
+        if browser {
+            step(
+                &mut steps,
+                "extension packages (as cargo xtask dist)",
+                || {
+                    let out = build::target_dir().join("test-packages");
+                    if out.exists() {
+                        std::fs::remove_dir_all(&out)?;
+                    }
+                    std::fs::create_dir_all(&out)?;
+                    packages = Some(dist::extension_packages(&built.extension, &out)?);
+                    Ok(())
+                },
+            );
+        }
+        if let (Some((chromium, firefox)), Some((chrome_zip, firefox_xpi))) = (&browsers, &packages)
+        {
             let results = build::target_dir().join("browser-test-results.txt");
             let _ = std::fs::remove_file(&results);
             step(&mut steps, "browser tests (tests/browser)", || {
@@ -88,6 +108,8 @@ pub fn run(args: &[String]) -> Result<()> {
                         .current_dir(&root)
                         .env("SDM_BIN", &built.sdm)
                         .env("SDM_EXTENSION_DIR", &built.extension)
+                        .env("SDM_CHROME_ZIP", chrome_zip)
+                        .env("SDM_FIREFOX_XPI", firefox_xpi)
                         .env("CHROMIUM", chromium)
                         .env("FIREFOX", firefox)
                         .env("SDM_RESULTS", &results),
