@@ -14,6 +14,7 @@
 //! rename, so a relay or service running the old one goes on running it.
 
 use std::io::{self, Write};
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -232,6 +233,26 @@ pub fn manifest(exe: &Path, format: ManifestFormat) -> serde_json::Value {
     value
 }
 
+/// A Chromium extension id given on the command line (`sdm install --dir DIR --extension-id ID`), checked to be
+/// one: a developer's or the browser tests' unpacked copy of the store package, whose id Chromium derives from its
+/// folder since the package has no `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionId(String);
+
+impl std::str::FromStr for ExtensionId {
+    type Err = String;
+
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        if is_extension_id(id) {
+            Ok(ExtensionId(id.to_owned()))
+        } else {
+            Err(format!(
+                "`{id}` is not a Chromium extension id (32 letters a to p, as chrome://extensions shows it)"
+            ))
+        }
+    }
+}
+
 /// The manifest's file name, which browsers require to be the host name plus `.json`.
 pub fn manifest_file_name() -> String {
     format!("{HOST_NAME}.json")
@@ -241,8 +262,9 @@ pub fn manifest_file_name() -> String {
 #[derive(Debug, Clone)]
 pub enum Target {
     Browser(Browser),
-    /// A folder given on the command line (a Chromium `--user-data-dir/NativeMessagingHosts`, say).
-    Dir(PathBuf, ManifestFormat),
+    /// A folder given on the command line (a Chromium `--user-data-dir/NativeMessagingHosts`, say), and more
+    /// extensions allowed there besides SDM's own ids (a Chromium-format manifest only).
+    Dir(PathBuf, ManifestFormat, Vec<ExtensionId>),
 }
 
 impl Target {
@@ -253,10 +275,25 @@ impl Target {
         }
     }
 
+    /// The manifest this target should hold for a host binary at `exe`.
+    fn manifest(&self, exe: &Path, format: ManifestFormat) -> serde_json::Value {
+        let mut value = manifest(exe, format);
+        if let (Target::Dir(.., extra), ManifestFormat::Chromium) = (self, format)
+            && let Some(origins) = value["allowed_origins"].as_array_mut()
+        {
+            origins.extend(
+                extra
+                    .iter()
+                    .map(|id| json!(format!("chrome-extension://{}/", id.0))),
+            );
+        }
+        value
+    }
+
     fn place(&self, env: &Env) -> Result<(Place, ManifestFormat), InstallError> {
         match self {
             Target::Browser(b) => Ok((b.place(env)?, b.format())),
-            Target::Dir(dir, format) => Ok((
+            Target::Dir(dir, format, _) => Ok((
                 Place {
                     dir: dir.clone(),
                     key: None,
@@ -380,6 +417,13 @@ pub fn install_binary(exe: &Path, dir: &Path) -> Result<(PathBuf, bool), Install
         to: dest.clone(),
         source,
     };
+    if cfg!(windows) {
+        // Phase 1 of the port: the host runs on Windows, its registration (the registry) comes next.
+        return Err(copy_err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "sdm install is not yet on Windows",
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(copy_err)?;
     let dest = std::path::absolute(&dest).map_err(copy_err)?;
     let same_file = dest.canonicalize().ok() == exe.canonicalize().ok();
@@ -389,6 +433,7 @@ pub fn install_binary(exe: &Path, dir: &Path) -> Result<(PathBuf, bool), Install
     let tmp = dir.join(format!(".{BIN_NAME}.{}.tmp", std::process::id()));
     let written = (|| {
         std::fs::copy(exe, &tmp)?;
+        #[cfg(unix)]
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &dest)?;
@@ -431,7 +476,7 @@ pub fn install(targets: &[Target], exe: &Path, env: &Env) -> Result<Vec<Outcome>
     for target in targets {
         let (place, format) = target.place(env)?;
         let path = place.dir.join(manifest_file_name());
-        let wanted = manifest(exe, format);
+        let wanted = target.manifest(exe, format);
         let changed = read_manifest(&path).as_ref() != Some(&wanted);
         if changed {
             let wrap = |source| InstallError::Write {
@@ -572,6 +617,36 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_may_allow_more_extension_ids() {
+        let root = tempfile::tempdir().unwrap();
+        let exe = root.path().join("sdm");
+        let extra: ExtensionId = "abcdefghijklmnopabcdefghijklmnop".parse().unwrap();
+        let target = Target::Dir(
+            root.path().join("hosts"),
+            ManifestFormat::Chromium,
+            vec![extra],
+        );
+        let done = install(std::slice::from_ref(&target), &exe, &Env::default()).unwrap();
+        assert!(done[0].changed);
+        let written = read_manifest(&done[0].path).unwrap();
+        let mut origins = allowed_origins();
+        origins.push("chrome-extension://abcdefghijklmnopabcdefghijklmnop/".into());
+        assert_eq!(written["allowed_origins"], json!(origins));
+        assert_eq!(written["path"], json!(exe.to_string_lossy()));
+        assert!(!install(&[target], &exe, &Env::default()).unwrap()[0].changed);
+
+        for bad in [
+            "ABCDEFGHIJKLMNOPABCDEFGHIJKLMNOP",
+            "abcdefghijklmnopabcdefghijklmnoq",
+            "abc",
+            "",
+        ] {
+            let err = bad.parse::<ExtensionId>().unwrap_err();
+            assert!(err.contains("32 letters a to p"), "{err}");
+        }
+    }
+
+    #[test]
     fn browser_names_and_aliases() {
         assert_eq!(Browser::from_name("Chrome"), Some(Browser::Chrome));
         assert_eq!(Browser::from_name("google-chrome"), Some(Browser::Chrome));
@@ -603,6 +678,7 @@ mod tests {
         assert!(place(Browser::SnapFirefox).key.is_none());
     }
 
+    #[cfg(unix)]
     #[test]
     fn the_binary_is_copied_once_and_replaced_by_a_rename() {
         let root = tempfile::tempdir().unwrap();
@@ -634,6 +710,7 @@ mod tests {
         assert_eq!(uninstall_binary(&bin).unwrap(), (dest, false));
     }
 
+    #[cfg(unix)]
     #[test]
     fn bin_dir_prefers_an_absolute_xdg_bin_home() {
         let env = Env {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use sdm::install::{self, Browser, ManifestFormat, Outcome, Target};
+use sdm::install::{self, Browser, ExtensionId, ManifestFormat, Outcome, Target};
 use sdm::paths;
 
 use super::parse;
@@ -21,6 +21,10 @@ pub struct InstallArgs {
     /// <user-data-dir>/NativeMessagingHosts); nothing is copied
     #[arg(long, value_name = "DIR", conflicts_with = "browsers")]
     dir: Option<PathBuf>,
+    /// With --dir: also allow this Chromium extension id (repeatable), e.g. an unpacked copy of the store package,
+    /// whose id comes from its folder
+    #[arg(long = "extension-id", value_name = "ID", requires = "dir")]
+    extension_ids: Vec<ExtensionId>,
     /// Remove the manifests (of the browsers named, or all) instead; `sdm uninstall` removes everything
     #[arg(long)]
     uninstall: bool,
@@ -30,7 +34,7 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let env = paths::Env::current();
     if args.uninstall {
         let targets: Vec<Target> = match args.dir {
-            Some(dir) => vec![Target::Dir(dir, ManifestFormat::Chromium)],
+            Some(dir) => vec![Target::Dir(dir, ManifestFormat::Chromium, Vec::new())],
             None if args.browsers.is_empty() => all_browsers(),
             None => args.browsers.into_iter().map(Target::Browser).collect(),
         };
@@ -42,7 +46,11 @@ pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(dir) = args.dir {
         let exe = install::current_exe()?;
-        let targets = [Target::Dir(dir, ManifestFormat::Chromium)];
+        let targets = [Target::Dir(
+            dir,
+            ManifestFormat::Chromium,
+            args.extension_ids,
+        )];
         print_registered(&install::install(&targets, &exe, &env)?, &exe)?;
         return Ok(ExitCode::SUCCESS);
     }
