@@ -9,8 +9,8 @@
 //! same), waits for it to exit, and starts itself: the old service checkpoints every download on its way out and the
 //! new one resumes them. An older binary talks to a newer service as it is, and never stops it.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,11 +19,11 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::{
     Command, ErrorBody, ErrorCode, Event, Incoming, MAX_INCOMING_FRAME, PingResult, Reply, Request,
 };
-use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::paths::{self, LOCK_FILE, SERVICE_LOG, SOCKET_FILE};
+use crate::ipc::{self, Stream};
+use crate::paths::{self, LOCK_FILE, SERVICE_LOG};
 
 /// How long to wait for a service we started to open its socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,11 +94,10 @@ fn is_newer(ours: &str, theirs: &str) -> bool {
 }
 
 /// Connect to the service of `data_dir` when one is running; `None` when none answers. Nothing is started.
-pub async fn connect_running(data_dir: &Path) -> Result<Option<UnixStream>, ClientError> {
-    let socket = data_dir.join(SOCKET_FILE);
+pub async fn connect_running(data_dir: &Path) -> Result<Option<Stream>, ClientError> {
     paths::check_owner(data_dir)?;
-    paths::check_owner(&socket)?;
-    Ok(UnixStream::connect(&socket).await.ok())
+    ipc::check_endpoint(data_dir)?;
+    Ok(ipc::connect(data_dir).await.ok())
 }
 
 /// Connect to the service of `data_dir`, starting it if nothing answers, and replacing it when it is older than this
@@ -106,7 +105,7 @@ pub async fn connect_running(data_dir: &Path) -> Result<Option<UnixStream>, Clie
 ///
 /// A data directory or socket that belongs to another user is refused before anything is sent to it: its owner could
 /// read our requests (cookies included) or answer in our service's name.
-pub async fn connect_or_start(data_dir: &Path) -> Result<UnixStream, ClientError> {
+pub async fn connect_or_start(data_dir: &Path) -> Result<Stream, ClientError> {
     match connect_running(data_dir).await? {
         Some(stream) => match handshake(stream, data_dir).await? {
             Some(stream) => Ok(stream),
@@ -117,7 +116,7 @@ pub async fn connect_or_start(data_dir: &Path) -> Result<UnixStream, ClientError
 }
 
 /// Ask a running service its version. `Some(stream)` to go on with it; `None` once an older one has stopped.
-async fn handshake(stream: UnixStream, data_dir: &Path) -> Result<Option<UnixStream>, ClientError> {
+async fn handshake(stream: Stream, data_dir: &Path) -> Result<Option<Stream>, ClientError> {
     let mut framed = Framed::new(stream, protocol::codec::codec(MAX_INCOMING_FRAME));
     let asked = tokio::time::timeout(
         START_TIMEOUT,
@@ -144,7 +143,7 @@ async fn handshake(stream: UnixStream, data_dir: &Path) -> Result<Option<UnixStr
 /// Ask the service on `framed` to stop, and wait until it has exited: the connection closes when its process ends,
 /// after the engine's checkpoint and the release of its lock. A service that does not know `stop` gets SIGTERM.
 async fn stop_on(
-    framed: &mut Framed<UnixStream, LengthDelimitedCodec>,
+    framed: &mut Framed<Stream, LengthDelimitedCodec>,
     data_dir: &Path,
 ) -> Result<(), ClientError> {
     let pid = service_pid(data_dir);
@@ -153,9 +152,8 @@ async fn stop_on(
             Ok(_) | Err(ClientError::Closed) => {}
             Err(ClientError::Remote(body)) if body.code == ErrorCode::BadRequest => {
                 tracing::info!(?pid, "the service does not know stop: sending SIGTERM");
-                if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-                        .map_err(io::Error::from)?;
+                if let Some(pid) = pid {
+                    terminate(pid)?;
                 }
             }
             Err(e) => return Err(e),
@@ -180,13 +178,43 @@ async fn stop_on(
     }
 }
 
-/// True while process `pid` exists and is not a zombie (Linux's `/proc`; elsewhere, never).
+/// Send SIGTERM to `pid`.
+#[cfg(unix)]
+fn terminate(pid: u32) -> io::Result<()> {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    }
+    Ok(())
+}
+
+/// Every service on Windows knows `stop`: the port is newer than the command.
+#[cfg(windows)]
+fn terminate(_pid: u32) -> io::Result<()> {
+    Ok(())
+}
+
+/// True while process `pid` exists and is not a zombie (Linux's `/proc`).
+#[cfg(target_os = "linux")]
 fn is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         // `pid (comm) state ...`: the state follows the last `)`, since comm may hold anything.
         stat.rsplit_once(')')
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
     })
+}
+
+/// True while process `pid` exists: `kill(pid, 0)`. A zombie counts, but only our own child could be one of ours,
+/// and [`spawn_service`] reaps it.
+#[cfg(all(unix, not(target_os = "linux")))]
+fn is_running(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+/// Windows: not looked up yet; the connection's end, when the service's process exits, is what is waited for.
+#[cfg(windows)]
+fn is_running(_pid: u32) -> bool {
+    false
 }
 
 /// Stop the service of `data_dir` when one runs, waiting until it has exited. Returns its pid, or `None` when no
@@ -203,7 +231,7 @@ pub async fn stop_service(data_dir: &Path) -> Result<Option<u32>, ClientError> {
 
 /// One request on a connection used for nothing else, and its result as `T`.
 async fn call_on<T: serde::de::DeserializeOwned>(
-    framed: &mut Framed<UnixStream, LengthDelimitedCodec>,
+    framed: &mut Framed<Stream, LengthDelimitedCodec>,
     command: Command,
 ) -> Result<T, ClientError> {
     let body = serde_json::to_vec(&Request { id: 1, command }).map_err(ClientError::BadFrame)?;
@@ -218,15 +246,15 @@ async fn call_on<T: serde::de::DeserializeOwned>(
 }
 
 /// Start the service of `data_dir` and connect to it.
-async fn start(data_dir: &Path) -> Result<UnixStream, ClientError> {
-    let socket = data_dir.join(SOCKET_FILE);
+async fn start(data_dir: &Path) -> Result<Stream, ClientError> {
+    let socket = ipc::endpoint(data_dir);
     paths::ensure_data_dir(data_dir)?;
     spawn_service(data_dir)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         // Checked again on every try: the socket we wait for may be someone else's, planted in the meantime.
-        paths::check_owner(&socket)?;
-        match UnixStream::connect(&socket).await {
+        ipc::check_endpoint(data_dir)?;
+        match ipc::connect(data_dir).await {
             Ok(stream) => return Ok(stream),
             Err(e) if Instant::now() >= deadline => {
                 tracing::warn!(socket = %socket.display(), cause = %e, "service did not come up");
@@ -256,21 +284,52 @@ fn spawn_service(data_dir: &Path) -> Result<(), ClientError> {
         source,
     })?;
     tracing::info!(exe = %exe.display(), data_dir = %data_dir.display(), "starting the service");
-    let mut child = std::process::Command::new(&exe)
+    let mut command = std::process::Command::new(&exe);
+    command
         .arg("serve")
         .env("SDM_HOME", data_dir)
         .current_dir(data_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| ClientError::Spawn { exe, source })?;
+        .stderr(log);
+    let mut child =
+        spawn_detached(&mut command).map_err(|source| ClientError::Spawn { exe, source })?;
     // Reap it whenever it exits, so a long-lived relay does not keep a zombie.
     std::thread::spawn(move || {
         let _ = child.wait();
     });
     Ok(())
+}
+
+/// Start `command` in its own process group, so a browser that kills the relay's group does not take the service
+/// with it.
+#[cfg(unix)]
+fn spawn_detached(command: &mut std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0).spawn()
+}
+
+/// Start `command` outside the browser's job object (Chrome and Firefox end a host's job, and every process in it,
+/// with the host), with no console window. A job that forbids breaking away refuses the start; then it starts
+/// inside the job, which is better than not at all.
+#[cfg(windows)]
+fn spawn_detached(command: &mut std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::windows::process::CommandExt;
+    const DETACHED_PROCESS: u32 = 0x0000_0008;
+    const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+    const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
+    const CREATE_NO_WINDOW: u32 = 0x0800_0000;
+    let flags = DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW;
+    match command
+        .creation_flags(flags | CREATE_BREAKAWAY_FROM_JOB)
+        .spawn()
+    {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            tracing::warn!(cause = %e, "cannot leave the browser's job; the service starts inside it");
+            command.creation_flags(flags).spawn()
+        }
+        other => other,
+    }
 }
 
 /// Open a log file for appending (private to the user), starting afresh once it has grown past [`MAX_LOG_BYTES`];
@@ -288,17 +347,25 @@ pub fn service_pid(data_dir: &Path) -> Option<u32> {
         .ok()
 }
 
+/// Events a [`Client`] keeps while it waits for a reply: a client that never reads events (most CLI commands) holds
+/// no more than this.
+const HELD_EVENTS: usize = 256;
+
 /// A request/reply connection to the service.
 pub struct Client {
-    framed: Framed<UnixStream, LengthDelimitedCodec>,
+    framed: Framed<Stream, LengthDelimitedCodec>,
     next_id: u64,
+    /// Events that came while a reply was awaited, for [`Client::next_event`]: a reply may be older than an event
+    /// sent before it (a `list` taken just before a download completed), so dropping them could lose the news.
+    held: VecDeque<Event>,
 }
 
 impl Client {
-    pub fn new(stream: UnixStream) -> Client {
+    pub fn new(stream: Stream) -> Client {
         Client {
             framed: Framed::new(stream, protocol::codec::codec(MAX_INCOMING_FRAME)),
             next_id: 1,
+            held: VecDeque::new(),
         }
     }
 
@@ -308,7 +375,8 @@ impl Client {
         Ok(Client::new(connect_or_start(&dir).await?))
     }
 
-    /// Send a request and wait (at most [`REQUEST_TIMEOUT`]) for its reply; events that arrive meanwhile are dropped.
+    /// Send a request and wait (at most [`REQUEST_TIMEOUT`]) for its reply; events that arrive meanwhile are kept for
+    /// [`Client::next_event`] (at most [`HELD_EVENTS`], the oldest dropped first).
     pub async fn request(&mut self, command: Command) -> Result<Reply, ClientError> {
         tokio::time::timeout(REQUEST_TIMEOUT, self.request_untimed(command))
             .await
@@ -326,7 +394,12 @@ impl Client {
                 Incoming::Reply(reply) => {
                     tracing::debug!(id = ?reply.id, "skipping a reply to another request");
                 }
-                Incoming::Event(_) => {}
+                Incoming::Event(event) => {
+                    if self.held.len() == HELD_EVENTS {
+                        self.held.pop_front();
+                    }
+                    self.held.push_back(event);
+                }
             }
         }
     }
@@ -344,6 +417,9 @@ impl Client {
 
     /// The next pushed event (after a `subscribe`), skipping stray replies.
     pub async fn next_event(&mut self) -> Result<Event, ClientError> {
+        if let Some(event) = self.held.pop_front() {
+            return Ok(event);
+        }
         loop {
             if let Incoming::Event(event) = self.next_incoming().await? {
                 return Ok(event);

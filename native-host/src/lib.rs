@@ -9,11 +9,13 @@
 //! - [`relay`]: what a browser starts: native messaging on stdin/stdout, forwarded to the service.
 //! - [`client`]: a connection to the service, used by the relay's start-up and the CLI's commands.
 //! - [`install`]: host manifests for each browser.
+//! - [`ipc`]: the service's transport: a Unix socket, a named pipe on Windows.
 //! - [`paths`]: where data, the socket and downloads live.
 
 pub mod client;
 pub mod engine;
 pub mod install;
+pub mod ipc;
 pub mod paths;
 pub mod relay;
 pub mod service;

@@ -3,16 +3,22 @@
 //! Each lookup has a pure form that takes the environment as an argument (so tests need not touch the process
 //! environment) and a convenience form that reads it.
 //!
-//! - Data directory: `$SDM_HOME` when set, else `$XDG_DATA_HOME/sdm`, else `~/.local/share/sdm`. Everything the
-//!   service owns lives here: the socket, the lock, the engine's state and the logs.
-//! - Downloads: `$XDG_DOWNLOAD_DIR`, else the `XDG_DOWNLOAD_DIR` line of `~/.config/user-dirs.dirs`, else
-//!   `~/Downloads`.
+//! - Data directory: `$SDM_HOME` when set, else `$XDG_DATA_HOME/sdm`, else `~/.local/share/sdm`; on macOS
+//!   `~/Library/Application Support/sdm`, on Windows `%LOCALAPPDATA%\sdm`. Everything the service owns lives here:
+//!   the socket, the lock, the engine's state and the logs.
+//! - Downloads: `$XDG_DOWNLOAD_DIR`, else the `XDG_DOWNLOAD_DIR` line of `~/.config/user-dirs.dirs` (Linux and the
+//!   BSDs), else `~/Downloads` (on Windows `%USERPROFILE%\Downloads`, the Downloads known folder unless the user moved
+//!   it).
 
 use std::ffi::OsStr;
-use std::fs::{DirBuilder, File};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::{
+    fs::DirBuilder,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+};
 
 use crate::engine::dirfd::{Access, Dir, Open};
 
@@ -52,6 +58,8 @@ pub struct Env {
     pub xdg_data_home: Option<PathBuf>,
     pub xdg_config_home: Option<PathBuf>,
     pub xdg_download_dir: Option<PathBuf>,
+    /// `%LOCALAPPDATA%` (Windows only).
+    pub local_app_data: Option<PathBuf>,
 }
 
 impl Env {
@@ -68,6 +76,7 @@ impl Env {
             xdg_data_home: var("XDG_DATA_HOME"),
             xdg_config_home: var("XDG_CONFIG_HOME"),
             xdg_download_dir: var("XDG_DOWNLOAD_DIR"),
+            local_app_data: var("LOCALAPPDATA"),
         }
     }
 
@@ -92,9 +101,27 @@ impl Env {
         if let Some(dir) = &self.sdm_home {
             return Ok(absolute(dir));
         }
+        self.platform_data_dir()
+    }
+
+    #[cfg(not(any(target_os = "macos", windows)))]
+    fn platform_data_dir(&self) -> Result<PathBuf, PathError> {
         match Env::xdg(&self.xdg_data_home) {
             Some(dir) => Ok(dir.join("sdm")),
             None => Ok(self.home()?.join(".local/share/sdm")),
+        }
+    }
+
+    #[cfg(target_os = "macos")]
+    fn platform_data_dir(&self) -> Result<PathBuf, PathError> {
+        Ok(self.home()?.join("Library/Application Support/sdm"))
+    }
+
+    #[cfg(windows)]
+    fn platform_data_dir(&self) -> Result<PathBuf, PathError> {
+        match self.local_app_data.as_deref().filter(|p| p.is_absolute()) {
+            Some(dir) => Ok(dir.join("sdm")),
+            None => Ok(self.home()?.join("AppData").join("Local").join("sdm")),
         }
     }
 
@@ -103,11 +130,15 @@ impl Env {
             return Ok(dir.to_path_buf());
         }
         let home = self.home()?;
-        let from_file = self
-            .config_home()
-            .ok()
-            .and_then(|config| std::fs::read_to_string(config.join("user-dirs.dirs")).ok())
-            .and_then(|text| parse_user_dirs(&text, "XDG_DOWNLOAD_DIR", home));
+        // xdg-user-dirs is a freedesktop convention: macOS and Windows have no such file.
+        let from_file = if cfg!(any(target_os = "macos", windows)) {
+            None
+        } else {
+            self.config_home()
+                .ok()
+                .and_then(|config| std::fs::read_to_string(config.join("user-dirs.dirs")).ok())
+                .and_then(|text| parse_user_dirs(&text, "XDG_DOWNLOAD_DIR", home))
+        };
         Ok(from_file.unwrap_or_else(|| home.join("Downloads")))
     }
 }
@@ -169,6 +200,7 @@ pub fn default_download_dir() -> Result<PathBuf, PathError> {
 ///
 /// An existing directory of the user's own is otherwise left as it is: `$SDM_HOME` may name a folder the user set up
 /// on purpose.
+#[cfg(unix)]
 pub fn ensure_data_dir(dir: &Path) -> Result<(), PathError> {
     let wrap = |source| PathError::CreateDataDir {
         dir: dir.to_path_buf(),
@@ -196,8 +228,19 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), PathError> {
     check_folder(&opened)
 }
 
+/// Create the data directory if needed. Windows: a folder made under `%LOCALAPPDATA%` inherits its ACL, which grants
+/// the user (and SYSTEM and Administrators) only; a `%SDM_HOME%` elsewhere is taken as the user set it up.
+#[cfg(windows)]
+pub fn ensure_data_dir(dir: &Path) -> Result<(), PathError> {
+    std::fs::create_dir_all(dir).map_err(|source| PathError::CreateDataDir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// The open folder `dir` is the user's own and not writable by everyone; checked on the folder itself, so a link
 /// swapped in after a check by path changes nothing.
+#[cfg(unix)]
 fn check_folder(dir: &Dir) -> Result<(), PathError> {
     let meta = dir.metadata().map_err(|source| PathError::CreateDataDir {
         dir: dir.path().to_path_buf(),
@@ -231,6 +274,7 @@ fn open_private(path: &Path, open: Open) -> io::Result<File> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let dir = Dir::open(parent)?;
+    #[cfg(unix)]
     check_folder(&dir).map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
     dir.open_or_create(name, open, Access::Private)
 }
@@ -252,6 +296,7 @@ pub fn open_lock(dir: &Path) -> io::Result<File> {
 }
 
 /// The effective user id of this process.
+#[cfg(unix)]
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail (POSIX: "shall always be
     // successful").
@@ -265,6 +310,7 @@ pub fn effective_uid() -> u32 {
 /// (cookies included) or answer in the service's name, so a client talks only to a service of its own user.
 ///
 /// A path that does not exist is fine: it is created, and so owned, by us.
+#[cfg(unix)]
 pub fn check_owner(path: &Path) -> Result<(), PathError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
@@ -280,10 +326,18 @@ pub fn check_owner(path: &Path) -> Result<(), PathError> {
     })
 }
 
+/// Refuse a path owned by another user: a no-op on Windows, where the data directory's inherited ACL and the named
+/// pipe's default DACL (its creator, SYSTEM and Administrators) keep other users out.
+#[cfg(windows)]
+pub fn check_owner(_path: &Path) -> Result<(), PathError> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     fn env() -> Env {
         Env {
             home: Some("/home/u".into()),
@@ -291,6 +345,7 @@ mod tests {
         }
     }
 
+    #[cfg(not(any(target_os = "macos", windows)))]
     #[test]
     fn data_dir_prefers_sdm_home_then_xdg_then_home() {
         let mut e = env();
@@ -309,12 +364,48 @@ mod tests {
         assert_eq!(e.data_dir().unwrap(), PathBuf::from("/srv/sdm"));
     }
 
+    #[cfg(target_os = "macos")]
+    #[test]
+    fn data_dir_is_in_application_support_unless_sdm_home_is_set() {
+        let mut e = env();
+        e.xdg_data_home = Some("/xdg/data".into());
+        assert_eq!(
+            e.data_dir().unwrap(),
+            PathBuf::from("/home/u/Library/Application Support/sdm")
+        );
+        e.sdm_home = Some("/srv/sdm".into());
+        assert_eq!(e.data_dir().unwrap(), PathBuf::from("/srv/sdm"));
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn data_dir_is_in_local_app_data_unless_sdm_home_is_set() {
+        let mut e = Env {
+            home: Some(r"C:\Users\u".into()),
+            ..Env::default()
+        };
+        assert_eq!(
+            e.data_dir().unwrap(),
+            PathBuf::from(r"C:\Users\u\AppData\Local\sdm")
+        );
+        e.local_app_data = Some(r"D:\Local".into());
+        assert_eq!(e.data_dir().unwrap(), PathBuf::from(r"D:\Local\sdm"));
+        e.sdm_home = Some(r"E:\sdm".into());
+        assert_eq!(e.data_dir().unwrap(), PathBuf::from(r"E:\sdm"));
+        // The download folder is the profile's, and no xdg-user-dirs file is read.
+        assert_eq!(
+            e.default_download_dir().unwrap(),
+            PathBuf::from(r"C:\Users\u\Downloads")
+        );
+    }
+
     #[test]
     fn no_home_is_a_clear_error() {
         let err = Env::default().data_dir().unwrap_err();
         assert!(err.to_string().contains("set HOME or SDM_HOME"));
     }
 
+    #[cfg(unix)]
     #[test]
     fn user_dirs_lines_are_read_like_xdg_user_dirs_writes_them() {
         let home = Path::new("/home/u");
@@ -341,6 +432,7 @@ mod tests {
         );
     }
 
+    #[cfg(not(any(target_os = "macos", windows)))]
     #[test]
     fn download_dir_falls_back_to_home_downloads() {
         let dir = tempfile::tempdir().unwrap();
@@ -373,6 +465,7 @@ mod tests {
         check_owner(&dir.path().join("missing")).unwrap();
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_path_owned_by_another_user_is_refused() {
         // The message says what to do; `/` belongs to root, so it is foreign to anyone else (the real-socket case,
@@ -391,6 +484,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_data_dir_anyone_may_write_to_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -405,6 +499,7 @@ mod tests {
         assert!(!data.join(LOCK_FILE).exists());
     }
 
+    #[cfg(unix)]
     #[test]
     fn log_and_lock_files_are_not_opened_through_a_link() {
         let dir = tempfile::tempdir().unwrap();
@@ -430,6 +525,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_new_data_dir_is_private() {
         let dir = tempfile::tempdir().unwrap();

@@ -23,13 +23,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{Command, ErrorCode, MAX_INCOMING_FRAME, MAX_OUTGOING_FRAME, Reply, Request};
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 
-use crate::client;
+use crate::{client, ipc};
 
 /// After failing to reach the service, answer `unavailable` at once for this long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -197,13 +195,13 @@ async fn next_service_frame(conn: &mut Option<Conn>) -> Option<Bytes> {
 
 /// A live connection to the service.
 struct Conn {
-    read: FramedRead<OwnedReadHalf, tokio_util::codec::LengthDelimitedCodec>,
+    read: FramedRead<ipc::ReadHalf, tokio_util::codec::LengthDelimitedCodec>,
     write: mpsc::UnboundedSender<Bytes>,
 }
 
 impl Conn {
-    fn new(stream: UnixStream) -> Conn {
-        let (read, write) = stream.into_split();
+    fn new(stream: ipc::Stream) -> Conn {
+        let (read, write) = ipc::split(stream);
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         tokio::spawn(async move {
             let mut sink = FramedWrite::new(write, protocol::codec::codec(MAX_INCOMING_FRAME));

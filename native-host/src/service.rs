@@ -1,5 +1,5 @@
 //! `sdm serve`: the one process per data directory that owns the [`Engine`] and answers protocol frames on a Unix
-//! socket.
+//! socket (a named pipe on Windows: [`crate::ipc`]).
 //!
 //! **Invariant:** one service per data directory. It holds an exclusive lock on `service.lock` for its whole life and
 //! only touches the socket file (removing a stale one, binding, unlinking at exit) while holding it.
@@ -15,7 +15,6 @@
 
 use std::fs::{File, TryLockError};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,14 +24,13 @@ use protocol::{
     StatusCounts, StatusResult,
 };
 use serde::Serialize;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ApiError, Engine, EngineConfig, StartError};
-use crate::paths::{self, LOCK_FILE, SOCKET_FILE};
+use crate::ipc::{self, Listener};
+use crate::paths::{self, LOCK_FILE};
 
 /// Frames queued for one connection's writer. Replies wait for room; a subscriber that falls behind skips events.
 const WRITE_QUEUE: usize = 64;
@@ -64,28 +62,32 @@ pub enum ServiceError {
 /// Run the service until SIGTERM, SIGINT or SIGHUP, then shut the engine down (state is written) and return.
 pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
     // Watch for signals first: one that came before the handlers would kill us without a shutdown.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
+    let mut signals = Signals::new().map_err(ServiceError::Signal)?;
     let dir = &config.data_dir;
     // Refuses a folder of another user's, or one anyone may write to, before anything in it is opened.
     paths::ensure_data_dir(dir)?;
     let _lock = take_lock(dir)?;
-    let socket = dir.join(SOCKET_FILE);
-    let listener = bind(&socket)?;
+    let socket = ipc::endpoint(dir);
+    let mut listener = Listener::bind(dir).map_err(|source| ServiceError::Listen {
+        path: socket.clone(),
+        source,
+    })?;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "listening");
 
     // Bound before the engine starts: a client that connects now waits in the backlog instead of failing.
-    let engine = Engine::start(EngineConfig {
+    let started = Engine::start(EngineConfig {
         data_dir: dir.clone(),
         default_download_dir: config.default_download_dir.clone(),
         crash_after_keyed_add: std::env::var_os("SDM_TEST_CRASH_AFTER_ADD").map(PathBuf::from),
     })
-    .await
-    .map_err(|e| {
-        let _ = std::fs::remove_file(&socket);
-        ServiceError::Engine(e)
-    })?;
+    .await;
+    let engine = match started {
+        Ok(engine) => engine,
+        Err(e) => {
+            listener.close();
+            return Err(ServiceError::Engine(e));
+        }
+    };
     for warning in engine.warnings() {
         tracing::warn!(%warning, "engine start-up");
     }
@@ -97,7 +99,7 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     let engine = engine.clone();
                     let control = control.clone();
                     tokio::spawn(async move {
@@ -112,16 +114,12 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            // The terminal of a foreground `sdm serve` went away: stop as cleanly as for SIGTERM.
-            _ = sighup.recv() => { tracing::info!("SIGHUP: shutting down"); break; }
+            name = signals.recv() => { tracing::info!("{name}: shutting down"); break; }
             _ = control.stop.cancelled() => { tracing::info!("asked to stop: shutting down"); break; }
         }
     }
-    drop(listener);
-    // Unlinked while the lock is still held, so a new service cannot have bound it in the meantime.
-    let _ = std::fs::remove_file(&socket);
+    // Removed while the lock is still held, so a new service cannot have bound it in the meantime.
+    listener.close();
     engine.shutdown().await;
     tracing::info!("stopped");
     Ok(())
@@ -152,36 +150,64 @@ fn take_lock(dir: &Path) -> Result<File, ServiceError> {
     Ok(file)
 }
 
-/// Bind the socket, replacing a stale file (the caller holds the lock, so no live service owns it), owner-only.
-///
-/// The socket is bound inside a fresh 0700 folder, made 0600, then renamed into place: even in a data directory
-/// that others can enter (an `$SDM_HOME` the user made), there is no moment when it is open to them. A listening
-/// socket keeps working across a rename, since clients reach it through the inode.
-fn bind(socket: &Path) -> Result<UnixListener, ServiceError> {
-    let listen_err = |source| ServiceError::Listen {
-        path: socket.to_path_buf(),
-        source,
-    };
-    let dir = socket.parent().unwrap_or(Path::new("."));
-    let private = dir.join(format!(".bind-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&private)
-        .map_err(listen_err)?;
-    let staged = private.join(SOCKET_FILE);
-    let bound = UnixListener::bind(&staged).and_then(|listener| {
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-        match std::fs::remove_file(socket) {
-            Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+/// The signals that stop the service as cleanly as `stop`: SIGTERM, SIGINT and SIGHUP (the terminal of a foreground
+/// `sdm serve` went away).
+#[cfg(unix)]
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
-        std::fs::rename(&staged, socket)?;
-        Ok(listener)
-    });
-    let _ = std::fs::remove_dir_all(&private);
-    bound.map_err(listen_err)
+    }
+}
+
+/// The console events that stop the service as cleanly as `stop`: Ctrl-C, the console closing, the system shutting
+/// down.
+#[cfg(windows)]
+struct Signals {
+    ctrl_c: tokio::signal::windows::CtrlC,
+    close: tokio::signal::windows::CtrlClose,
+    shutdown: tokio::signal::windows::CtrlShutdown,
+}
+
+#[cfg(windows)]
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::windows::{ctrl_c, ctrl_close, ctrl_shutdown};
+        Ok(Signals {
+            ctrl_c: ctrl_c()?,
+            close: ctrl_close()?,
+            shutdown: ctrl_shutdown()?,
+        })
+    }
+
+    /// The name of the next event.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.ctrl_c.recv() => "Ctrl-C",
+            _ = self.close.recv() => "console closed",
+            _ = self.shutdown.recv() => "system shutdown",
+        }
+    }
 }
 
 /// What a connection needs of the service beyond the engine: for `status` and `stop`.
@@ -194,8 +220,8 @@ struct Control {
 
 /// Read requests from one connection and answer them, until it closes. Most are answered in order; a verified `add`
 /// and `find` answer from tasks of their own.
-async fn serve_connection(engine: Engine, control: Control, stream: UnixStream) -> io::Result<()> {
-    let (read, write) = stream.into_split();
+async fn serve_connection(engine: Engine, control: Control, stream: ipc::Stream) -> io::Result<()> {
+    let (read, write) = ipc::split(stream);
     let mut frames = FramedRead::new(read, protocol::codec::codec(MAX_INCOMING_FRAME));
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
@@ -568,7 +594,7 @@ fn encode_page<P: Serialize, T>(
 fn open(engine: &Engine, id: protocol::DownloadId, folder: bool) -> Result<(), ApiError> {
     let file = engine.completed_path(id)?;
     // Followed through a link, so a link to a program counts as one.
-    let executable = std::fs::metadata(&file).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    let executable = std::fs::metadata(&file).is_ok_and(|m| is_executable(&m));
     let target = open_target(&file, folder, executable);
     if !folder && target != file {
         tracing::info!(id, "opening the folder of a file that could run");
@@ -579,10 +605,12 @@ fn open(engine: &Engine, id: protocol::DownloadId, folder: bool) -> Result<(), A
             format!("{} no longer exists", target.display()),
         ));
     }
-    let opener = if cfg!(target_os = "macos") {
-        "open"
+    let (opener, hint) = if cfg!(target_os = "macos") {
+        ("open", "")
+    } else if cfg!(windows) {
+        ("explorer", "")
     } else {
-        "xdg-open"
+        ("xdg-open", "; install xdg-utils")
     };
     let child = tokio::process::Command::new(opener)
         .arg(&target)
@@ -590,18 +618,26 @@ fn open(engine: &Engine, id: protocol::DownloadId, folder: bool) -> Result<(), A
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Io,
-                format!("cannot run {opener}: {e}; install xdg-utils"),
-            )
-        })?;
+        .map_err(|e| ApiError::new(ErrorCode::Io, format!("cannot run {opener}: {e}{hint}")))?;
     // Reap the opener when it is done; it may keep running for as long as the application it started.
     tokio::spawn(async move {
         let mut child = child;
         let _ = child.wait().await;
     });
     Ok(())
+}
+
+/// Whether the file's mode lets it run (any x bit).
+#[cfg(unix)]
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+/// Windows has no x bit: what runs is told by the extension ([`LAUNCHER_EXTENSIONS`]).
+#[cfg(windows)]
+fn is_executable(_meta: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Extensions (compared without case) of files the desktop runs when it opens them, or hands to something that

@@ -16,6 +16,7 @@
 
 mod bench;
 mod build;
+mod check;
 mod dist;
 mod run;
 mod test;
@@ -30,8 +31,12 @@ tasks:
   build [--extension-only]
                      release `sdm`, the popup (wasm) and the unpacked extension in target/extension/
                      (--extension-only: the popup and the extension, not `sdm`)
-  test [--rust-only | --browser-only]
+  test [--rust-only | --browser-only | --windows]
                      install what is missing, run `cargo test --workspace` and the browser tests
+                     (--windows: the same as `check --wine`)
+  check [--macos | --windows | --wine]
+                     cross-target checks: clippy for aarch64-apple-darwin, a build for x86_64-pc-windows-gnu
+                     (--wine: the library tests for Windows, run under wine)
   run                build, register the host, start `sdm serve`, open Chromium with the extension loaded
   bench [args]       download benchmark
   dist               release packages in target/dist/: the extension for the Chrome Web Store (zip) and
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("build") => build::run(&args[1..]).map(|_| ()),
         Some("test") => test::run(&args[1..]),
+        Some("check") => check::run_check(&args[1..]),
         Some("run") => run::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("dist") => dist::run(),

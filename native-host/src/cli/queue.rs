@@ -375,6 +375,13 @@ async fn wait_all(
         if running.is_empty() {
             return judge(&downloads);
         }
+        // An event about one of these that says it runs is older than the list (events that came while the list
+        // was read are held for us): only the poll may bring a finished download back.
+        let finished: HashSet<DownloadId> = downloads
+            .iter()
+            .filter(|d| d.status.is_finished())
+            .map(|d| d.id)
+            .collect();
         let tick = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(tick);
         while !running.is_empty() {
@@ -388,7 +395,9 @@ async fn wait_all(
             tokio::select! {
                 _ = &mut tick => break,
                 event = client.next_event() => match event? {
-                    protocol::Event::State { download } if runs(download.status) => {
+                    protocol::Event::State { download }
+                        if runs(download.status) && !finished.contains(&download.id) =>
+                    {
                         running.insert(download.id);
                     }
                     protocol::Event::State { download } => {

@@ -4,12 +4,12 @@
 //! an offset), so the rate limiters are charged in between whichever path carries it.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 
 use super::error::TransferError;
+use super::part;
 use super::splice;
 
 /// Most bytes staged at once.
@@ -59,7 +59,7 @@ impl Body {
     pub fn commit(&mut self, file: &File, at: u64, n: usize) -> std::io::Result<()> {
         match self {
             Body::Reqwest { pending, .. } => {
-                file.write_all_at(&pending[..n], at)?;
+                part::write_at(file, &pending[..n], at)?;
                 pending.advance(n);
                 if pending.is_empty() {
                     // Let go of hyper's read buffer now, not when the next chunk replaces this one: a chunk is a

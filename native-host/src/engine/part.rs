@@ -22,6 +22,31 @@ use super::dirfd::{self, Access, Dir};
 use super::error::TransferError;
 use super::filename::{self, PART_SUFFIX};
 
+/// Write all of `buf` at offset `at` of `file`, without a shared cursor: several connections write one part file.
+#[cfg(unix)]
+pub fn write_at(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, at)
+}
+
+/// Write all of `buf` at offset `at` of `file`. Windows' positional write also moves the file's cursor, which no
+/// writer of a part file uses.
+#[cfg(windows)]
+pub fn write_at(file: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_write(buf, at) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                at += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The folder of `path`, opened, and the last component of `path`.
 fn open_parent(path: &Path) -> Result<(Dir, OsString), TransferError> {
     let name = path.file_name().ok_or_else(|| {
@@ -214,6 +239,33 @@ fn sha256_of(file: &File) -> io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod write_at_tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn positional_writes_land_at_their_offsets_in_any_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f.part");
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(10).unwrap();
+        write_at(&file, b"6789", 6).unwrap();
+        write_at(&file, b"012345", 0).unwrap();
+        write_at(&file, b"AB", 10).unwrap();
+        let mut all = Vec::new();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"0123456789AB");
+    }
 }
 
 #[cfg(all(test, unix))]

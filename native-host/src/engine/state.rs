@@ -8,8 +8,9 @@
 //! A file that cannot be read is never dropped silently: it is renamed `<name>.damaged-<unix time>`, what can be
 //! recovered from it is kept, and the loader says what it did.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -208,6 +209,7 @@ pub fn save_reserved_ids(dir: &Path, until: DownloadId) -> io::Result<()> {
 }
 
 /// Create the data directory, private to the user.
+#[cfg(unix)]
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -215,6 +217,38 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
         .create(dir)?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Create the data directory; on Windows it is private through the ACL it inherits from `%LOCALAPPDATA%`.
+#[cfg(windows)]
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)
+}
+
+/// Options that create a file readable by its owner only (0600).
+#[cfg(unix)]
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
+/// Options that create a file; on Windows the data directory's ACL, inherited, keeps it private.
+#[cfg(windows)]
+fn private_file() -> OpenOptions {
+    OpenOptions::new()
+}
+
+/// Make a folder's entries durable after a rename.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Nothing to do on Windows: NTFS journals a folder's entries, and a folder cannot be flushed there.
+#[cfg(windows)]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// Load the queue. A damaged file is set aside and every download in it that still parses is kept.
@@ -439,10 +473,9 @@ pub fn rotate_history(dir: &Path, keep: usize) -> io::Result<usize> {
 pub fn append_history(dir: &Path, item: &HistoryItem) -> io::Result<()> {
     let mut line = serde_json::to_vec(item).map_err(io::Error::other)?;
     line.push(b'\n');
-    let mut f = OpenOptions::new()
+    let mut f = private_file()
         .create(true)
         .append(true)
-        .mode(0o600)
         .open(dir.join(HISTORY))?;
     f.write_all(&line)
 }
@@ -456,18 +489,17 @@ pub fn clear_history(dir: &Path) -> io::Result<()> {
 pub fn write_atomic(path: &Path, body: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = OpenOptions::new()
+        let mut f = private_file()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
             .open(&tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(())
 }
@@ -815,6 +847,7 @@ mod tests {
         assert_eq!(history_ids(dir.path()), [4, 5]);
     }
 
+    #[cfg(unix)]
     #[test]
     fn files_are_private() {
         use std::os::unix::fs::PermissionsExt;
