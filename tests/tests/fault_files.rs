@@ -15,7 +15,7 @@ use sdm_tests::harness::{STEP, Sandbox, wait_output};
 use sdm_tests::{FileSpec, TestServer};
 use serde_json::json;
 
-use crate::fault_support::give_away;
+use crate::fault_support::{Connect, add_file, give_away, wait_info};
 use crate::support::{
     add, assert_exact, bounded, complete_exact, connections_closed, names_in, until,
     wait_downloaded, wait_for, wait_status, with_engine,
@@ -318,6 +318,44 @@ async fn links_at_relay_log_and_service_lock_are_not_followed() {
         );
         assert_unchanged(&victim, keep);
         assert!(!sdm.socket().exists());
+    })
+    .await;
+}
+
+/// Links put at the service's own files in `$SDM_HOME` are never written through: a state write makes its temp
+/// file anew where the link was, and history is not appended through one (the item is lost, with a warning, rather
+/// than written elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_at_the_state_files_are_not_written_through() {
+    bounded(60, async {
+        let keep = b"keep this".as_slice();
+        let server = TestServer::start().await;
+        let file = server.serve("/state.bin", FileSpec::new(64 * 1024).seed(238));
+        let mut sdm = Sandbox::new();
+        std::fs::create_dir_all(sdm.data()).unwrap();
+        let outside = outside(&sdm);
+        let data = sdm.data();
+        let plant = |name: &str| {
+            let victim = outside.join(name);
+            std::fs::write(&victim, keep).unwrap();
+            let at = data.join(name);
+            let _ = std::fs::remove_file(&at);
+            symlink(&victim, at).unwrap();
+            victim
+        };
+        // The temp file of every state write (state.json → state.tmp).
+        let mut victims = vec![plant("state.tmp")];
+        let mut client = sdm.start_and_connect().await;
+        // After start-up, which sets aside a history it cannot read (a link to another file included).
+        victims.push(plant("history.jsonl"));
+        let id = add_file(&mut client, &file, Some(1)).await;
+        let d = wait_info(&mut client, id, 30, "finished", |d| d.status.is_finished()).await;
+        assert_eq!(d.status, Status::Completed, "{d:?}");
+        for victim in &victims {
+            assert_unchanged(victim, keep);
+        }
+        let state = std::fs::symlink_metadata(sdm.data().join("state.json")).unwrap();
+        assert!(state.is_file(), "state.json is not a file of its own");
     })
     .await;
 }

@@ -225,11 +225,11 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)
 }
 
-/// Options that create a file readable by its owner only (0600).
+/// Options that create a file readable by its owner only (0600) and never open one through a link.
 #[cfg(unix)]
 fn private_file() -> OpenOptions {
     let mut options = OpenOptions::new();
-    options.mode(0o600);
+    options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     options
 }
 
@@ -489,11 +489,12 @@ pub fn clear_history(dir: &Path) -> io::Result<()> {
 pub fn write_atomic(path: &Path, body: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = private_file()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        // A temp file left by a crash, or anything put there, goes: the new one is created where nothing is.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = private_file().write(true).create_new(true).open(&tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
     }
