@@ -125,18 +125,13 @@ impl Browser {
         }
     }
 
-    /// The browser's key in the `native_messaging` crate's table, for those it has.
+    /// The browser's key in the `native_messaging` crate's table, which is our name for it; the snap browsers are not
+    /// in the table.
     fn table_key(self) -> Option<&'static str> {
-        Some(match self {
-            Browser::Chrome => "chrome",
-            Browser::Chromium => "chromium",
-            Browser::Brave => "brave",
-            Browser::Edge => "edge",
-            Browser::Vivaldi => "vivaldi",
-            Browser::Firefox => "firefox",
-            Browser::LibreWolf => "librewolf",
-            Browser::SnapChromium | Browser::SnapFirefox => return None,
-        })
+        match self {
+            Browser::SnapChromium | Browser::SnapFirefox => None,
+            _ => Some(self.name()),
+        }
     }
 
     /// Where this browser reads the manifest, and whether that is the crate's own place for it.

@@ -398,19 +398,9 @@ impl Engine {
                 if id < core.reserved_ids {
                     return Ok(self.place(&mut core, new));
                 }
-                // Sent under the lock, so reservations reach the writer in the order they were asked for.
-                let until = id + state::ID_BLOCK;
-                let written = self.inner.disk.reserve_ids(until);
-                async move { written.await.map(|()| until) }
+                self.reserve_block(id)
             };
-            let until = reserved.await.map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Io,
-                    format!("cannot write to the data directory: {e}"),
-                )
-            })?;
-            let mut core = lock(&self.inner.core);
-            core.reserved_ids = core.reserved_ids.max(until);
+            reserved.await?;
         }
     }
 
@@ -476,6 +466,27 @@ impl Engine {
         Ok(results)
     }
 
+    /// Reserve on disk the block of ids from `next_id`. Called under the lock, so reservations reach the writer in the
+    /// order they were asked for; the future waits for the write, then lets the queue use the block.
+    fn reserve_block(
+        &self,
+        next_id: DownloadId,
+    ) -> impl Future<Output = Result<(), ApiError>> + use<'_> {
+        let until = next_id + state::ID_BLOCK;
+        let written = self.inner.disk.reserve_ids(until);
+        async move {
+            written.await.map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Io,
+                    format!("cannot write to the data directory: {e}"),
+                )
+            })?;
+            let mut core = lock(&self.inner.core);
+            core.reserved_ids = core.reserved_ids.max(until);
+            Ok(())
+        }
+    }
+
     /// [`Engine::insert`] for a batch: ids for all of it are reserved on disk first, then every item goes in under
     /// one lock, so no checkpoint writes half a batch.
     async fn insert_batch(
@@ -509,19 +520,9 @@ impl Engine {
                         .collect();
                     return Ok(results);
                 }
-                // Sent under the lock, so reservations reach the writer in the order they were asked for.
-                let until = core.next_id + state::ID_BLOCK;
-                let written = self.inner.disk.reserve_ids(until);
-                async move { written.await.map(|()| until) }
+                self.reserve_block(core.next_id)
             };
-            let until = reserved.await.map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Io,
-                    format!("cannot write to the data directory: {e}"),
-                )
-            })?;
-            let mut core = lock(&self.inner.core);
-            core.reserved_ids = core.reserved_ids.max(until);
+            reserved.await?;
         }
     }
 }
