@@ -560,44 +560,37 @@ mod tests {
         assert_eq!(s.downloads, vec![record(1), record(2)]);
     }
 
-    #[test]
-    fn client_keys_are_kept_and_older_records_without_one_still_load() {
+    /// `set` (a record with an optional field set) and a record without it round-trip; the field is left out of the
+    /// file when unset, so files older than the field still load.
+    fn an_optional_field_round_trips(set: DownloadRecord, field: &str, written: serde_json::Value) {
         let dir = tempfile::tempdir().unwrap();
-        let keyed = DownloadRecord {
-            client_key: Some("capture-7".into()),
-            ..record(7)
-        };
-        save_state(dir.path(), 9, &[keyed.clone(), record(8)]).unwrap();
+        let plain = record(set.id + 1);
+        save_state(dir.path(), 9, &[set.clone(), plain.clone()]).unwrap();
         let text: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.path().join(STATE)).unwrap()).unwrap();
-        assert_eq!(text["downloads"][0]["client_key"], "capture-7");
-        assert!(text["downloads"][1].get("client_key").is_none());
+        assert_eq!(text["downloads"][0][field], written);
+        assert!(text["downloads"][1].get(field).is_none());
         let mut w = vec![];
-        assert_eq!(
-            load_state(dir.path(), &mut w).downloads,
-            vec![keyed, record(8)]
-        );
+        assert_eq!(load_state(dir.path(), &mut w).downloads, vec![set, plain]);
         assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
+    fn client_keys_are_kept_and_older_records_without_one_still_load() {
+        let keyed = DownloadRecord {
+            client_key: Some("capture-7".into()),
+            ..record(7)
+        };
+        an_optional_field_round_trips(keyed, "client_key", "capture-7".into());
+    }
+
+    #[test]
     fn queue_ranks_are_kept_and_older_records_without_one_still_load() {
-        let dir = tempfile::tempdir().unwrap();
         let ranked = DownloadRecord {
             rank: Some(0),
             ..record(4)
         };
-        save_state(dir.path(), 9, &[ranked.clone(), record(5)]).unwrap();
-        let text: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.path().join(STATE)).unwrap()).unwrap();
-        assert_eq!(text["downloads"][0]["rank"], 0);
-        assert!(text["downloads"][1].get("rank").is_none());
-        let mut w = vec![];
-        assert_eq!(
-            load_state(dir.path(), &mut w).downloads,
-            vec![ranked, record(5)]
-        );
-        assert!(w.is_empty(), "{w:?}");
+        an_optional_field_round_trips(ranked, "rank", 0.into());
     }
 
     #[test]
