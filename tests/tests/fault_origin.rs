@@ -110,6 +110,19 @@ fn origin(server: &TestServer) -> String {
     format!("http://{}", server.addr())
 }
 
+/// `sdm get` of `a`'s `/r` (a redirect to `file`) over 4 connections on the given body path, with the caller's
+/// credentials given for `a`'s origin; the file ends exact, probed and fetched in ranges.
+async fn get_through_redirect(a: &TestServer, file: &ServedFile, splice: bool) {
+    let dir = tempdir();
+    let mut s = spec(&a.url("/r"), dir.path());
+    s.threads = 4;
+    s.splice = splice;
+    s.headers = caller_headers(&origin(a));
+    let path = get(s).await.expect("the download succeeds");
+    assert_exact(&path, file);
+    assert_probed_and_ranged(file);
+}
+
 /// The reproduction of the issue: a redirect to another port on the same host. Neither the probe nor any ranged
 /// request takes the secrets there, over the splice path or reqwest; the origin got them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,16 +133,7 @@ async fn credentials_do_not_follow_a_redirect_to_another_port_on_either_body_pat
             let (a, b) = (TestServer::start().await, TestServer::start().await);
             let file = b.serve("/f.bin", FileSpec::new(4 * MIB).seed(151).etag());
             a.redirect("/r", file.url());
-            let dir = tempdir();
-            let mut s = spec(&a.url("/r"), dir.path());
-            s.threads = 4;
-            s.splice = splice;
-            s.headers = caller_headers(&origin(&a));
-
-            let path = get(s).await.expect("the download succeeds");
-
-            assert_exact(&path, &file);
-            assert_probed_and_ranged(&file);
+            get_through_redirect(&a, &file, splice).await;
             assert_no_secrets(&b.requests(), "the other port", &origin(&a));
             assert_all_secrets(&a.requests(), "the origin", &origin(&a));
         }
@@ -172,16 +176,7 @@ async fn a_redirect_within_the_origin_keeps_the_credentials() {
             let a = TestServer::start().await;
             let file = a.serve("/f.bin", FileSpec::new(4 * MIB).seed(153).etag());
             a.redirect("/r", "/f.bin");
-            let dir = tempdir();
-            let mut s = spec(&a.url("/r"), dir.path());
-            s.threads = 4;
-            s.splice = splice;
-            s.headers = caller_headers(&origin(&a));
-
-            let path = get(s).await.expect("the download succeeds");
-
-            assert_exact(&path, &file);
-            assert_probed_and_ranged(&file);
+            get_through_redirect(&a, &file, splice).await;
             assert_all_secrets(&a.requests(), "the origin", &origin(&a));
         }
     })
