@@ -187,13 +187,13 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// The Debian packages a mode needs, as (command that proves it is there, package).
 fn needed(mode: Mode) -> Vec<(&'static str, &'static str)> {
-    let mut v = vec![("nginx", "nginx-light")];
+    // openssl makes the https listener's certificate, which the smoke's https row needs too.
+    let mut v = vec![("nginx", "nginx-light"), ("openssl", "openssl")];
     if mode != Mode::Smoke {
         v.extend([
             ("aria2c", "aria2"),
             ("axel", "axel"),
             ("curl", "curl"),
-            ("openssl", "openssl"),
             ("ip", "iproute2"),
             ("tc", "iproute2"),
             ("/usr/bin/time", "time"),
