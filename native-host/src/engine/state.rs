@@ -646,18 +646,7 @@ mod tests {
     #[test]
     fn truncated_history_keeps_good_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let item = HistoryItem {
-            id: 1,
-            url: "u".into(),
-            filename: "f".into(),
-            path: "/p".into(),
-            status: Status::Completed,
-            total: Some(1),
-            downloaded: 1,
-            error: None,
-            created_at: 0,
-            finished_at: 1,
-        };
+        let item = item(1);
         append_history(dir.path(), &item).unwrap();
         let mut f = OpenOptions::new()
             .append(true)
