@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use protocol::{DownloadId, ErrorCode, MoveTo, Status, validate};
 
-use super::entry::{Readdress, Restart};
+use super::entry::{Entry, Readdress, Restart};
 use super::plan::{Live, Plan};
 use super::queue::{ApiError, Core, Engine, lock};
 use super::{probe, transfer};
@@ -17,9 +17,16 @@ use super::{probe, transfer};
 impl Core {
     /// Every download's id in the queue's order.
     pub(super) fn ordered(&self) -> Vec<DownloadId> {
+        self.ordered_where(|_| true)
+    }
+
+    /// The ids of the downloads `keep` picks, in the queue's order: the scheduler sorts only what may run, not the
+    /// whole list, each time the queue changes.
+    pub(super) fn ordered_where(&self, keep: impl Fn(&Entry) -> bool) -> Vec<DownloadId> {
         let mut ids: Vec<(Option<u64>, DownloadId)> = self
             .downloads
             .values()
+            .filter(|e| keep(e))
             .map(|e| (e.rec.rank, e.rec.id))
             .collect();
         // `None` sorts before `Some`; ranked ones come first, so order by "has no rank" first.

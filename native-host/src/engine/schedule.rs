@@ -32,7 +32,8 @@ impl Engine {
             return;
         }
         let max = core.settings.max_concurrent as usize;
-        let order = core.ordered();
+        let order =
+            core.ordered_where(|e| matches!(e.rec.status, Status::Queued | Status::Downloading));
         let running: Vec<DownloadId> = order
             .iter()
             .copied()
