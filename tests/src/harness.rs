@@ -347,25 +347,60 @@ pub fn is_sdm_service(pid: u32) -> bool {
 
 /// Wait for a child to exit (killing it and failing at the deadline) and collect its output.
 pub fn wait_output(mut child: Child, limit: Duration) -> Output {
-    wait_exit(&mut child, limit);
-    child.wait_with_output().expect("collect output")
+    // Read both pipes while the child runs: a child that writes more than a pipe holds would otherwise block on its
+    // write and never exit.
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    let status = exit_by(&mut child, limit);
+    let collect = |reader: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        reader.map_or_else(Vec::new, |r| r.join().expect("pipe reader"))
+    };
+    let (stdout, stderr) = (collect(stdout), collect(stderr));
+    let Some(status) = status else {
+        panic!(
+            "process did not finish in {limit:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Everything `pipe` gives until its end, read on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
 }
 
 /// Wait for a child to exit, killing it (and failing, with its stderr when that was piped) at the deadline.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    if let Some(status) = exit_by(child, limit) {
+        return status;
+    }
+    let mut stderr = String::new();
+    if let Some(pipe) = &mut child.stderr {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    panic!("process did not finish in {limit:?}; stderr: {stderr}");
+}
+
+/// The child's exit status, or `None` once it was killed at the deadline.
+fn exit_by(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("poll child") {
-            return status;
+            return Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            let mut stderr = String::new();
-            if let Some(pipe) = &mut child.stderr {
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            panic!("process did not finish in {limit:?}; stderr: {stderr}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -461,5 +496,24 @@ impl Relay {
     /// Wait for the relay to exit by itself.
     pub fn wait(mut self) -> ExitStatus {
         wait_exit(&mut self.child.0, STEP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that writes more than a pipe holds (64 KiB on Linux) before it exits must not hang the harness.
+    #[test]
+    fn output_larger_than_a_pipe_is_collected() {
+        let child = Command::new("head")
+            .args(["-c", "1000000", "/dev/zero"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start head");
+        let out = wait_output(child, STEP);
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), 1_000_000);
     }
 }
