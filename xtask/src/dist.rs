@@ -223,7 +223,7 @@ fn write_tarball(path: &Path, top: &str, sdm: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The repository's `LICENSE*` files; when it has none, one `LICENSE` naming the workspace's licence.
+/// The repository's `LICENSE*` files (the MIT and Apache-2.0 texts); a tarball without them is refused.
 fn licence_files(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(root)? {
@@ -239,23 +239,9 @@ fn licence_files(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     }
     files.sort();
     if files.is_empty() {
-        let spdx = workspace_licence(root)?;
-        files.push((
-            "LICENSE".to_owned(),
-            format!("SDM is licensed under {spdx} (SPDX), at your option.\n").into_bytes(),
-        ));
+        bail!("{} has no LICENSE* file to ship", root.display());
     }
     Ok(files)
-}
-
-/// `license = "..."` of the workspace's `[workspace.package]`.
-fn workspace_licence(root: &Path) -> Result<String> {
-    let toml = std::fs::read_to_string(root.join("Cargo.toml"))?;
-    toml.lines()
-        .find_map(|l| l.trim().strip_prefix("license = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .map(str::to_owned)
-        .context("the workspace Cargo.toml names no license")
 }
 
 /// `web-ext lint` on the xpi's contents: errors fail the task; warnings are printed.
