@@ -20,10 +20,13 @@ function show() {
   api.action.setBadgeText({ text: n > 0 ? String(n) : "" }).catch(() => {});
 }
 
+/** Show a notification; never throws (a browser without the API, or a refusal, only logs). */
 export function notify(id, title, message) {
-  Promise.resolve(
-    api.notifications.create(id, { type: "basic", iconUrl: api.runtime.getURL("icons/128.png"), title, message }),
-  ).catch((e) => console.warn("SDM: notification failed:", e));
+  Promise.resolve()
+    .then(() =>
+      api.notifications.create(id, { type: "basic", iconUrl: api.runtime.getURL("icons/128.png"), title, message }),
+    )
+    .catch((e) => console.warn("SDM: notification failed:", e));
 }
 
 /** Rebuild from a full `list` (paged by the caller). */

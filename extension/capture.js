@@ -11,8 +11,15 @@
 // Firefox: `downloads.pause` cancels the request there and `resume` needs partial data, so the browser's download
 // keeps running while SDM verifies; once SDM has it, the browser's copy is cancelled and its file removed (or, when
 // the browser finished first, SDM drops its own).
+//
+// A download of the file a failed SDM download was fetching (the same name and size) is not handed over at once: it
+// becomes an *offer*, saved in its capture record, which the popup shows on the failed row. "Use it" gives the failed
+// download this address and these headers (`set_url`), resumes it, and drops the browser's copy; "Download
+// separately" hands it over as any capture. An offer nobody answers within RECORD_MAX_AGE_MS, or one left by a
+// worker that stopped, is handed over as any capture, so the download is never lost.
 
 import { api } from "./api.js";
+import { notify } from "./badge.js";
 import { HostError, onConnect, request } from "./host.js";
 import {
   addHeaders,
@@ -33,6 +40,8 @@ const INSTANCE_KEY = "instance";
 const CAPTURE_PREFIX = "capture/";
 /** A record whose download the browser has not listed again by then is dropped. */
 const RECORD_MAX_AGE_MS = 10 * 60_000;
+/** Downloads per `list` page when looking for a failed download. */
+const LIST_PAGE = 1000;
 /** How soon a settling pass that could not find a recorded download looks again. */
 const SETTLE_AGAIN_MS = 2_000;
 /** How long each step may take. Exported so the unit tests can shorten them. */
@@ -54,6 +63,8 @@ let settings = { ...DEFAULT_CAPTURE };
 let instance = null;
 /** Keys of the captures this worker is handing over right now; settling skips them. */
 const inFlight = new Set();
+/** Capture key → the offer this worker holds: `{rec, expiry, busy}`. */
+const offers = new Map();
 /** URL → the last capture of it under way, so captures of one URL take turns. */
 const byUrl = new Map();
 /** Download id → resolvers waiting for Chromium to choose that download's file name. */
@@ -129,10 +140,15 @@ async function captureRecords() {
   }
 }
 
-const noteCapture = (key, item, paused) =>
-  api.storage.local.set({
-    [recordKey(key)]: { key, id: item.id, url: item.url, startTime: item.startTime, paused, at: Date.now() },
-  });
+const captureRecord = (key, item, paused) => ({
+  key,
+  id: item.id,
+  url: item.url,
+  startTime: item.startTime,
+  paused,
+  at: Date.now(),
+});
+const noteCapture = (key, item, paused) => api.storage.local.set({ [recordKey(key)]: captureRecord(key, item, paused) });
 const forgetCapture = (key) => api.storage.local.remove(recordKey(key)).catch(() => {});
 
 /** The browser's download a record names, in this session's ids: the same URL and start time, else (a session
@@ -269,7 +285,13 @@ async function captureChromium(item, url, key) {
   try {
     await noteCapture(key, item, true);
     const filename = await chosenName(item);
-    taken = await handOver(await buildAdd({ ...item, filename }, url, key));
+    const add = await buildAdd({ ...item, filename }, url, key);
+    const failed = await failedMatch({ ...item, filename });
+    if (failed) {
+      await makeOffer(captureRecord(key, item, true), failed, add);
+      return;
+    }
+    taken = await handOver(add);
   } catch (e) {
     console.warn(`SDM: could not hand download ${item.id} over (${e.message}); the browser continues it`);
   }
@@ -294,9 +316,142 @@ async function captureFirefox(item, url, key) {
     return;
   }
   await noteCapture(key, item, false);
-  const taken = await handOver(await buildAdd(sized, url, key));
+  const add = await buildAdd(sized, url, key);
+  const failed = await failedMatch(sized);
+  if (failed) {
+    await makeOffer(captureRecord(key, item, false), failed, add);
+    return;
+  }
+  const taken = await handOver(add);
   if (taken !== null) await keepOneCopy(await current(item.id), taken);
   await forgetCapture(key);
+}
+
+// --- offers: the browser started the file a failed SDM download was fetching --------------------------------------
+
+/** The failed SDM download of the file `item` is (the same name and the same known size), if any. The host not
+ * answering means no offer: the capture goes on as usual. */
+async function failedMatch(item) {
+  const name = basename(item.filename);
+  const size = knownSize(item);
+  if (!name || size === 0) return null;
+  try {
+    for (let offset = 0; ; ) {
+      const page = await request("list", { offset, limit: LIST_PAGE });
+      const found = page.downloads.find((d) => d.status === "failed" && d.filename === name && d.total === size);
+      if (found) return found;
+      offset += page.downloads.length;
+      if (page.downloads.length === 0 || offset >= page.total) return null;
+    }
+  } catch (e) {
+    console.info(`SDM: cannot look for a failed download of ${name} (${e.message})`);
+    return null;
+  }
+}
+
+/** Hold the browser's download as an offer to the failed download `failed`: saved in its capture record (which
+ * the popup reads), told by a notification, and handed over as any capture when nobody answers in time. */
+async function makeOffer(rec, failed, add) {
+  const offer = { failedId: failed.id, name: failed.filename, add };
+  const withOffer = { ...rec, offer };
+  await api.storage.local.set({ [recordKey(rec.key)]: withOffer });
+  // Unanswered in time (an answer under way counts as one): an ordinary capture. Should that fail, the record is
+  // left to the settling pass.
+  const expire = () => {
+    const held = offers.get(rec.key);
+    if (held?.busy) {
+      // Should that answer fail, the offer still expires.
+      held.expiry = setTimeout(expire, SETTLE_AGAIN_MS);
+      return;
+    }
+    answerOffer(rec.key, "separate").catch(() => {
+      offers.delete(rec.key);
+      inFlight.delete(rec.key);
+      settle().catch(() => {});
+    });
+  };
+  const expiry = setTimeout(expire, RECORD_MAX_AGE_MS);
+  offers.set(rec.key, { rec: withOffer, expiry, busy: false });
+  inFlight.add(rec.key);
+  notify(`sdm-offer-${failed.id}`, "Download failed in SDM started again", `${failed.filename}: open SDM to use the browser's address`);
+}
+
+/**
+ * The popup's answer to an offer: "use" (the failed download takes the browser's address and headers; with
+ * "restart" even when it serves another file) or "separate" (a capture as any other). Resolves when done; rejects
+ * with the host's error (a `conflict` when the address serves another file), the offer kept for another answer.
+ */
+export async function answerOffer(key, answer) {
+  const held = offers.get(key);
+  if (!held) throw new HostError("not_found", "this offer is gone: the browser's download was handled already");
+  if (held.busy) throw new HostError("invalid_state", "this offer is being answered already");
+  held.busy = true;
+  try {
+    if (answer === "separate") await handOverOffer(held.rec);
+    else await useOffer(held.rec, answer === "restart");
+    clearTimeout(held.expiry);
+    offers.delete(key);
+    inFlight.delete(key);
+  } finally {
+    held.busy = false;
+  }
+}
+
+/** "Use it": the failed download goes on from the browser's address, with the browser's headers; the browser's
+ * copy goes once SDM has accepted the address. */
+async function useOffer(rec, restart) {
+  const { failedId, add } = rec.offer;
+  const fields = { download_id: failedId, url: add.url, headers: add.headers };
+  if (restart) fields.restart = true;
+  await request("set_url", fields, timing.addMs);
+  await request("resume", { download_id: failedId }).catch((e) => console.warn(`SDM: cannot resume ${failedId}:`, e));
+  const now = await recordedItem(rec);
+  if (now) await dropBrowserCopy(now.id);
+  await forgetCapture(rec.key);
+}
+
+/** An offer handed over as any capture: SDM takes it as a new download, or the browser goes on with it. */
+async function handOverOffer(rec) {
+  const taken = await handOver(rec.offer.add);
+  const now = await recordedItem(rec);
+  if (taken !== null) await keepOneCopy(now, taken);
+  else if (now && rec.paused) await api.downloads.resume(now.id).catch(() => {});
+  await forgetCapture(rec.key);
+}
+
+/** An offer a stopped worker left: when the failed download already has the offered address, it was used and only
+ * the browser's copy is left to drop; otherwise it is handed over as any capture. */
+async function settleOffer(rec) {
+  let used = false;
+  try {
+    used = (await findDownload(rec.offer.failedId))?.url === rec.offer.add.url;
+  } catch {
+    // The host cannot say: handing over tells the same (a lost host leaves the download with the browser).
+  }
+  if (!used) return handOverOffer(rec);
+  const item = await recordedItem(rec);
+  if (item) await dropBrowserCopy(item.id);
+  await forgetCapture(rec.key);
+}
+
+/** SDM's download `id`, `null` when the queue has none. */
+async function findDownload(id) {
+  for (let offset = 0; ; ) {
+    const page = await request("list", { offset, limit: LIST_PAGE });
+    const found = page.downloads.find((d) => d.id === id);
+    if (found) return found;
+    offset += page.downloads.length;
+    if (page.downloads.length === 0 || offset >= page.total) return null;
+  }
+}
+
+function onMessage(msg, _sender, reply) {
+  if (msg?.type !== "sdm-offer") return false;
+  answerOffer(String(msg.key), msg.answer)
+    .then(() => reply({ ok: true }))
+    .catch((e) => reply({ ok: false, code: e.code ?? "internal", message: e.message ?? String(e) }));
+  // The answer comes later: keep the channel open.
+  return true;
 }
 
 /** SDM has download `taken` of the browser's download `item`: drop the browser's copy, or, when the browser already
@@ -330,7 +485,8 @@ async function onCreated(item) {
   try {
     await mine;
   } finally {
-    inFlight.delete(key);
+    // An offer stays in flight until it is answered (see answerOffer).
+    if (!offers.has(key)) inFlight.delete(key);
     if (byUrl.get(url) === turn) byUrl.delete(url);
   }
 }
@@ -352,6 +508,10 @@ async function settleOnce() {
   await loaded;
   for (const rec of await captureRecords()) {
     if (inFlight.has(rec.key)) continue;
+    if (rec.offer) {
+      await settleOffer(rec).catch((e) => console.warn(`SDM: settling the offer ${rec.key} failed:`, e));
+      continue;
+    }
     let taken = null;
     try {
       const found = await findByKey(rec.key);
@@ -384,6 +544,7 @@ export function initCapture() {
     api.webRequest.onBeforeSendHeaders.addListener(rememberRequest, filter, ["requestHeaders"]);
   }
   api.downloads.onChanged?.addListener(onChanged);
+  api.runtime.onMessage?.addListener(onMessage);
   // The browser ignores the returned promise; the unit tests await it.
   api.downloads.onCreated.addListener((item) =>
     onCreated(item).catch((e) => console.warn("SDM: capture failed:", e)),

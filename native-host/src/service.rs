@@ -448,13 +448,17 @@ pub async fn dispatch(engine: &Engine, id: u64, command: Command) -> Vec<u8> {
             download_id,
             url,
             restart,
-        } => result(
-            id,
-            engine
-                .set_url(download_id, &url, restart)
-                .await
-                .map(|()| &empty),
-        ),
+            headers,
+            referrer,
+        } => {
+            let to = crate::engine::NewAddress {
+                url,
+                restart,
+                headers,
+                referrer,
+            };
+            result(id, engine.set_url(download_id, to).await.map(|()| &empty))
+        }
         Command::Move { download_id, to } => {
             result(id, engine.move_to(download_id, to).map(|()| &empty))
         }

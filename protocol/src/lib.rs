@@ -120,13 +120,20 @@ pub enum Command {
     /// A new address for a download (its link expired or failed). The bytes it has are kept when the new address
     /// serves the same file (same size, and the same ETag and Last-Modified where both sides give one); otherwise
     /// the answer is a `conflict` error, unless `restart`, which starts over from byte 0 at the new address.
+    /// `headers` (and `referrer`, as in `add`), when given, replace the download's saved headers from now on, the
+    /// probe of the new address included: a link the browser started again comes with its own cookies.
     SetUrl {
         download_id: DownloadId,
         url: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         restart: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        headers: Option<BTreeMap<String, String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        referrer: Option<String>,
     },
-    /// Move a download in the queue's order, which is the order `list` returns and queued downloads start in.
+    /// Move a download in the queue's order, which is the order `list` returns and queued downloads start in: to the
+    /// top or bottom, or up or down past the next download that may still go on (finished ones are passed over).
     Move {
         download_id: DownloadId,
         to: MoveTo,

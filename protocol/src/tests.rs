@@ -255,6 +255,8 @@ fn queue_operations_have_their_wire_shape() {
                 download_id: 3,
                 url: "http://x/a".into(),
                 restart: false,
+                headers: None,
+                referrer: None,
             },
         ),
         (
@@ -263,6 +265,19 @@ fn queue_operations_have_their_wire_shape() {
                 download_id: 3,
                 url: "http://x/a".into(),
                 restart: true,
+                headers: None,
+                referrer: None,
+            },
+        ),
+        (
+            json!({"id": 1, "cmd": "set_url", "download_id": 3, "url": "http://x/a",
+                   "headers": {"Cookie": "k=v"}, "referrer": "http://x/"}),
+            Command::SetUrl {
+                download_id: 3,
+                url: "http://x/a".into(),
+                restart: false,
+                headers: Some(BTreeMap::from([("Cookie".into(), "k=v".into())])),
+                referrer: Some("http://x/".into()),
             },
         ),
         (

@@ -154,6 +154,31 @@ pub fn referrer(text: &str) -> Result<url::Url, Invalid> {
     url::Url::parse(text.trim()).map_err(|e| Invalid(format!("referrer is not a URL: {e}")))
 }
 
+/// The headers a request carries, as they will be sent: at most [`MAX_HEADERS`], each a valid [`header`], and the
+/// `referrer` (when given and not empty, a valid [`referrer`]) added as `Referer` unless one is among them; then all of
+/// them together within [`MAX_HEADERS_LEN`]. `add` and `set_url` take their headers through this.
+pub fn request_headers(
+    headers: impl IntoIterator<Item = (String, String)>,
+    referrer: Option<&str>,
+) -> Result<Vec<(String, String)>, Invalid> {
+    let mut headers: Vec<(String, String)> = headers.into_iter().collect();
+    header_count(headers.len())?;
+    if let Some(r) = referrer.filter(|r| !r.is_empty()) {
+        self::referrer(r)?;
+        if !headers
+            .iter()
+            .any(|(k, _)| k.trim().eq_ignore_ascii_case("referer"))
+        {
+            headers.push(("Referer".into(), r.to_owned()));
+        }
+    }
+    for (name, value) in &headers {
+        header(name, value)?;
+    }
+    headers_len(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    Ok(headers)
+}
+
 /// Where downloads may not go on one platform: folders refused with everything below them, and folders below
 /// those that are allowed again. The root folder is always refused.
 #[derive(Debug, Clone, Copy)]
@@ -340,6 +365,32 @@ mod tests {
             assert!(err.0.contains("header"), "{name:?}: {value:?}: {err}");
         }
         assert!(header(&"a".repeat(MAX_HEADER_NAME_LEN + 1), "v").is_err());
+    }
+
+    #[test]
+    fn request_headers_add_the_referrer_unless_one_is_there_and_check_every_header() {
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ok = request_headers(h(&[("Cookie", "a=1")]), Some("http://x/page")).unwrap();
+        assert_eq!(ok, h(&[("Cookie", "a=1"), ("Referer", "http://x/page")]));
+        let kept = request_headers(h(&[("referer", "http://y/")]), Some("http://x/")).unwrap();
+        assert_eq!(
+            kept,
+            h(&[("referer", "http://y/")]),
+            "the header wins over the field"
+        );
+        assert_eq!(request_headers(h(&[]), Some("")).unwrap(), h(&[]));
+        assert!(request_headers(h(&[("Bad Name", "v")]), None).is_err());
+        assert!(request_headers(h(&[("Cookie", "a\r\nX: y")]), None).is_err());
+        assert!(request_headers(h(&[]), Some("not a url")).is_err());
+        let many: Vec<(String, String)> = (0..=MAX_HEADERS)
+            .map(|i| (format!("X-{i}"), "v".into()))
+            .collect();
+        assert!(request_headers(many, None).is_err());
     }
 
     #[test]

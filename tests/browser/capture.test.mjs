@@ -361,6 +361,118 @@ for (const kind of KINDS) {
       });
     }
 
+    test("a failed download's file started again in the browser: another size is captured, the same is offered", { timeout: 300_000 }, async () => {
+      const c = await sdm();
+      const name = `expired-${kind}.bin`;
+      const size = 3 * MIB;
+      /** The browser's items for `url`. */
+      const itemsOf = (url) =>
+        b.evalInExtension(
+          async (api, u) =>
+            (await api.downloads.search({}))
+              .filter((i) => i.url === u || i.finalUrl === u)
+              .map(({ id, state, paused, filename }) => ({ id, state, paused, filename })),
+          url,
+        );
+      // The extension page of evalInExtension is the popup itself: its rows, and the worker's records in storage.
+      const offerShown = (downloadId) =>
+        b.evalInExtension((_api, i) => {
+          const offer = document.querySelector(`li.row[data-id="${i}"] .offer`);
+          return offer && !offer.hidden ? offer.textContent.replace(/\s+/g, " ").trim() : null;
+        }, downloadId);
+      const offerRecords = () =>
+        b.evalInExtension(async (api) =>
+          Object.values(await api.storage.local.get(null))
+            .filter((r) => r?.offer)
+            .map((r) => ({ failedId: r.offer.failedId, url: r.offer.add.url })),
+        );
+      const answer = (downloadId, what) =>
+        b.evalInExtension((_api, [i, w]) => {
+          document.querySelector(`li.row[data-id="${i}"] [data-offer="${w}"]`).click();
+          return true;
+        }, [downloadId, what]);
+      const statusOf = async (downloadId) => (await c.list()).find((d) => d.id === downloadId)?.status;
+
+      // SDM has part of the file when its signed link expires: the download fails (410) with its bytes kept.
+      const old = server.file(name, { size, rate: 256 * KIB });
+      const { id } = await c.request("add", { url: old.url("A"), threads: 1, retries: 0 });
+      await c.waitForDownload("some bytes", (d) => d.id === id && d.downloaded >= 256 * KIB, { timeoutMs: 30_000 });
+      await c.request("pause", { download_id: id });
+      await c.waitForDownload("the pause", (d) => d.id === id && d.status === "paused");
+      old.expire();
+      await c.request("resume", { download_id: id });
+      const failed = await c.waitForDownload("the download to fail at the expired link", (d) => d.id === id && FINAL.has(d.status), { timeoutMs: 30_000 });
+      assert.equal(failed.status, "failed", JSON.stringify(failed));
+      assert.equal(failed.filename, name);
+      assert.ok(failed.downloaded > 0, "the failed download kept its bytes");
+
+      // Another size under the same name: not that file, so an ordinary capture and no offer.
+      const resized = server.file(name, { size: 2 * MIB, rate: RATE });
+      const pa = await clickOn(b, linkPage(resized.path));
+      const taken = await c.waitForDownload("SDM to take the other size as a new download", (d) => d.url === resized.url("A") && FINAL.has(d.status), { timeoutMs: 60_000 });
+      assert.equal(taken.status, "completed");
+      assert.equal(sha256File(taken.path), resized.sha256);
+      await waitFor("the browser's copy of the other size to be erased", async () => (await itemsOf(resized.url("A"))).length === 0);
+      assert.deepEqual(await offerRecords(), [], "no offer for a file of another size");
+      assert.equal(await offerShown(id), null);
+      assert.equal(await statusOf(id), "failed", "the failed download is left alone");
+      await pa.close();
+
+      // The same file from a new link behind a cookie: offered on the failed row, nothing handed over yet.
+      const started = async (label) => {
+        const cookie = `${label}=${token()}`;
+        const f = server.file(name, { size, rate: 256 * KIB, cookie });
+        const page = await clickOn(b, linkPage(f.path, { cookies: [`${cookie}; Path=/; SameSite=Lax`] }));
+        await waitFor(`the popup to offer the address of ${label}`, async () => /use its address/.test((await offerShown(id)) ?? ""), {
+          timeoutMs: 30_000,
+        }).catch(async (e) => {
+          const popup = await b.evalInExtension(() => ({
+            rows: [...document.querySelectorAll("li.row")].map((r) => `${r.dataset.id}:${r.dataset.status}`),
+            summary: document.querySelector("#summary")?.textContent,
+            notice: document.querySelector("#notice")?.textContent,
+          }));
+          const seen = { popup, records: await offerRecords(), browser: await itemsOf(f.url("A")), sdm: await c.list() };
+          throw new Error(`${e.message}\n${JSON.stringify(seen).slice(0, 3000)}`);
+        });
+        assert.deepEqual(await offerRecords(), [{ failedId: id, url: f.url("A") }]);
+        if (kind === "chromium") assert.ok((await itemsOf(f.url("A"))).every((i) => i.paused), "Chromium's copy waits, paused");
+        assert.deepEqual(server.requestsFor(f.path).filter((r) => r.who === "sdm"), [], "SDM asked nothing yet");
+        return { f, cookie, page };
+      };
+      const gone = async (f) => {
+        await waitFor("the offer to go", async () => (await offerRecords()).length === 0 && (await offerShown(id)) === null);
+        await waitFor("the browser's copy to be erased", async () => (await itemsOf(f.url("A"))).length === 0, { timeoutMs: 30_000 });
+      };
+
+      // "Download separately": an ordinary capture, a new download; the failed one stays as it was.
+      const separate = await started("separate");
+      await answer(id, "separate");
+      const own = await c.waitForDownload("the separate download", (d) => d.url === separate.f.url("A") && FINAL.has(d.status), { timeoutMs: 90_000 });
+      assert.notEqual(own.id, id);
+      assert.equal(own.status, "completed");
+      assert.equal(sha256File(own.path), separate.f.sha256);
+      await gone(separate.f);
+      assert.equal(await statusOf(id), "failed");
+      await separate.page.close();
+
+      // "Use it": the failed download goes on from its bytes at the new link, with the browser's cookie.
+      const use = await started("use");
+      await answer(id, "use");
+      const done = await c.waitForDownload("the failed download to complete from the new link", (d) => d.id === id && d.status === "completed", { timeoutMs: 90_000 });
+      assert.equal(done.url, use.f.url("A"));
+      assert.equal(sha256File(done.path), use.f.sha256);
+      await gone(use.f);
+      const asked = server.requestsFor(use.f.path).filter((r) => r.who === "sdm");
+      console.log(`#   ${kind}: "Use it": SDM asked ${asked.map(brief).join(", ")}`);
+      assert.ok(asked.some((r) => r.ranged), "SDM fetched the rest");
+      for (const r of asked) {
+        assert.ok(cookiesOf(r).includes(use.cookie), `SDM's ${brief(r)} carried the browser's cookie`);
+        assert.ok(r.method === "HEAD" || !/^bytes=0-/.test(r.headers.range ?? "bytes=0-"), `SDM's ${brief(r)} asked from byte 0`);
+      }
+      assert.ok(!listDir(browserDir).some((n) => n.startsWith(`expired-${kind}`)), `the browser's folder: ${listDir(browserDir)}`);
+      await use.page.close();
+    });
+
     test("two captures of one URL at once: one copy", { timeout: 150_000 }, async () => {
       const f = server.file("twice.bin", { size: 3 * MIB, rate: 256 * KIB });
       const pageUrl = linkPage(f.path);

@@ -24,6 +24,7 @@ import {
   sha256File,
   startFileServer,
   startService,
+  startStack,
   stopServicesOf,
   tempDir,
   waitFor,
@@ -49,23 +50,15 @@ const browserDownloads = (worker, url) =>
 describe("with the host registered and the service running", { timeout: 300_000 }, () => {
   let files, home, downloads, profile, svc, client, browser;
 
+  let stack;
+
   before(async () => {
-    files = await startFileServer();
-    home = tempDir("home");
-    downloads = tempDir("downloads");
-    profile = tempDir("profile");
-    registerHost(profile);
-    svc = await startService(home);
-    client = svc.client;
-    await client.request("set_settings", { settings: { download_dir: downloads } });
-    browser = await launchBrowser({ userDataDir: profile, home });
+    stack = await startStack();
+    ({ files, home, downloads, profile, svc, client, browser } = stack);
   });
 
   after(async () => {
-    await browser?.context.close().catch(() => {});
-    await svc?.stop();
-    await files?.close();
-    await stopServicesOf(home);
+    await stack?.close();
   });
 
   test("the extension loads with the id the host allows and its worker reaches the host", async () => {

@@ -6,16 +6,7 @@ import fs from "node:fs";
 import { createRequire } from "node:module";
 import { after, before, describe, test } from "node:test";
 
-import {
-  launchBrowser,
-  openPopup,
-  registerHost,
-  startFileServer,
-  startService,
-  stopServicesOf,
-  tempDir,
-  waitFor,
-} from "./support.mjs";
+import { openPopup, startStack, waitFor } from "./support.mjs";
 
 const MIB = 1024 * 1024;
 const KIB = 1024;
@@ -39,23 +30,15 @@ async function accessibilityFindings(page) {
 describe("popup: commands on the whole queue", { timeout: 180_000 }, () => {
   let files, home, downloads, profile, svc, client, browser;
 
+  let stack;
+
   before(async () => {
-    files = await startFileServer();
-    home = tempDir("home");
-    downloads = tempDir("downloads");
-    profile = tempDir("profile");
-    registerHost(profile);
-    svc = await startService(home);
-    client = svc.client;
-    await client.request("set_settings", { settings: { download_dir: downloads } });
-    browser = await launchBrowser({ userDataDir: profile, home });
+    stack = await startStack();
+    ({ files, home, downloads, profile, svc, client, browser } = stack);
   });
 
   after(async () => {
-    await browser?.context.close().catch(() => {});
-    await svc?.stop();
-    await files?.close();
-    await stopServicesOf(home);
+    await stack?.close();
   });
 
   /** The statuses of the downloads of `urls`, as the service has them. */
@@ -157,14 +140,27 @@ describe("popup: commands on the whole queue", { timeout: 180_000 }, () => {
     assert.equal(changed.threads, 2);
 
     const order = async () => (await client.list()).map((d) => d.id);
+    // The rows of downloads that may still go on, top to bottom, as the popup shows them.
+    const shownOrder = () =>
+      page
+        .locator('li.row:not([data-status="completed"]):not([data-status="failed"]):not([data-status="cancelled"])')
+        .evaluateAll((rows) => rows.map((r) => Number(r.dataset.id)));
     assert.deepEqual((await order()).slice(-2), [id, second]);
+    assert.deepEqual(await shownOrder(), [id, second], "rows follow the queue, not newest first");
     const secondRow = page.locator(`li.row[data-id="${second}"]`);
     await secondRow.locator("summary").click();
     await secondRow.getByRole("button", { name: "Move to top" }).click();
     await noticeSays(page, /Moved in the queue/);
     assert.equal((await order())[0], second);
-    await secondRow.getByRole("button", { name: "Move down" }).click();
-    await waitFor("the move down", async () => (await order()).indexOf(second) === 1);
+    assert.deepEqual(await shownOrder(), [second, id], "the row moved to the top");
+    // The menu stays open and its button keeps the focus, so the keyboard can go on moving the row.
+    assert.equal(await page.evaluate(() => document.activeElement?.textContent), "Move to top");
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Tab");
+    await page.keyboard.press("Enter");
+    // Down passes over the cancelled downloads of the test before, which wait for nothing.
+    await waitFor("the move down", async () => (await order()).indexOf(second) > (await order()).indexOf(id));
+    await waitFor("the row to move down", async () => JSON.stringify(await shownOrder()) === JSON.stringify([id, second]));
 
     await client.request("pause_all");
     await page.close();
@@ -205,10 +201,14 @@ describe("popup: commands on the whole queue", { timeout: 180_000 }, () => {
   });
 
   test("every tab of the popup passes axe-core with no serious or critical finding", async () => {
-    await client.request("add", { url: files.url("files", "axe-row.bin", 8 * MIB, 64 * KIB), threads: 1 });
+    const { id } = await client.request("add", { url: files.url("files", "axe-row.bin", 8 * MIB, 64 * KIB), threads: 1 });
+    // The worker's record of an offer for that row (as capture.js writes it), so the offer is checked too.
+    const offer = { key: "axe-offer", offer: { failedId: id, name: "axe-row.bin", add: { url: "http://127.0.0.1:9/x" } } };
+    await browser.worker.evaluate((o) => chrome.storage.local.set({ "capture/axe-offer": o }), offer);
     const page = await openPopup(browser.context, browser.id);
     await page.locator("#offline").waitFor({ state: "hidden" });
     await page.locator("li.row").first().waitFor({ timeout: 10_000 });
+    await page.locator(`li.row[data-id="${id}"] .offer`).getByRole("button", { name: "Use it" }).waitFor({ timeout: 10_000 });
     // With a row's menu open, so its fields and buttons are checked too.
     await page.locator('li.row:not([data-status="completed"]):not([data-status="cancelled"]) summary').first().click();
     for (const tab of ["Downloads", "History", "Settings"]) {
@@ -217,6 +217,9 @@ describe("popup: commands on the whole queue", { timeout: 180_000 }, () => {
       const findings = await accessibilityFindings(page);
       assert.deepEqual(findings, [], `${tab} tab`);
     }
+    await browser.worker.evaluate(() => chrome.storage.local.remove("capture/axe-offer"));
+    await page.getByRole("tab", { name: "Downloads" }).click();
+    await page.locator(`li.row[data-id="${id}"] .offer`).waitFor({ state: "hidden", timeout: 10_000 });
     await client.request("pause_all");
     await page.close();
   });

@@ -473,6 +473,34 @@ export async function openPopup(context, id) {
   return page;
 }
 
+/**
+ * What the popup and end-to-end suites start from: the file server, a service with its own SDM_HOME saving into a
+ * fresh download folder, and Chromium with the extension on a fresh profile with the host registered. Returns
+ * `{files, home, downloads, profile, svc, client, browser, close()}`; `close` stops all of it, and a start that fails
+ * half-way stops what it had started.
+ */
+export async function startStack() {
+  const s = { home: tempDir("home"), downloads: tempDir("downloads"), profile: tempDir("profile") };
+  s.close = async () => {
+    await s.browser?.context.close().catch(() => {});
+    await s.svc?.stop();
+    await s.files?.close();
+    await stopServicesOf(s.home);
+  };
+  try {
+    s.files = await startFileServer();
+    registerHost(s.profile);
+    s.svc = await startService(s.home);
+    s.client = s.svc.client;
+    await s.client.request("set_settings", { settings: { download_dir: s.downloads } });
+    s.browser = await launchBrowser({ userDataDir: s.profile, home: s.home });
+    return s;
+  } catch (e) {
+    await s.close().catch(() => {});
+    throw e;
+  }
+}
+
 /** Stop the processes whose environment names `home` as SDM_HOME (a service the relay started detached), and
  * wait until they are gone, so nothing writes into `home` after the test. */
 export async function stopServicesOf(home) {

@@ -73,7 +73,7 @@ export function clientProgram(clientPort, serverPort) {
 /**
  * Start the server. Returns:
  *   A, B              the two sites' origins
- *   file(name, opts)  register a file; returns {path, name, size, body, sha256, url(site)}:
+ *   file(name, opts)  register a file; returns {path, name, size, body, sha256, url(site), expire()}:
  *       size          bytes (deterministic content of `name`, see support.content)
  *       rate          bytes per second per response (throttled), optional
  *       disposition   "always" (default), "get" (GET only, HEAD without it) or "none"
@@ -160,7 +160,13 @@ export async function startTriggerServer() {
     const p = `/f/${id()}/${encodeURIComponent(opts.urlName ?? name)}`;
     let gets = 0;
     let othersDelayed = false;
+    let expired = false;
     routes.set(p, (req, res, entry) => {
+      if (expired) {
+        res.writeHead(410, HTML);
+        res.end("<!doctype html><title>gone</title>This link has expired.");
+        return;
+      }
       const methods = opts.methods ?? ["GET", "HEAD"];
       if (!methods.includes(req.method)) {
         res.writeHead(405, { Allow: methods.join(", ") });
@@ -212,6 +218,10 @@ export async function startTriggerServer() {
       body,
       sha256: sha256(body),
       url: (site = "A") => `${at(site)}${p}`,
+      /** From now on every request gets 410 Gone, as an expired signed link does. */
+      expire: () => {
+        expired = true;
+      },
     };
   }
 

@@ -20,6 +20,11 @@ const storage = new Map();
 const namesChosen = new Map();
 /** What downloads.search answers for an id, when a test sets it. */
 let searchResult = null;
+/** The downloads the fake host lists (a failed one makes an offer), and how it answers `set_url`. */
+let listed = [];
+let setUrlAnswer = "ok";
+/** Every request the fake host got other than add and find, in order. */
+const sent = [];
 
 const event = (name) => ({ addListener: (fn) => (listeners[name] ??= []).push(fn) });
 const record = (name) => async (arg) => {
@@ -30,7 +35,14 @@ function answer(msg) {
   if (msg.cmd === "find") {
     return { id: msg.id, ok: true, result: { download: known.get(msg.client_key) ?? null } };
   }
-  if (msg.cmd !== "add") return { id: msg.id, ok: true, result: {} };
+  if (msg.cmd === "list") return { id: msg.id, ok: true, result: { downloads: listed, total: listed.length } };
+  if (msg.cmd !== "add") {
+    sent.push(msg);
+    if (msg.cmd === "set_url" && setUrlAnswer === "conflict" && !msg.restart) {
+      return { id: msg.id, ok: false, error: { code: "conflict", message: "the new address serves another file" } };
+    }
+    return { id: msg.id, ok: true, result: {} };
+  }
   lastAdd = msg;
   switch (hostMode) {
     case "refuse":
@@ -131,7 +143,7 @@ Object.defineProperty(globalThis, "navigator", {
   },
 });
 
-const { initCapture, settle, timing } = await import("../../extension/capture.js");
+const { answerOffer, initCapture, settle, timing } = await import("../../extension/capture.js");
 const host = await import("../../extension/host.js");
 timing.findMs = 300;
 timing.nameMs = 300;
@@ -162,6 +174,9 @@ beforeEach(() => {
   lastAdd = null;
   navigatorThrows = false;
   known.clear();
+  listed = [];
+  setUrlAnswer = "ok";
+  sent.length = 0;
 });
 
 test("a verified add cancels and erases the browser's download, with the headers the browser sent", async () => {
@@ -300,4 +315,69 @@ test("small, private, blob:, data: and POST downloads are not touched", async ()
     await created(it);
   }
   assert.deepEqual(calls, []);
+});
+
+/** The offers standing in storage: `[key, record]`. */
+const offersLeft = () => [...storage.entries()].filter(([k, v]) => k.startsWith("capture/") && v.offer);
+const failedIso = { id: 40, status: "failed", filename: "big.iso", total: 5_000_000, url: "https://old.example/big.iso" };
+
+test("the file of a failed download is offered, not handed over; Use it gives that download the address and headers", async () => {
+  listed = [failedIso];
+  listeners.sendHeaders({
+    url: "https://h.example/offer.iso",
+    method: "GET",
+    requestHeaders: [{ name: "Cookie", value: "fresh=1" }],
+  });
+  const it = item({ id: 30, url: "https://h.example/offer.iso", totalBytes: 5_000_000 });
+  searchResult = (id) => ({ ...it, id });
+  await created(it);
+  assert.deepEqual(names(), ["pause"], "the browser's copy waits, paused");
+  assert.equal(lastAdd, null, "nothing handed over");
+  const [[key, rec]] = offersLeft();
+  assert.equal(rec.offer.failedId, 40);
+
+  setUrlAnswer = "conflict";
+  await assert.rejects(answerOffer(rec.key, "use"), (e) => e.code === "conflict");
+  assert.equal(offersLeft().length, 1, "a refused answer keeps the offer");
+  assert.deepEqual(names(), ["pause"]);
+  await answerOffer(rec.key, "restart");
+  searchResult = null;
+  assert.deepEqual(
+    sent.map(({ cmd, download_id, url, restart, headers }) => ({ cmd, download_id, url, restart, cookie: headers?.Cookie })),
+    [
+      { cmd: "set_url", download_id: 40, url: "https://h.example/offer.iso", restart: undefined, cookie: "fresh=1" },
+      { cmd: "set_url", download_id: 40, url: "https://h.example/offer.iso", restart: true, cookie: "fresh=1" },
+      { cmd: "resume", download_id: 40, url: undefined, restart: undefined, cookie: undefined },
+    ],
+  );
+  assert.deepEqual(names(), ["pause", "cancel", "erase"]);
+  assert.ok(!storage.has(key), "the answered offer is gone");
+});
+
+test("Download separately, another size, and an offer a stopped worker left: each is an ordinary capture", async () => {
+  listed = [failedIso];
+  const it = item({ id: 31, url: "https://h.example/separate.iso", totalBytes: 5_000_000 });
+  searchResult = (id) => ({ ...it, id });
+  await created(it);
+  const [[, rec]] = offersLeft();
+  await answerOffer(rec.key, "separate");
+  assert.equal(lastAdd.url, "https://h.example/separate.iso");
+  assert.deepEqual(names(), ["pause", "cancel", "erase"]);
+  assert.deepEqual(offersLeft(), []);
+
+  calls.length = 0;
+  await created(item({ id: 32, url: "https://h.example/resized.iso", totalBytes: 4_000_000 }));
+  assert.equal(lastAdd.url, "https://h.example/resized.iso", "another size is no offer");
+  assert.deepEqual(names(), ["pause", "cancel", "erase"]);
+
+  calls.length = 0;
+  lastAdd = null;
+  const left = { ...rec, key: "k-offer-left", id: 33, offer: { ...rec.offer, add: { ...rec.offer.add, client_key: "k-offer-left" } } };
+  storage.set("capture/k-offer-left", left);
+  searchResult = (id) => ({ ...it, id, url: left.url, startTime: left.startTime });
+  await settle();
+  searchResult = null;
+  assert.equal(lastAdd?.client_key, "k-offer-left", "handed over with its own key");
+  assert.deepEqual(names(), ["cancel", "erase"]);
+  assert.deepEqual(offersLeft(), []);
 });

@@ -1,11 +1,14 @@
 //! Issue 19: commands on downloads already in the queue (`update`, `set_url`, `move`, `pause_all`, `resume_all`,
 //! `clear_finished`), through the real engine against a real server.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use protocol::{AddRequest, DownloadId, ErrorCode, MoveTo, PageRequest, SettingsPatch, Status};
-use sdm::engine::Engine;
+use protocol::{
+    AddRequest, DownloadId, ErrorCode, Event, MoveTo, PageRequest, SettingsPatch, Status,
+};
+use sdm::engine::{Engine, NewAddress};
 use sdm_tests::{FileSpec, ServedFile, TestServer};
 
 use crate::support::{
@@ -57,6 +60,15 @@ async fn add_capped(engine: &Engine, file: &ServedFile, limit: u64) -> DownloadI
         .await
         .expect("add is accepted")
         .id
+}
+
+/// A `set_url` to `url` that keeps the saved headers.
+fn to(url: &str, restart: bool) -> NewAddress {
+    NewAddress {
+        url: url.to_owned(),
+        restart,
+        ..NewAddress::default()
+    }
 }
 
 /// Add `file` and pause it once `bytes` are down; returns its id once it shows as paused with its connections closed.
@@ -200,7 +212,7 @@ async fn set_url_keeps_the_partial_file_when_the_new_address_serves_the_same_fil
         let new = server.serve("/fresh.bin", spec);
 
         engine
-            .set_url(id, new.url(), false)
+            .set_url(id, to(new.url(), false))
             .await
             .expect("the same file at the new address is accepted");
         let info = engine.get(id).unwrap();
@@ -237,7 +249,7 @@ async fn set_url_on_a_running_download_goes_on_at_the_new_address() {
         let id = add(engine, &old, Some(2)).await;
         wait_downloaded(engine, id, MIB).await;
         engine
-            .set_url(id, new.url(), false)
+            .set_url(id, to(new.url(), false))
             .await
             .expect("the same file at the new address is accepted");
         let switched_at = Instant::now();
@@ -263,7 +275,7 @@ async fn set_url_refuses_another_file_with_conflict_unless_told_to_restart() {
 
         for other in [&other_content, &other_size] {
             let err = engine
-                .set_url(id, other.url(), false)
+                .set_url(id, to(other.url(), false))
                 .await
                 .expect_err("another file is refused");
             assert_eq!(err.code, ErrorCode::Conflict, "{err:?}");
@@ -278,11 +290,14 @@ async fn set_url_refuses_another_file_with_conflict_unless_told_to_restart() {
                 other.gets()
             );
         }
-        let err = engine.set_url(id, "ftp://x/y", false).await.unwrap_err();
+        let err = engine
+            .set_url(id, to("ftp://x/y", false))
+            .await
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
 
         engine
-            .set_url(id, other_content.url(), true)
+            .set_url(id, to(other_content.url(), true))
             .await
             .expect("restart takes the other file");
         assert_eq!(
@@ -299,6 +314,132 @@ async fn set_url_refuses_another_file_with_conflict_unless_told_to_restart() {
                 .any(|r| r.range_start().is_none_or(|s| s == 0)),
             "the restart never asked for byte 0"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_url_with_headers_sends_them_to_the_new_address_from_then_on() {
+    with_engine(60, async |_root, engine| {
+        let server = TestServer::start().await;
+        let spec = FileSpec::new(4 * MIB).seed(199).etag().rate(MIB);
+        let old = server.serve("/expired-link.bin", spec.clone());
+        let id = paused_at(engine, &old, MIB).await;
+        let kept = engine.get(id).unwrap().downloaded;
+        // The browser started the file again from a new link, which needs the new session's cookie.
+        let new = server.serve("/signed.bin", spec.require_cookie("session=fresh"));
+        let before = engine.get(id).unwrap();
+
+        let err = engine
+            .set_url(id, to(new.url(), false))
+            .await
+            .expect_err("without the cookie the new address answers 403");
+        assert_eq!(err.code, ErrorCode::FetchFailed, "{err:?}");
+        let bad = NewAddress {
+            headers: Some(BTreeMap::from([("Cookie".into(), "a\r\nX-Evil: 1".into())])),
+            ..to(new.url(), false)
+        };
+        let err = engine
+            .set_url(id, bad)
+            .await
+            .expect_err("a bad header is refused");
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+        assert_eq!(
+            engine.get(id).unwrap(),
+            before,
+            "a refused set_url changed the download"
+        );
+
+        let with_cookie = NewAddress {
+            headers: Some(BTreeMap::from([
+                ("Cookie".into(), "session=fresh".into()),
+                ("User-Agent".into(), "browser/1".into()),
+            ])),
+            referrer: Some(format!("{}/page", server.url(""))),
+            ..to(new.url(), false)
+        };
+        let accepted_from = Instant::now();
+        engine
+            .set_url(id, with_cookie)
+            .await
+            .expect("the same file, reached with the cookie");
+        assert_eq!(
+            engine.get(id).unwrap().downloaded,
+            kept,
+            "the bytes already down are kept"
+        );
+        engine.resume(id).expect("resume is accepted");
+        complete_exact(engine, id, &new).await;
+        // The refused attempt asked for byte 0 without the cookie; from the accepted one on, nothing is fetched
+        // again and every request carries what the browser sent.
+        let asked: Vec<_> = new
+            .requests()
+            .into_iter()
+            .filter(|r| r.at >= accepted_from)
+            .collect();
+        assert!(!asked.is_empty());
+        for r in &asked {
+            assert!(
+                r.method != "GET" || r.range_start().is_some_and(|s| s > 0),
+                "a request from byte 0: {r:?}"
+            );
+            assert_eq!(r.header("cookie"), Some("session=fresh"), "{r:?}");
+            assert_eq!(r.header("user-agent"), Some("browser/1"), "{r:?}");
+            assert!(
+                r.header("referer").is_some_and(|v| v.ends_with("/page")),
+                "{r:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_download_shows_a_speed_in_its_first_progress_past_the_resume_point() {
+    with_engine(60, async |_root, engine| {
+        let server = TestServer::start().await;
+        let file = server.serve(
+            "/resumed.bin",
+            FileSpec::new(8 * MIB).seed(216).etag().rate(MIB),
+        );
+        let id = paused_at(engine, &file, 2 * MIB).await;
+        let kept = engine.get(id).unwrap().downloaded;
+        let mut events = engine.subscribe();
+        engine.resume(id).expect("resume is accepted");
+        // The first progress event that carries bytes beyond the resume point, and `list` right after it.
+        let first = loop {
+            match events.recv().await.expect("the engine's events go on") {
+                Event::Progress { downloads } => {
+                    if let Some(p) = downloads
+                        .into_iter()
+                        .find(|p| p.id == id && p.downloaded > kept)
+                    {
+                        break p;
+                    }
+                }
+                _ => continue,
+            }
+        };
+        let listed = engine
+            .list(PageRequest::default())
+            .downloads
+            .into_iter()
+            .find(|d| d.id == id)
+            .expect("listed");
+        assert!(
+            first.speed > 0,
+            "the first progress past {kept} bytes ({} bytes) shows 0 B/s",
+            first.downloaded
+        );
+        assert!(
+            first.eta.is_some(),
+            "no time left with bytes moving: {first:?}"
+        );
+        assert!(
+            listed.speed > 0 || listed.status != Status::Downloading,
+            "list shows 0 B/s after progress: {listed:?}"
+        );
+        complete_exact(engine, id, &file).await;
     })
     .await;
 }
@@ -368,6 +509,36 @@ async fn move_sets_the_order_queued_downloads_start_in_and_it_survives_a_restart
         wait_status(&engine, d, Status::Downloading).await;
         assert_eq!(engine.get(c).unwrap().status, Status::Queued);
         stop(engine).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_up_or_down_passes_over_finished_downloads() {
+    with_engine(60, async |_root, engine| {
+        let server = TestServer::start().await;
+        let small = server.serve("/between.bin", FileSpec::new(64 * KIB).seed(217));
+        let slow = server.serve(
+            "/first.bin",
+            FileSpec::new(8 * MIB).seed(218).rate(256 * KIB),
+        );
+        let other = server.serve(
+            "/last.bin",
+            FileSpec::new(8 * MIB).seed(219).rate(256 * KIB),
+        );
+        let a = add(engine, &slow, Some(1)).await;
+        let done = add(engine, &small, Some(1)).await;
+        complete_exact(engine, done, &small).await;
+        let b = add(engine, &other, Some(1)).await;
+        assert_eq!(order(engine), [a, done, b]);
+        // Up past the completed download, which does not wait in the queue: b now goes before a.
+        engine.move_to(b, MoveTo::Up).unwrap();
+        assert_eq!(order(engine), [b, a, done]);
+        engine.move_to(a, MoveTo::Down).unwrap();
+        assert_eq!(order(engine), [b, a, done], "nothing that waits is below a");
+        engine.move_to(b, MoveTo::Down).unwrap();
+        assert_eq!(order(engine), [a, b, done]);
+        engine.pause_all();
     })
     .await;
 }

@@ -22,6 +22,7 @@ use crate::dom::{self, by_id, input, set_attr, set_hidden};
 use crate::forms::RowForm;
 use crate::host::Host;
 use crate::model::{Change, Model};
+use crate::offers::{self, Answer, Offer, Refused};
 use crate::prefs;
 use crate::view_state;
 
@@ -199,6 +200,12 @@ pub enum Message {
     NotifyLoaded(bool),
     /// A row's "More" menu, with what was typed in it.
     RowOp(DownloadId, RowOp, RowForm),
+    /// The worker's offers standing now (read from extension storage).
+    OffersLoaded(Vec<Offer>),
+    /// An answer to the offer shown on a failed download's row.
+    Offer(DownloadId, Answer),
+    /// What the worker did with that answer.
+    OfferAnswered(DownloadId, Answer, Result<(), Refused>),
     /// Move through history by this many pages.
     HistoryPage(i64),
     ClearHistory,
@@ -240,8 +247,10 @@ pub struct App {
     /// History changed while its tab was hidden: reload when shown.
     history_stale: bool,
     first_row_marked: bool,
-    /// Rows of ids below this are not built yet (see [`App::render_chunk`]); `None` when every row is built.
-    pending_below: Option<DownloadId>,
+    /// Failed download → the key of the worker's offer of a browser download's address for it.
+    offers: HashMap<DownloadId, String>,
+    /// The rows not built yet, in the order they are shown (see [`App::render_chunk`]); empty when every row is.
+    unbuilt: VecDeque<DownloadId>,
     render_scheduled: bool,
 }
 
@@ -296,12 +305,15 @@ pub fn start() {
         history_total: 0,
         history_stale: true,
         first_row_marked: false,
-        pending_below: None,
+        unbuilt: VecDeque::new(),
+        offers: HashMap::new(),
         render_scheduled: false,
     };
     APP.with(|a| *a.borrow_mut() = Some(app));
     wire(&doc);
     prefs::load_notify(|on| dispatch(Message::NotifyLoaded(on)));
+    offers::load(|list| dispatch(Message::OffersLoaded(list)));
+    offers::watch(|| offers::load(|list| dispatch(Message::OffersLoaded(list))));
     dispatch(Message::Connect);
 }
 
@@ -383,6 +395,26 @@ fn wire(doc: &Document) {
         };
         if let (Some(op), Some(id)) = (op, id) {
             dispatch(Message::RowOp(id, op, form));
+        }
+    });
+    dom::listen(&by_id(doc, "downloads"), "click", |e| {
+        let Some(target) = e.target().and_then(|t| t.dyn_into::<Element>().ok()) else {
+            return;
+        };
+        let Some(button) = target.closest("button[data-offer]").ok().flatten() else {
+            return;
+        };
+        let answer = button
+            .get_attribute("data-offer")
+            .and_then(|a| Answer::parse(&a));
+        let id = button
+            .closest("li[data-id]")
+            .ok()
+            .flatten()
+            .and_then(|li| li.get_attribute("data-id"))
+            .and_then(|id| id.parse().ok());
+        if let (Some(answer), Some(id)) = (answer, id) {
+            dispatch(Message::Offer(id, answer));
         }
     });
     for bulk in Bulk::ALL {
@@ -467,6 +499,24 @@ impl App {
                     Err(e) => self.notice(&e),
                 }
             }
+            Message::OffersLoaded(list) => {
+                self.offers = list.into_iter().map(|o| (o.download_id, o.key)).collect();
+                for &id in self.rows.keys() {
+                    self.show_offer(id);
+                }
+            }
+            Message::Offer(id, answer) => match self.offers.get(&id) {
+                Some(key) => {
+                    self.notice("Asking the browser's download…");
+                    offers::answer(key, answer, move |r| {
+                        dispatch(Message::OfferAnswered(id, answer, r))
+                    });
+                }
+                None => {
+                    self.notice("That offer is gone: the browser's download was handled already")
+                }
+            },
+            Message::OfferAnswered(id, answer, result) => self.offer_answered(id, answer, result),
             Message::HistoryPage(delta) => {
                 let offset = self.history_offset as i64 + delta * HISTORY_PAGE as i64;
                 if offset >= 0 && (offset as usize) < self.history_total.max(1) {
@@ -610,8 +660,14 @@ impl App {
                     RowOp::Update => "Changed",
                     RowOp::Move(_) => "Moved in the queue",
                 };
-                if matches!(op, RowOp::SetUrl { .. }) {
-                    self.offer_restart(id, false);
+                match op {
+                    RowOp::SetUrl { .. } => self.offer_restart(id, false),
+                    // The host gives no event for a move: its order changes here the same way.
+                    RowOp::Move(to) => {
+                        self.model.move_to(id, to);
+                        self.place_row(id);
+                    }
+                    RowOp::Update => {}
                 }
                 self.notice(said);
             }
@@ -744,6 +800,43 @@ impl App {
             dom::child(&row.li, ".m-url").dyn_into::<web_sys::HtmlInputElement>()
         {
             url.set_value("");
+        }
+    }
+
+    /// Show or hide the offer on download `id`'s row, as the worker's offers stand.
+    fn show_offer(&self, id: DownloadId) {
+        let Some(row) = self.rows.get(&id) else {
+            return;
+        };
+        let offered = self.offers.contains_key(&id);
+        set_hidden(&dom::child(&row.li, ".offer"), !offered);
+        if !offered {
+            set_hidden(&dom::child(&row.li, ".o-restart"), true);
+        }
+    }
+
+    fn offer_answered(&self, id: DownloadId, answer: Answer, result: Result<(), Refused>) {
+        match result {
+            Ok(()) => self.notice(match answer {
+                Answer::Use => "Using the browser's address; the bytes already down are kept",
+                Answer::Restart => "Using the browser's address; starting over",
+                Answer::Separate => "The browser's download goes to SDM as a download of its own",
+            }),
+            // Another file at the browser's address: offer to start over there, as Refresh address does.
+            Err(r) if r.code == "conflict" => {
+                if let Some(row) = self.rows.get(&id) {
+                    let button = dom::child(&row.li, ".o-restart");
+                    set_hidden(&button, false);
+                    if let Some(b) = button.dyn_ref::<web_sys::HtmlElement>() {
+                        let _ = b.focus();
+                    }
+                }
+                self.notice(&format!(
+                    "{}. Press Start over to download it from the start.",
+                    r.message
+                ));
+            }
+            Err(r) => self.notice(&r.message),
         }
     }
 

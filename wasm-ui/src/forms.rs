@@ -65,6 +65,8 @@ impl RowForm {
             download_id,
             url: url.to_owned(),
             restart,
+            headers: None,
+            referrer: None,
         })
     }
 
@@ -351,6 +353,8 @@ mod tests {
                 download_id: 7,
                 url: "https://mirror.example/f.iso".into(),
                 restart: false,
+                headers: None,
+                referrer: None,
             }
         );
         assert_eq!(

@@ -7,6 +7,7 @@
 //! - [`view_state`]: small view text from numbers (pure).
 //! - [`host`]: the popup's own native messaging port to the host.
 //! - [`prefs`]: this browser's own preferences in extension storage (notifications on or off).
+//! - [`offers`]: the service worker's offers of a browser download's address for a failed download, and answers.
 //! - [`dom`]: a few web-sys helpers.
 //! - [`app`]: the state, the `Message` enum and the one `update` match that drives the page; its `rows` module builds
 //!   and updates the downloads list, its `panels` module reads and fills the add form, history and settings.
@@ -20,6 +21,7 @@ pub mod format;
 pub mod forms;
 pub mod host;
 pub mod model;
+pub mod offers;
 pub mod prefs;
 pub mod view_state;
 

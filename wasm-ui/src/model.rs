@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::{DownloadId, DownloadInfo, Event, Progress, Status};
+use protocol::{DownloadId, DownloadInfo, Event, MoveTo, Progress, Status};
 
 use crate::format;
 
@@ -17,10 +17,17 @@ pub enum Change {
     Removed(DownloadId),
 }
 
-/// The downloads the host knows, by id.
+/// The downloads the host knows, by id, and the queue's order.
+///
+/// Rows are shown in [`Model::shown_order`]: downloads that may still go on (queued, running, paused) in the queue's
+/// order, the order they start in and `move` changes; then finished ones (completed, failed, cancelled), newest
+/// first.
 #[derive(Debug, Default)]
 pub struct Model {
     pub downloads: BTreeMap<DownloadId, DownloadInfo>,
+    /// Every id in the queue's order, as `list` gave it. A new download joins at the bottom, as the host puts it; a
+    /// `move` the host accepted is applied here the way the host applies it.
+    order: Vec<DownloadId>,
 }
 
 impl Model {
@@ -28,10 +35,56 @@ impl Model {
     pub fn load(&mut self, page: Vec<DownloadInfo>, append: bool) {
         if !append {
             self.downloads.clear();
+            self.order.clear();
         }
         for d in page {
-            self.downloads.insert(d.id, d);
+            if self.downloads.insert(d.id, d.clone()).is_none() {
+                self.order.push(d.id);
+            }
         }
+    }
+
+    /// The host moved download `id` (its answer to `move` was ok): the same move in this copy of the order.
+    pub fn move_to(&mut self, id: DownloadId, to: MoveTo) {
+        let Some(from) = self.order.iter().position(|&d| d == id) else {
+            return;
+        };
+        // As the host does it: up or down past the next download that may still go on.
+        let waits = |d: &DownloadId| !self.shows_finished(*d);
+        let last = self.order.len() - 1;
+        let dest = match to {
+            MoveTo::Top => 0,
+            MoveTo::Bottom => last,
+            MoveTo::Up => self.order[..from].iter().rposition(waits).unwrap_or(from),
+            MoveTo::Down => self.order[from + 1..]
+                .iter()
+                .position(waits)
+                .map_or(from, |i| from + 1 + i),
+        };
+        let moved = self.order.remove(from);
+        self.order.insert(dest, moved);
+    }
+
+    /// Every id in the order rows are shown: downloads that may still go on in the queue's order, then finished
+    /// ones newest first.
+    pub fn shown_order(&self) -> Vec<DownloadId> {
+        let (mut finished, going): (Vec<DownloadId>, Vec<DownloadId>) = self
+            .order
+            .iter()
+            .copied()
+            .filter(|id| self.downloads.contains_key(id))
+            .partition(|id| self.downloads[id].status.is_finished());
+        finished.sort_unstable_by(|a, b| b.cmp(a));
+        let mut ids = going;
+        ids.extend(finished);
+        ids
+    }
+
+    /// Whether `id` shows among the finished rows (it moves there when it ends).
+    pub fn shows_finished(&self, id: DownloadId) -> bool {
+        self.downloads
+            .get(&id)
+            .is_some_and(|d| d.status.is_finished())
     }
 
     /// Fold one pushed event into the list. Events about settings or history change nothing here.
@@ -42,11 +95,20 @@ impl Model {
                 .filter_map(|p| self.apply_progress(p).then_some(Change::Upsert(p.id)))
                 .collect(),
             Event::State { download } => {
-                self.downloads.insert(download.id, download.clone());
+                if self
+                    .downloads
+                    .insert(download.id, download.clone())
+                    .is_none()
+                {
+                    self.order.push(download.id);
+                }
                 vec![Change::Upsert(download.id)]
             }
             Event::Removed { id } => match self.downloads.remove(id) {
-                Some(_) => vec![Change::Removed(*id)],
+                Some(_) => {
+                    self.order.retain(|d| d != id);
+                    vec![Change::Removed(*id)]
+                }
                 None => Vec::new(),
             },
             Event::Settings { .. } | Event::History { .. } => Vec::new(),
@@ -79,11 +141,6 @@ impl Model {
             .values()
             .filter(|d| d.status == Status::Downloading)
             .count()
-    }
-
-    /// The id of the row that should follow `id` on screen (rows are newest first), if any.
-    pub fn next_older(&self, id: DownloadId) -> Option<DownloadId> {
-        self.downloads.range(..id).next_back().map(|(k, _)| *k)
     }
 }
 
@@ -230,15 +287,44 @@ mod tests {
     }
 
     #[test]
-    fn next_older_finds_the_row_to_insert_before() {
+    fn rows_follow_the_queue_then_finished_ones_newest_first() {
         let mut m = Model::default();
+        // `list` gives the queue's order, which `move` may have made anything but by id.
         m.load(
-            vec![info(2, Status::Queued), info(7, Status::Queued)],
+            vec![
+                info(4, Status::Queued),
+                info(2, Status::Completed),
+                info(1, Status::Downloading),
+                info(3, Status::Failed),
+                info(5, Status::Paused),
+            ],
             false,
         );
-        assert_eq!(m.next_older(5), Some(2));
-        assert_eq!(m.next_older(9), Some(7));
-        assert_eq!(m.next_older(1), None);
+        assert_eq!(m.shown_order(), vec![4, 1, 5, 3, 2]);
+        m.move_to(5, MoveTo::Top);
+        assert_eq!(m.shown_order(), vec![5, 4, 1, 3, 2]);
+        // The queue is [5, 4, 2, 1, 3]: down passes over the completed 2, as the host does, so the row moves.
+        m.move_to(4, MoveTo::Down);
+        assert_eq!(m.shown_order(), vec![5, 1, 4, 3, 2]);
+        m.move_to(4, MoveTo::Down);
+        assert_eq!(
+            m.shown_order(),
+            vec![5, 1, 4, 3, 2],
+            "nothing below it waits"
+        );
+        m.move_to(5, MoveTo::Bottom);
+        assert_eq!(m.shown_order(), vec![1, 4, 5, 3, 2]);
+        // A new download joins the queue at the bottom; a finished one moves to the finished rows.
+        m.apply(&Event::State {
+            download: info(6, Status::Queued),
+        });
+        m.apply(&Event::State {
+            download: info(1, Status::Completed),
+        });
+        assert!(m.shows_finished(1));
+        assert_eq!(m.shown_order(), vec![4, 5, 6, 3, 2, 1]);
+        m.apply(&Event::Removed { id: 4 });
+        assert_eq!(m.shown_order(), vec![5, 6, 3, 2, 1]);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub async fn set_url(
         download_id: id,
         url,
         restart,
+        headers: None,
+        referrer: None,
     };
     // Another file is refused with `conflict`, whose message says to ask for a restart.
     call(client, command).await?;

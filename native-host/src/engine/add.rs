@@ -80,21 +80,7 @@ impl NewDownload {
         if let Some(key) = &req.client_key {
             check_client_key(key)?;
         }
-        validate::header_count(req.headers.len())?;
-        let mut headers: Vec<(String, String)> = req.headers.into_iter().collect();
-        if let Some(referrer) = req.referrer.filter(|r| !r.is_empty()) {
-            validate::referrer(&referrer)?;
-            if !headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("referer"))
-            {
-                headers.push(("Referer".into(), referrer));
-            }
-        }
-        for (name, value) in &headers {
-            validate::header(name, value)?;
-        }
-        validate::headers_len(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let headers = validate::request_headers(req.headers, req.referrer.as_deref())?;
         Ok(NewDownload {
             url,
             client_key: req.client_key,

@@ -47,4 +47,5 @@ pub mod splice;
 pub mod state;
 pub mod transfer;
 
+pub use ops::NewAddress;
 pub use queue::{ApiError, CRASH_EXIT_CODE, Engine, EngineConfig, StartError};

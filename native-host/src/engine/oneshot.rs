@@ -56,6 +56,7 @@ pub async fn get(
     let transfer = transfer_for(&spec, live.clone())?;
     let mut run = std::pin::pin!(transfer.run());
     let mut meter = SpeedMeter::default();
+    meter.start(0);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let result = loop {
         tokio::select! {
@@ -129,6 +130,16 @@ pub struct SpeedMeter {
 impl SpeedMeter {
     /// How far back the average reaches.
     const WINDOW: Duration = Duration::from_secs(3);
+    /// The shortest span a speed is taken over: bytes that moved sooner count as if over this long, so the first
+    /// reading is an underestimate rather than a spike.
+    const MIN_SPAN: Duration = Duration::from_millis(50);
+
+    /// Measure afresh from `bytes`, the counter as a transfer (re)starts. The first [`SpeedMeter::sample`] after it
+    /// then shows a speed as soon as bytes have moved, rather than 0 until two samples are apart.
+    pub fn start(&mut self, bytes: u64) {
+        self.samples.clear();
+        self.samples.push_back((tokio::time::Instant::now(), bytes));
+    }
 
     /// Record the counter now and return bytes per second over the window.
     pub fn sample(&mut self, bytes: u64) -> u64 {
@@ -141,16 +152,8 @@ impl SpeedMeter {
             self.samples.pop_front();
         }
         let (t0, b0) = self.samples[0];
-        let dt = now.duration_since(t0).as_secs_f64();
-        if dt < 0.05 {
-            0
-        } else {
-            ((bytes - b0) as f64 / dt) as u64
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.samples.clear();
+        let dt = now.duration_since(t0).max(Self::MIN_SPAN).as_secs_f64();
+        ((bytes - b0) as f64 / dt) as u64
     }
 }
 
@@ -158,4 +161,21 @@ impl SpeedMeter {
 pub fn eta(total: Option<u64>, downloaded: u64, speed: u64) -> Option<u64> {
     let total = total?;
     (speed > 0).then(|| total.saturating_sub(downloaded).div_ceil(speed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_sample_after_start_shows_the_bytes_that_moved() {
+        let mut meter = SpeedMeter::default();
+        meter.start(1_000);
+        assert_eq!(meter.sample(1_000), 0, "nothing moved yet");
+        // However soon the sample comes, bytes beyond the start are a speed (over at least MIN_SPAN).
+        let speed = meter.sample(1_500);
+        assert!(speed > 0 && speed <= 10_000, "{speed} B/s");
+        meter.start(0);
+        assert_eq!(meter.sample(0), 0, "a fresh start forgets the last run");
+    }
 }

@@ -5,6 +5,7 @@
 //! first; the rest follow by id, so new downloads join at the bottom and an older state file keeps "oldest first".
 //! A move ranks every download 0..n in the new order. `list` and the scheduler both follow [`Core::ordered`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use protocol::{DownloadId, ErrorCode, MoveTo, Status, validate};
@@ -33,6 +34,19 @@ impl Core {
         ids.sort_by_key(|&(rank, id)| (rank.is_none(), rank, id));
         ids.into_iter().map(|(_, id)| id).collect()
     }
+}
+
+/// What [`Engine::set_url`] is asked for: the new address and what goes with it.
+#[derive(Debug, Clone, Default)]
+pub struct NewAddress {
+    pub url: String,
+    /// Start over from byte 0 when the new address serves another file, instead of answering `conflict`.
+    pub restart: bool,
+    /// Headers that replace the saved ones from now on, the probe of the new address included (a link started
+    /// again in the browser comes with its own cookies); `None`, with no `referrer` either, keeps the saved ones.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Sent as `Referer` unless `headers` has one, as in `add`.
+    pub referrer: Option<String>,
 }
 
 fn not_found(id: DownloadId) -> ApiError {
@@ -112,9 +126,24 @@ impl Engine {
 
     /// Give a download a new address. The bytes it has are kept when the new address serves the same file (see
     /// [`other_file`]); otherwise the answer is `conflict`, unless `restart`, which starts over from byte 0 there.
-    /// A running download goes on at once from the new address; any other keeps its status.
-    pub async fn set_url(&self, id: DownloadId, url: &str, restart: bool) -> Result<(), ApiError> {
-        let url = validate::url(url)?.to_string();
+    /// A running download goes on at once from the new address; any other keeps its status. New headers, when
+    /// given, are checked as `add`'s are and replace the saved ones only once the new address is accepted.
+    pub async fn set_url(&self, id: DownloadId, to: NewAddress) -> Result<(), ApiError> {
+        let NewAddress {
+            url,
+            restart,
+            headers: new_headers,
+            referrer,
+        } = to;
+        let url = validate::url(&url)?.to_string();
+        let new_headers = if new_headers.is_some() || referrer.is_some() {
+            Some(validate::request_headers(
+                new_headers.unwrap_or_default(),
+                referrer.as_deref(),
+            )?)
+        } else {
+            None
+        };
         let (plan, headers, timeout) = {
             let core = lock(&self.inner.core);
             let e = core.downloads.get(&id).ok_or_else(|| not_found(id))?;
@@ -122,10 +151,10 @@ impl Engine {
                 return Err(finished(id, e.rec.status, "its address cannot change"));
             }
             let plan = e.live.snapshot().or_else(|| e.rec.plan.clone());
-            let headers = transfer::caller_headers(
-                e.rec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            )
-            .unwrap_or_default();
+            let sent = new_headers.as_ref().unwrap_or(&e.rec.headers);
+            let headers =
+                transfer::caller_headers(sent.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .unwrap_or_default();
             let timeout = Duration::from_secs(core.settings.stall_timeout_secs);
             (plan, headers, timeout)
         };
@@ -162,6 +191,9 @@ impl Engine {
             return Err(finished(id, e.rec.status, "its address cannot change"));
         }
         e.rec.url = url;
+        if let Some(h) = new_headers {
+            e.rec.headers = h;
+        }
         match &e.task {
             Some(task) => {
                 e.restart = Some(Restart::Readdress(readdress));
@@ -176,7 +208,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Move a download in the queue's order: to the top or bottom, or one place up or down.
+    /// Move a download in the queue's order: to the top or bottom, or up or down past the next download that may
+    /// still go on (finished ones are passed over: they do not wait in the queue, and a move past one would change
+    /// nothing that shows).
     pub fn move_to(&self, id: DownloadId, to: MoveTo) -> Result<(), ApiError> {
         let mut core = lock(&self.inner.core);
         let mut order = core.ordered();
@@ -184,12 +218,16 @@ impl Engine {
             .iter()
             .position(|&d| d == id)
             .ok_or_else(|| not_found(id))?;
+        let waits = |d: &DownloadId| !core.downloads[d].rec.status.is_finished();
         let last = order.len() - 1;
         let dest = match to {
             MoveTo::Top => 0,
             MoveTo::Bottom => last,
-            MoveTo::Up => from.saturating_sub(1),
-            MoveTo::Down => (from + 1).min(last),
+            MoveTo::Up => order[..from].iter().rposition(waits).unwrap_or(from),
+            MoveTo::Down => order[from + 1..]
+                .iter()
+                .position(waits)
+                .map_or(from, |i| from + 1 + i),
         };
         let moved = order.remove(from);
         order.insert(dest, moved);

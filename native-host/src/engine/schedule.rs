@@ -70,8 +70,11 @@ impl Engine {
         let id = e.rec.id;
         e.rec.status = Status::Downloading;
         e.rec.error = None;
-        e.meter.reset();
         e.live = Live::new(e.rec.plan.clone());
+        // Measured from the bytes it starts with, so the first progress after a (re)start already has a speed;
+        // the last run's speed is not this one's.
+        e.meter.start(e.live.downloaded.load(Ordering::Relaxed));
+        e.speed = 0;
         let cancel = CancellationToken::new();
         e.task = Some(cancel.clone());
         let headers =

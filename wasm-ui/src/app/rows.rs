@@ -34,42 +34,41 @@ impl App {
     pub(super) fn rebuild_rows(&mut self) {
         self.rows.clear();
         self.list.set_text_content(None);
-        self.pending_below = Some(DownloadId::MAX);
+        self.unbuilt = self.model.shown_order().into();
         self.render_chunk(FIRST_CHUNK);
     }
 
-    /// Build up to `max` of the rows not built yet (newest first) and append them; schedule the next chunk.
+    /// Build up to `max` of the rows not built yet, in the order they are shown, and append them; schedule the next
+    /// chunk.
     pub(super) fn render_chunk(&mut self, max: usize) {
-        let Some(below) = self.pending_below else {
+        if self.unbuilt.is_empty() {
             return;
-        };
+        }
         let perf = web_sys::window().and_then(|w| w.performance());
         if let Some(perf) = &perf {
             let _ = perf.mark("sdm-rows-start");
         }
-        let ids: Vec<DownloadId> = self
-            .model
-            .downloads
-            .range(..below)
-            .rev()
-            .take(max)
-            .map(|(id, _)| *id)
-            .collect();
         let fragment = self.doc.create_document_fragment();
-        for &id in &ids {
-            let mut row = self.new_row(id);
-            if let Some(d) = self.model.downloads.get(&id) {
-                render_row(&mut row, d);
+        let mut built = 0;
+        while built < max {
+            let Some(id) = self.unbuilt.pop_front() else {
+                break;
+            };
+            // Removed since the list came, or placed already by an event.
+            let Some(d) = self.model.downloads.get(&id) else {
+                continue;
+            };
+            if self.rows.contains_key(&id) {
+                continue;
             }
+            let mut row = self.new_row(id);
+            render_row(&mut row, d);
             let _ = fragment.append_child(&row.li);
             self.rows.insert(id, row);
+            self.show_offer(id);
+            built += 1;
         }
         let _ = self.list.append_child(&fragment);
-        self.pending_below = if ids.len() < max {
-            None
-        } else {
-            ids.last().copied()
-        };
         // How long each chunk took, for the browser tests' numbers (`sdm-rows` in the performance timeline).
         if let Some(perf) = perf {
             let _ = perf.mark("sdm-rows-end");
@@ -80,7 +79,7 @@ impl App {
             );
         }
         self.mark_first_row();
-        if self.pending_below.is_some() && !self.render_scheduled {
+        if !self.unbuilt.is_empty() && !self.render_scheduled {
             self.render_scheduled = true;
             dom::after(0, || dispatch(Message::RenderMore));
         }
@@ -91,26 +90,53 @@ impl App {
             return;
         };
         if let Some(row) = self.rows.get_mut(&id) {
+            let was_finished = row.shown.as_ref().is_some_and(|(s, _)| s.is_finished());
             render_row(row, d);
+            // Ended (or resumed after failing): it moves between the queue's rows and the finished ones.
+            if was_finished != d.status.is_finished() {
+                self.place_row(id);
+            }
             return;
         }
         // Not built yet: its chunk will build it from the model, as it is by then.
-        if self.pending_below.is_some_and(|below| id < below) {
+        if self.unbuilt.contains(&id) {
             return;
         }
         let mut row = self.new_row(id);
         render_row(&mut row, d);
-        // Newest first: the new row goes before the next older one, or last when that one is not built yet.
-        let before = self
-            .model
-            .next_older(id)
-            .and_then(|o| self.rows.get(&o))
+        self.rows.insert(id, row);
+        self.show_offer(id);
+        self.place_row(id);
+        self.mark_first_row();
+    }
+
+    /// Put download `id`'s row where [`crate::model::Model::shown_order`] has it: before the next row shown after
+    /// it that is built, else last. Focus inside the row (a "More" menu's button) stays there.
+    pub(super) fn place_row(&self, id: DownloadId) {
+        let Some(row) = self.rows.get(&id) else {
+            return;
+        };
+        let order = self.model.shown_order();
+        let before = order
+            .iter()
+            .skip_while(|&&d| d != id)
+            .skip(1)
+            .find_map(|d| self.rows.get(d))
             .map(|r| r.li.clone());
+        // Already in place (a new row is in no list yet).
+        if row.li.parent_node().is_some() && row.li.next_element_sibling() == before {
+            return;
+        }
+        let focused = self
+            .doc
+            .active_element()
+            .filter(|f| row.li.contains(Some(f.as_ref())));
         let _ = self
             .list
             .insert_before(&row.li, before.as_ref().map(|e| e.as_ref()));
-        self.rows.insert(id, row);
-        self.mark_first_row();
+        if let Some(f) = focused.and_then(|f| f.dyn_into::<web_sys::HtmlElement>().ok()) {
+            let _ = f.focus();
+        }
     }
 
     fn new_row(&self, id: DownloadId) -> Row {
