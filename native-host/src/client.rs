@@ -211,10 +211,27 @@ fn is_running(pid: u32) -> bool {
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
 }
 
-/// Windows: not looked up yet; the connection's end, when the service's process exits, is what is waited for.
+/// True while process `pid` exists and has not exited: a handle to it is not yet signalled. A process we may not
+/// open (another user's) counts as running: the pid is taken.
 #[cfg(windows)]
-fn is_running(_pid: u32) -> bool {
-    false
+fn is_running(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{
+        CloseHandle, ERROR_ACCESS_DENIED, GetLastError, WAIT_TIMEOUT,
+    };
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_SYNCHRONIZE, WaitForSingleObject,
+    };
+    // SAFETY: a wait-only handle, closed before returning; null when there is no such process.
+    #[allow(unsafe_code)]
+    unsafe {
+        let process = OpenProcess(PROCESS_SYNCHRONIZE, 0, pid);
+        if process.is_null() {
+            return GetLastError() == ERROR_ACCESS_DENIED;
+        }
+        let running = WaitForSingleObject(process, 0) == WAIT_TIMEOUT;
+        CloseHandle(process);
+        running
+    }
 }
 
 /// Stop the service of `data_dir` when one runs, waiting until it has exited. Returns its pid, or `None` when no

@@ -9,9 +9,16 @@
 //! `$XDG_CONFIG_HOME`, which Chromium browsers follow on Linux and its table spells as `~/.config` (a manifest in such
 //! a folder is written here, in the same shape); the binary's copy; and the check that a manifest names our copy.
 //!
-//! **Invariant:** a manifest names the installed copy (`$XDG_BIN_HOME/sdm` or `~/.local/bin/sdm`), never a build
-//! folder, so a `cargo clean` or a moved checkout cannot break a browser's connection. The copy is replaced by a
-//! rename, so a relay or service running the old one goes on running it.
+//! Windows: the crate writes one manifest per browser family (`%LOCALAPPDATA%\NativeMessagingHosts` for the Chromium
+//! browsers, `%APPDATA%\Mozilla\NativeMessagingHosts` for Firefox) and points each browser's HKCU key
+//! (`Software\Google\Chrome\NativeMessagingHosts\com.sdm.host` and the like) at it; browsers find hosts through
+//! those keys only. A browser counts as found when its profile folder exists, since the manifest folders there are
+//! shared.
+//!
+//! **Invariant:** a manifest names the installed copy (`$XDG_BIN_HOME/sdm` or `~/.local/bin/sdm`;
+//! `%LOCALAPPDATA%\Programs\sdm\sdm.exe` on Windows), never a build folder, so a `cargo clean` or a moved checkout
+//! cannot break a browser's connection. The copy is replaced by a rename, so a relay or service running the old one
+//! goes on running it.
 
 use std::io::{self, Write};
 #[cfg(unix)]
@@ -57,7 +64,7 @@ const fn is_extension_id(id: &str) -> bool {
 const TABLE_OVERRIDE: &str = "NATIVE_MESSAGING_BROWSERS_CONFIG";
 
 /// The binary's name in the install folder.
-pub const BIN_NAME: &str = "sdm";
+pub const BIN_NAME: &str = if cfg!(windows) { "sdm.exe" } else { "sdm" };
 
 /// The browsers SDM registers with, per user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -180,6 +187,32 @@ impl Browser {
     /// The per-user folder the browser reads host manifests from.
     pub fn manifest_dir(self, env: &Env) -> Result<PathBuf, InstallError> {
         Ok(self.place(env)?.dir)
+    }
+
+    /// The browser's own folder, there once it has run: the manifest folder's parent (the profile folder of a
+    /// Chromium browser, `~/.mozilla` of Firefox).
+    #[cfg(not(windows))]
+    fn own_dir(self, env: &Env) -> Option<PathBuf> {
+        self.manifest_dir(env).ok()?.parent().map(Path::to_path_buf)
+    }
+
+    /// The browser's own folder on Windows: its profile folder (`User Data`, or Firefox's under `%APPDATA%`), since
+    /// the manifest folders are shared by every browser of a family.
+    #[cfg(windows)]
+    fn own_dir(self, env: &Env) -> Option<PathBuf> {
+        let local = || env.local_app_data.clone();
+        let roaming = || std::env::var_os("APPDATA").map(PathBuf::from);
+        let (base, rel) = match self {
+            Browser::Chrome => (local()?, r"Google\Chrome\User Data"),
+            Browser::Chromium => (local()?, r"Chromium\User Data"),
+            Browser::Brave => (local()?, r"BraveSoftware\Brave-Browser\User Data"),
+            Browser::Edge => (local()?, r"Microsoft\Edge\User Data"),
+            Browser::Vivaldi => (local()?, r"Vivaldi\User Data"),
+            Browser::Firefox => (roaming()?, r"Mozilla\Firefox"),
+            Browser::LibreWolf => (roaming()?, "librewolf"),
+            Browser::SnapChromium | Browser::SnapFirefox => return None,
+        };
+        Some(base.join(rel))
     }
 }
 
@@ -339,14 +372,12 @@ pub struct Outcome {
 }
 
 /// The browsers installed for this user: those whose own folder (the manifest folder's parent: the profile folder of
-/// a Chromium browser, `~/.mozilla` of Firefox) exists, which it does once the browser has run.
+/// a Chromium browser, `~/.mozilla` of Firefox; on Windows the profile folder) exists, which it does once the browser
+/// has run.
 pub fn detect(env: &Env) -> Vec<Browser> {
     Browser::ALL
         .into_iter()
-        .filter(|b| {
-            b.manifest_dir(env)
-                .is_ok_and(|d| d.parent().is_some_and(Path::is_dir))
-        })
+        .filter(|b| b.own_dir(env).is_some_and(|d| d.is_dir()))
         .collect()
 }
 
@@ -385,11 +416,27 @@ pub fn current_exe() -> Result<PathBuf, InstallError> {
     {
         return Ok(live);
     }
+    // Windows' canonical form is a `\\?\` path, which would end up in the manifests: `current_exe` is absolute there.
+    if cfg!(windows) {
+        return Ok(exe);
+    }
     Ok(exe.canonicalize().unwrap_or(exe))
 }
 
-/// The folder the binary is installed to: `$XDG_BIN_HOME` (when absolute), else `~/.local/bin`.
+/// The folder the binary is installed to: `$XDG_BIN_HOME` (when absolute), else `~/.local/bin`; on Windows
+/// `%LOCALAPPDATA%\Programs\sdm`, where per-user programs go.
 pub fn bin_dir(env: &Env, xdg_bin_home: Option<&Path>) -> Result<PathBuf, PathError> {
+    if cfg!(windows) {
+        let local = match env.local_app_data.as_deref().filter(|p| p.is_absolute()) {
+            Some(dir) => dir.to_path_buf(),
+            None => env
+                .home
+                .as_ref()
+                .ok_or(PathError::NoHome)?
+                .join(r"AppData\Local"),
+        };
+        return Ok(local.join("Programs").join("sdm"));
+    }
     match xdg_bin_home.filter(|p| p.is_absolute()) {
         Some(dir) => Ok(dir.to_path_buf()),
         None => Ok(env
@@ -405,6 +452,8 @@ pub fn bin_dir(env: &Env, xdg_bin_home: Option<&Path>) -> Result<PathBuf, PathEr
 ///
 /// The copy is written beside, synced, made executable and renamed over the old one: a relay or service running the
 /// old file keeps its inode, and a browser starting `sdm` meanwhile finds either the old file or the new, whole.
+/// Windows refuses to replace a running program, but lets it be renamed: the old one is moved aside first
+/// ([`replace_running`]).
 pub fn install_binary(exe: &Path, dir: &Path) -> Result<(PathBuf, bool), InstallError> {
     let dest = dir.join(BIN_NAME);
     let copy_err = |source| InstallError::Copy {
@@ -412,14 +461,9 @@ pub fn install_binary(exe: &Path, dir: &Path) -> Result<(PathBuf, bool), Install
         to: dest.clone(),
         source,
     };
-    if cfg!(windows) {
-        // Phase 1 of the port: the host runs on Windows, its registration (the registry) comes next.
-        return Err(copy_err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "sdm install is not yet on Windows",
-        )));
-    }
     std::fs::create_dir_all(dir).map_err(copy_err)?;
+    #[cfg(windows)]
+    remove_set_aside(dir);
     let dest = std::path::absolute(&dest).map_err(copy_err)?;
     let same_file = dest.canonicalize().ok() == exe.canonicalize().ok();
     if same_file || same_content(exe, &dest) {
@@ -430,10 +474,19 @@ pub fn install_binary(exe: &Path, dir: &Path) -> Result<(PathBuf, bool), Install
         std::fs::copy(exe, &tmp)?;
         #[cfg(unix)]
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &dest)?;
-        // The rename is durable once the folder is synced.
-        std::fs::File::open(dir)?.sync_all()
+        // Opened for writing: Windows flushes only a file opened so.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tmp)?
+            .sync_all()?;
+        #[cfg(windows)]
+        return replace_running(&tmp, &dest);
+        #[cfg(not(windows))]
+        {
+            std::fs::rename(&tmp, &dest)?;
+            // The rename is durable once the folder is synced.
+            std::fs::File::open(dir)?.sync_all()
+        }
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -451,12 +504,69 @@ fn same_content(a: &Path, b: &Path) -> bool {
 }
 
 /// Remove the installed binary from `dir`; a missing one is not an error. Returns its path and whether it was there.
+///
+/// On Windows a running copy (the one this command runs from, say) cannot be deleted: it is renamed aside, and the
+/// next install removes it.
 pub fn uninstall_binary(dir: &Path) -> Result<(PathBuf, bool), InstallError> {
     let path = dir.join(BIN_NAME);
     match std::fs::remove_file(&path) {
         Ok(()) => Ok((path, true)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((path, false)),
+        #[cfg(windows)]
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            match std::fs::rename(&path, set_aside_name(dir)) {
+                Ok(()) => Ok((path, true)),
+                Err(source) => Err(InstallError::Remove { path, source }),
+            }
+        }
         Err(source) => Err(InstallError::Remove { path, source }),
+    }
+}
+
+/// Where a running copy is moved so that a new one can take its name (Windows).
+#[cfg(windows)]
+fn set_aside_name(dir: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    dir.join(format!(".{BIN_NAME}.{}-{nanos}.old", std::process::id()))
+}
+
+/// Put `new` in place of `dest`. Windows will not replace a program that runs, but renames it: when the plain
+/// replacement is refused, the old copy is moved aside, the new one renamed in, and the old one deleted if it no
+/// longer runs (else [`remove_set_aside`] does at the next install). NTFS needs no folder sync for the rename.
+#[cfg(windows)]
+fn replace_running(new: &Path, dest: &Path) -> io::Result<()> {
+    match std::fs::rename(new, dest) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && dest.exists() => {
+            let dir = dest.parent().unwrap_or(Path::new("."));
+            let aside = set_aside_name(dir);
+            std::fs::rename(dest, &aside)?;
+            if let Err(e) = std::fs::rename(new, dest) {
+                // Put the old copy back, so browsers still find one.
+                let _ = std::fs::rename(&aside, dest);
+                return Err(e);
+            }
+            let _ = std::fs::remove_file(&aside);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Delete the copies set aside by earlier installs once they no longer run (a running one stays, silently).
+#[cfg(windows)]
+fn remove_set_aside(dir: &Path) {
+    let prefix = format!(".{BIN_NAME}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".old") {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -472,7 +582,12 @@ pub fn install(targets: &[Target], exe: &Path, env: &Env) -> Result<Vec<Outcome>
         let (place, format) = target.place(env)?;
         let path = place.dir.join(manifest_file_name());
         let wanted = target.manifest(exe, format);
-        let changed = read_manifest(&path).as_ref() != Some(&wanted);
+        // On Windows the browsers of a family share one file, so each browser's registry key is checked too.
+        let changed = read_manifest(&path).as_ref() != Some(&wanted)
+            || (cfg!(windows)
+                && place
+                    .key
+                    .is_some_and(|k| registry_target(k) != Some(path.clone())));
         if changed {
             let wrap = |source| InstallError::Write {
                 path: path.clone(),
@@ -501,6 +616,21 @@ pub fn install(targets: &[Target], exe: &Path, env: &Env) -> Result<Vec<Outcome>
     Ok(done)
 }
 
+/// The manifest file the browser `key`'s HKCU key names (Windows); `None` when there is no key.
+#[cfg(windows)]
+fn registry_target(key: &str) -> Option<PathBuf> {
+    let reg = native_messaging::paths::winreg_key_path(key, Scope::User, HOST_NAME).ok()?;
+    native_messaging::install::winreg::read_manifest_path_from_reg(Scope::User, &reg)
+        .ok()
+        .flatten()
+}
+
+/// Elsewhere the file is all a browser reads: no key to check.
+#[cfg(not(windows))]
+fn registry_target(_key: &str) -> Option<PathBuf> {
+    None
+}
+
 /// Write a manifest beside, then rename: a browser never reads half of it.
 fn write_atomic(dir: &Path, value: &serde_json::Value) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -519,8 +649,27 @@ pub fn uninstall(targets: &[Target], env: &Env) -> Result<Vec<Outcome>, InstallE
     for target in targets {
         let (place, _) = target.place(env)?;
         let path = place.dir.join(manifest_file_name());
-        let changed = path.exists();
+        let changed = path.exists() || place.key.is_some_and(|k| registry_target(k).is_some());
         match place.key {
+            // Windows: the file is shared with another browser that stays registered; only this browser's key goes.
+            #[cfg(windows)]
+            Some(key) if shared_with_others(key, &path, targets) => {
+                let reg = native_messaging::paths::winreg_key_path(key, Scope::User, HOST_NAME)
+                    .and_then(|reg| {
+                        native_messaging::install::winreg::remove_manifest_reg(Scope::User, &reg)
+                            .map(|()| reg)
+                    })
+                    .map_err(|source| InstallError::Remove {
+                        path: path.clone(),
+                        source,
+                    })?;
+                done.push(Outcome {
+                    target: target.label(),
+                    path: PathBuf::from(format!(r"HKCU\{reg}")),
+                    changed,
+                });
+                continue;
+            }
             // The crate removes every place its table lists for the browser.
             Some(key) => {
                 native_messaging::remove(HOST_NAME, &[key], Scope::User).map_err(|source| {
@@ -545,6 +694,21 @@ pub fn uninstall(targets: &[Target], env: &Env) -> Result<Vec<Outcome>, InstallE
     Ok(done)
 }
 
+/// Whether a browser other than `key` and not among `targets` has its registry key naming the manifest at `path`
+/// (Windows, where the browsers of a family share one file).
+#[cfg(windows)]
+fn shared_with_others(key: &str, path: &Path, targets: &[Target]) -> bool {
+    Browser::ALL
+        .into_iter()
+        .filter(|b| {
+            !targets
+                .iter()
+                .any(|t| matches!(t, Target::Browser(x) if x == b))
+        })
+        .filter_map(Browser::table_key)
+        .any(|other| other != key && registry_target(other).as_deref() == Some(path))
+}
+
 /// What a browser's manifest says, for `sdm status`: absent, naming `exe`, or naming something else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registration {
@@ -559,7 +723,9 @@ pub enum Registration {
 pub fn registration(browser: Browser, exe: &Path, env: &Env) -> Result<Registration, InstallError> {
     let place = browser.place(env)?;
     let path = place.dir.join(manifest_file_name());
-    if !path.exists() {
+    // On Windows a browser finds the (shared) file through its own registry key only.
+    let unregistered = cfg!(windows) && place.key.is_some_and(|k| registry_target(k).is_none());
+    if !path.exists() || unregistered {
         return Ok(Registration::Absent);
     }
     let Some(value) = read_manifest(&path) else {

@@ -7,8 +7,7 @@
 //!   `~/Library/Application Support/sdm`, on Windows `%LOCALAPPDATA%\sdm`. Everything the service owns lives here:
 //!   the socket, the lock, the engine's state and the logs.
 //! - Downloads: `$XDG_DOWNLOAD_DIR`, else the `XDG_DOWNLOAD_DIR` line of `~/.config/user-dirs.dirs` (Linux and the
-//!   BSDs), else `~/Downloads` (on Windows `%USERPROFILE%\Downloads`, the Downloads known folder unless the user moved
-//!   it).
+//!   BSDs) or the Downloads known folder (Windows), else `~/Downloads` (`%USERPROFILE%\Downloads` on Windows).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -60,6 +59,8 @@ pub struct Env {
     pub xdg_download_dir: Option<PathBuf>,
     /// `%LOCALAPPDATA%` (Windows only).
     pub local_app_data: Option<PathBuf>,
+    /// The Downloads known folder, wherever the user moved it (Windows only).
+    pub known_downloads: Option<PathBuf>,
 }
 
 impl Env {
@@ -72,11 +73,18 @@ impl Env {
         };
         Env {
             sdm_home: var("SDM_HOME"),
-            home: var("HOME").or_else(std::env::home_dir),
+            // Windows: the profile folder (`%USERPROFILE%`), not a `HOME` that Git Bash or wine carry over from a
+            // Unix world (`/home/u`, which Windows reads as a folder of the current drive).
+            home: if cfg!(windows) {
+                std::env::home_dir()
+            } else {
+                var("HOME").or_else(std::env::home_dir)
+            },
             xdg_data_home: var("XDG_DATA_HOME"),
             xdg_config_home: var("XDG_CONFIG_HOME"),
             xdg_download_dir: var("XDG_DOWNLOAD_DIR"),
             local_app_data: var("LOCALAPPDATA"),
+            known_downloads: known_downloads(),
         }
     }
 
@@ -129,6 +137,9 @@ impl Env {
         if let Some(dir) = Env::xdg(&self.xdg_download_dir) {
             return Ok(dir.to_path_buf());
         }
+        if let Some(dir) = self.known_downloads.as_deref().filter(|p| p.is_absolute()) {
+            return Ok(dir.to_path_buf());
+        }
         let home = self.home()?;
         // xdg-user-dirs is a freedesktop convention: macOS and Windows have no such file.
         let from_file = if cfg!(any(target_os = "macos", windows)) {
@@ -141,6 +152,43 @@ impl Env {
         };
         Ok(from_file.unwrap_or_else(|| home.join("Downloads")))
     }
+}
+
+/// The Downloads known folder (`SHGetKnownFolderPath(FOLDERID_Downloads)`): where Explorer's Downloads is, also
+/// after the user moved it (its Location tab), which `%USERPROFILE%\Downloads` would miss.
+#[cfg(windows)]
+fn known_downloads() -> Option<PathBuf> {
+    use std::os::windows::ffi::OsStringExt;
+    use windows_sys::Win32::System::Com::CoTaskMemFree;
+    use windows_sys::Win32::UI::Shell::{
+        FOLDERID_Downloads, KF_FLAG_DEFAULT, SHGetKnownFolderPath,
+    };
+    let mut path: *mut u16 = std::ptr::null_mut();
+    // SAFETY: on return `path` is a NUL-terminated CoTaskMemAlloc'd string (also on failure, when it may be null),
+    // read here and freed once.
+    #[allow(unsafe_code)]
+    unsafe {
+        let result = SHGetKnownFolderPath(
+            &FOLDERID_Downloads,
+            KF_FLAG_DEFAULT as u32,
+            std::ptr::null_mut(),
+            &mut path,
+        );
+        let found = (result == 0 && !path.is_null()).then(|| {
+            let len = (0..).take_while(|&i| *path.add(i) != 0).count();
+            PathBuf::from(std::ffi::OsString::from_wide(std::slice::from_raw_parts(
+                path, len,
+            )))
+        });
+        CoTaskMemFree(path.cast());
+        found
+    }
+}
+
+/// Only Windows has known folders.
+#[cfg(not(windows))]
+fn known_downloads() -> Option<PathBuf> {
+    None
 }
 
 /// Make a relative `$SDM_HOME` absolute, so the service started from another directory finds the same place.
@@ -327,10 +375,51 @@ pub fn check_owner(path: &Path) -> Result<(), PathError> {
 }
 
 /// Refuse a path owned by another user: a no-op on Windows, where the data directory's inherited ACL and the named
-/// pipe's default DACL (its creator, SYSTEM and Administrators) keep other users out.
+/// pipe's DACL (its creator's user only; [`crate::ipc`]) keep other users out.
 #[cfg(windows)]
 pub fn check_owner(_path: &Path) -> Result<(), PathError> {
     Ok(())
+}
+
+/// Windows' own folders, where downloads may not go (see `protocol::validate::download_dir`): the system folder and
+/// the program folders as this machine's variables name them (`%SystemRoot%`, `%ProgramFiles%`,
+/// `%ProgramFiles(x86)%`, `%ProgramW6432%`, `%ProgramData%`), and their usual places on `C:` besides, in case a
+/// variable was changed or unset. Worked out once; the strings live as long as the process.
+#[cfg(windows)]
+pub fn windows_system_folders() -> protocol::validate::SystemFolders {
+    const DEFAULTS: [&str; 4] = [
+        r"C:\Windows",
+        r"C:\Program Files",
+        r"C:\Program Files (x86)",
+        r"C:\ProgramData",
+    ];
+    const VARIABLES: [&str; 5] = [
+        "SystemRoot",
+        "ProgramFiles",
+        "ProgramFiles(x86)",
+        "ProgramW6432",
+        "ProgramData",
+    ];
+    let mut refused: Vec<&'static str> = DEFAULTS.to_vec();
+    for name in VARIABLES {
+        let Some(value) = std::env::var_os(name).and_then(|v| v.into_string().ok()) else {
+            continue;
+        };
+        let value = value.trim_end_matches('\\');
+        // Only an absolute folder below a drive's root: a variable set to `C:\` must not refuse the whole drive here
+        // (the root itself is refused anyway).
+        let path = Path::new(value);
+        if path.is_absolute()
+            && path.parent().is_some()
+            && !refused.iter().any(|r| r.eq_ignore_ascii_case(value))
+        {
+            refused.push(Box::leak(value.to_owned().into_boxed_str()));
+        }
+    }
+    protocol::validate::SystemFolders {
+        refused: Box::leak(refused.into_boxed_slice()),
+        allowed: &[],
+    }
 }
 
 #[cfg(test)]
@@ -397,6 +486,37 @@ mod tests {
             e.default_download_dir().unwrap(),
             PathBuf::from(r"C:\Users\u\Downloads")
         );
+        // A Downloads folder the user moved (the known folder) wins.
+        e.known_downloads = Some(r"D:\Moved".into());
+        assert_eq!(
+            e.default_download_dir().unwrap(),
+            PathBuf::from(r"D:\Moved")
+        );
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_system_folders_refuse_the_system_and_program_folders() {
+        let folders = windows_system_folders();
+        for dir in [
+            r"C:\Windows",
+            r"C:\Windows\System32\drivers",
+            r"C:\Program Files\App",
+            r"C:\Program Files (x86)",
+            r"C:\ProgramData\x",
+        ] {
+            let err =
+                protocol::validate::download_dir(dir, Some(Path::new(r"C:\Users\u")), &folders)
+                    .unwrap_err();
+            assert!(err.0.contains("system folder"), "{dir}: {err}");
+        }
+        for dir in [r"C:\Users\u\Downloads", r"D:\Downloads", r"C:\Data"] {
+            assert!(
+                protocol::validate::download_dir(dir, Some(Path::new(r"C:\Users\u")), &folders)
+                    .is_ok(),
+                "{dir}"
+            );
+        }
     }
 
     #[test]

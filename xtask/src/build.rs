@@ -71,7 +71,7 @@ pub fn build(installed: &mut Installed) -> Result<Built> {
 pub fn build_extension(installed: &mut Installed) -> Result<Built> {
     let root = tools::root();
     let target = target_dir();
-    let sdm = target.join("release/sdm");
+    let sdm = target.join(format!("release/sdm{}", std::env::consts::EXE_SUFFIX));
 
     tools::ensure_wasm_target(installed)?;
     tools::run(tools::cargo().current_dir(&root).args([

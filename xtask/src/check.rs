@@ -6,13 +6,16 @@
 //!   is linked, so the stubs only have to get the C through the compiler.
 //! - `--windows`: `cargo build` of `sdm` for `x86_64-pc-windows-gnu` with Debian's mingw-w64.
 //! - `--wine`: [`test_windows`] (also `cargo xtask test --windows`): the library tests of `protocol` and `sdm` built
-//!   for Windows and run under Debian's wine, in a prefix of their own (`target/wine-prefix`). Wine 8 lacks
+//!   for Windows and run under Debian's wine ([`test_windows_libs`]), then `sdm.exe` end to end under wine
+//!   ([`test_windows_e2e`], the scenario in `wine.rs`; alone with `--wine-e2e`), in a prefix of their own (`target/wine-prefix`). Wine 8 lacks
 //!   `bcryptprimitives.dll`, whose `ProcessPrng` Rust's standard library imports, so every Rust program fails to
 //!   start there (status c0000135); a small DLL built here with mingw-w64 exports it (filling the buffer from
 //!   `RtlGenRandom`) and is put in the prefix's `system32`.
 //!
 //! Missing pieces (the rustup targets, Debian's clang, mingw-w64 and wine64) are installed, and each install is
 //! announced.
+
+mod wine;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -63,7 +66,7 @@ const DARWIN_STUBS: &[(&str, &str)] = &[
     ),
 ];
 
-const USAGE: &str = "usage: cargo xtask check [--macos | --windows | --wine] (--macos and --windows when none is given)";
+const USAGE: &str = "usage: cargo xtask check [--macos | --windows | --wine | --wine-e2e] (--macos and --windows when none is given)";
 
 pub fn run_check(args: &[String]) -> Result<()> {
     let (macos, windows) = match args {
@@ -71,6 +74,7 @@ pub fn run_check(args: &[String]) -> Result<()> {
         [a] if a == "--macos" => (true, false),
         [a] if a == "--windows" => (false, true),
         [a] if a == "--wine" => return test_windows(),
+        [a] if a == "--wine-e2e" => return test_windows_e2e(),
         _ => bail!("{USAGE}"),
     };
     if macos {
@@ -136,13 +140,24 @@ pub fn ensure_windows_toolchain() -> Result<()> {
     ensure_apt("x86_64-w64-mingw32-gcc", "mingw-w64")
 }
 
-/// `cargo test --target x86_64-pc-windows-gnu -p protocol -p sdm --lib`, run under wine.
+/// The Windows tests under wine: the library tests, then the end-to-end scenario.
 pub fn test_windows() -> Result<()> {
+    test_windows_libs()?;
+    test_windows_e2e()
+}
+
+/// The Windows toolchain, wine, and the prefix with the `ProcessPrng` DLL.
+fn ensure_wine() -> Result<PathBuf> {
     ensure_windows_toolchain()?;
     if !std::path::Path::new(WINE).is_file() {
         ensure_apt_package("wine64")?;
     }
-    let prefix = wine_prefix()?;
+    wine_prefix()
+}
+
+/// `cargo test --target x86_64-pc-windows-gnu -p protocol -p sdm --lib`, run under wine.
+pub fn test_windows_libs() -> Result<()> {
+    let prefix = ensure_wine()?;
     run(cargo()
         .current_dir(root())
         .args([
@@ -160,6 +175,28 @@ pub fn test_windows() -> Result<()> {
         .env("WINEPREFIX", &prefix)
         .env("WINEDEBUG", "-all"))?;
     println!("xtask: the library tests of protocol and sdm pass for {WINDOWS_TARGET} under wine");
+    Ok(())
+}
+
+/// `sdm.exe` built for Windows, then driven end to end under wine: a download through the service over its named
+/// pipe, the relay, `sdm install` into the registry of a throwaway copy of the prefix, `sdm uninstall`.
+pub fn test_windows_e2e() -> Result<()> {
+    let prefix = ensure_wine()?;
+    run(cargo().current_dir(root()).args([
+        "build",
+        "--target",
+        WINDOWS_TARGET,
+        "-p",
+        "sdm",
+        "--bin",
+        "sdm",
+    ]))?;
+    let exe = crate::build::target_dir()
+        .join(WINDOWS_TARGET)
+        .join("debug")
+        .join("sdm.exe");
+    wine::scenario(WINE, &exe, &prefix)?;
+    println!("xtask: sdm.exe works end to end under wine (service, relay, install, uninstall)");
     Ok(())
 }
 

@@ -1,6 +1,10 @@
 //! `cargo xtask test`: install what is missing (and say so), build, run `cargo test --workspace` and the browser
 //! tests, then print one summary. Exits non-zero if anything failed.
 //!
+//! After the Linux tests, the other systems (issue 17): the Windows build's library tests and `sdm.exe` end to end
+//! under wine, and the macOS type-check and clippy (`cargo xtask check --wine` and `--macos`, as their own steps).
+//! `--windows` runs only the Windows steps.
+//!
 //! The browser tests load the extension as it ships: the store zip and the xpi of `cargo xtask dist` (the same
 //! bytes, written by the same code, without the binary's tarball they do not need), in `target/test-packages/`.
 
@@ -30,7 +34,7 @@ fn step(steps: &mut Vec<Step>, name: &str, f: impl FnOnce() -> Result<()>) {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    // The Windows port's own run (issue 17, phase 1: the library tests under wine); not yet part of the default run.
+    // The Windows steps alone (also part of the default run below).
     if args.iter().any(|a| a == "--windows") {
         return crate::check::test_windows();
     }
@@ -75,6 +79,21 @@ pub fn run(args: &[String]) -> Result<()> {
                 &mut steps,
                 "benchmark smoke (cargo xtask bench --smoke)",
                 || crate::bench::run(&["--smoke".to_owned(), "--no-build".to_owned()]),
+            );
+            step(
+                &mut steps,
+                "windows: library tests under wine (x86_64-pc-windows-gnu)",
+                crate::check::test_windows_libs,
+            );
+            step(
+                &mut steps,
+                "windows: sdm.exe end to end under wine (service, relay, install)",
+                crate::check::test_windows_e2e,
+            );
+            step(
+                &mut steps,
+                "macos: cargo check and clippy (aarch64-apple-darwin)",
+                crate::check::check_macos,
             );
         }
         let mut packages = None;

@@ -1,5 +1,6 @@
-//! `sdm install`: copy this binary to `$XDG_BIN_HOME` or `~/.local/bin` and register that copy with every supported
-//! browser found (or those named); `--dir` registers this binary where it is, for a browser profile of its own.
+//! `sdm install`: copy this binary to `$XDG_BIN_HOME` or `~/.local/bin` (`%LOCALAPPDATA%\Programs\sdm` on Windows)
+//! and register that copy with every supported browser found (or those named); `--dir` registers this binary where it
+//! is, for a browser profile of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -574,11 +574,9 @@ impl Engine {
 /// The folders downloads may not go into on this platform (see [`validate::download_dir`]).
 #[cfg(unix)]
 const SYSTEM_FOLDERS: validate::SystemFolders = validate::UNIX_SYSTEM_FOLDERS;
-#[cfg(not(unix))]
-const SYSTEM_FOLDERS: validate::SystemFolders = validate::SystemFolders {
-    refused: &[],
-    allowed: &[],
-};
+#[cfg(windows)]
+static SYSTEM_FOLDERS: std::sync::LazyLock<validate::SystemFolders> =
+    std::sync::LazyLock::new(crate::paths::windows_system_folders);
 
 /// Check where download folder `dir` really leads: its longest existing part with every symbolic link followed,
 /// then the rest as written, against `home` resolved the same way (blocking).
