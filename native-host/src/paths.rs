@@ -419,6 +419,7 @@ pub fn windows_system_folders() -> protocol::validate::SystemFolders {
     protocol::validate::SystemFolders {
         refused: Box::leak(refused.into_boxed_slice()),
         allowed: &[],
+        ignore_case: true,
     }
 }
 

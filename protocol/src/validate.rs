@@ -185,6 +185,9 @@ pub fn request_headers(
 pub struct SystemFolders {
     pub refused: &'static [&'static str],
     pub allowed: &'static [&'static str],
+    /// Whether the file system ignores case (Windows): then `c:\windows` is `C:\Windows`, and `~` is matched the same
+    /// way.
+    pub ignore_case: bool,
 }
 
 /// The system's own folders on Linux and other Unixes. Two below them are allowed again: `/run/media`, where
@@ -197,6 +200,7 @@ pub const UNIX_SYSTEM_FOLDERS: SystemFolders = SystemFolders {
         "/sys", "/dev", "/run", "/var",
     ],
     allowed: &["/run/media", "/dev/shm"],
+    ignore_case: false,
 };
 
 /// A download folder: an absolute path that is neither the root folder, nor in or below one of `system`'s folders
@@ -250,7 +254,7 @@ fn folder_refusal(path: &Path, home: Option<&Path>, system: &SystemFolders) -> O
         .map(lexical)
         .filter(|h| h.components().any(|c| matches!(c, Component::Normal(_))));
     if let Some(home) = home
-        && let Ok(inside) = path.strip_prefix(&home)
+        && let Some(inside) = below(path, &home, system.ignore_case)
     {
         let mut shown = PathBuf::new();
         for c in inside.components() {
@@ -267,9 +271,34 @@ fn folder_refusal(path: &Path, home: Option<&Path>, system: &SystemFolders) -> O
     let refused = system
         .refused
         .iter()
-        .find(|f| path.starts_with(f))
-        .filter(|_| !system.allowed.iter().any(|a| path.starts_with(a)))?;
+        .find(|f| below(path, Path::new(f), system.ignore_case).is_some())
+        .filter(|_| {
+            !system
+                .allowed
+                .iter()
+                .any(|a| below(path, Path::new(a), system.ignore_case).is_some())
+        })?;
     Some(format!("is inside the system folder {refused}: {CHOOSE}"))
+}
+
+/// What of `path` lies below `folder` (empty when they are the same), comparing whole components, and ignoring ASCII
+/// case when `ignore_case`; `None` when `path` is not in `folder`.
+fn below<'p>(path: &'p Path, folder: &Path, ignore_case: bool) -> Option<&'p Path> {
+    if !ignore_case {
+        return path.strip_prefix(folder).ok();
+    }
+    let mut rest = path.components();
+    for want in folder.components() {
+        let have = rest.next()?;
+        if !have
+            .as_os_str()
+            .to_string_lossy()
+            .eq_ignore_ascii_case(&want.as_os_str().to_string_lossy())
+        {
+            return None;
+        }
+    }
+    Some(rest.as_path())
 }
 
 /// `path` with `.` dropped and each `..` taking away the component before it, as written (no link is followed).
@@ -509,6 +538,26 @@ mod tests {
             assert!(download_dir("/etc/x", home, &UNIX_SYSTEM_FOLDERS).is_err());
             assert!(download_dir("/tmp/.x", home, &UNIX_SYSTEM_FOLDERS).is_ok());
         }
+    }
+
+    /// Windows ignores case: `c:\windows` is the system folder, and `c:\users\ann\.ssh` is inside the home
+    /// `C:\Users\Ann`. (Written with `/`, which this test's platform splits into components.)
+    #[cfg(unix)]
+    #[test]
+    fn where_case_is_ignored_a_folder_spelt_otherwise_is_the_same_folder() {
+        const FOLDERS: SystemFolders = SystemFolders {
+            refused: &["/Windows", "/Program Files"],
+            allowed: &["/Windows/Allowed"],
+            ignore_case: true,
+        };
+        let home = Some(Path::new("/Users/Ann"));
+        let check = |dir| download_dir(dir, home, &FOLDERS);
+        assert!(check("/windows/system32").is_err());
+        assert!(check("/PROGRAM FILES/app").is_err());
+        assert!(check("/windows/allowed/x").is_ok());
+        assert!(check("/users/ann/.ssh").is_err());
+        assert!(check("/users/ann/Downloads").is_ok());
+        assert!(check("/Windowsx").is_ok(), "whole components only");
     }
 
     #[cfg(unix)]

@@ -1,16 +1,16 @@
 //! `cargo xtask check`: the cross-target checks that need no other machine.
 //!
-//! - `--macos`: `cargo check` and `cargo clippy -D warnings` of `sdm` for `aarch64-apple-darwin`. There is no Apple
-//!   SDK here, and ring compiles C: clang builds it freestanding against three stub headers (the `TARGET_OS_*`
-//!   macros, a no-op `assert`, the declarations of the string functions ring calls), written into `target/`. Nothing
-//!   is linked, so the stubs only have to get the C through the compiler.
+//! - `--macos`: `cargo clippy --all-targets -D warnings` (which type-checks as `cargo check` does) of `sdm` for
+//!   `aarch64-apple-darwin`. There is no Apple SDK here, and ring compiles C: clang builds it freestanding against
+//!   three stub headers (the `TARGET_OS_*` macros, a no-op `assert`, the declarations of the string functions ring
+//!   calls), written into `target/`. Nothing is linked, so the stubs only have to get the C through the compiler.
 //! - `--windows`: `cargo build` of `sdm` for `x86_64-pc-windows-gnu` with Debian's mingw-w64.
 //! - `--wine`: [`test_windows`] (also `cargo xtask test --windows`): the library tests of `protocol` and `sdm` built
 //!   for Windows and run under Debian's wine ([`test_windows_libs`]), then `sdm.exe` end to end under wine
-//!   ([`test_windows_e2e`], the scenario in `wine.rs`; alone with `--wine-e2e`), in a prefix of their own (`target/wine-prefix`). Wine 8 lacks
-//!   `bcryptprimitives.dll`, whose `ProcessPrng` Rust's standard library imports, so every Rust program fails to
-//!   start there (status c0000135); a small DLL built here with mingw-w64 exports it (filling the buffer from
-//!   `RtlGenRandom`) and is put in the prefix's `system32`.
+//!   ([`test_windows_e2e`], the scenario in `wine.rs`; alone with `--wine-e2e`), in a prefix of their own
+//!   (`target/wine-prefix`). Wine 8 lacks `bcryptprimitives.dll`, whose `ProcessPrng` Rust's standard library
+//!   imports, so every Rust program fails to start there (status c0000135); a small DLL built here with mingw-w64
+//!   exports it (filling the buffer from `RtlGenRandom`) and is put in the prefix's `system32`.
 //!
 //! Missing pieces (the rustup targets, Debian's clang, mingw-w64 and wine64) are installed, and each install is
 //! announced.
@@ -86,7 +86,7 @@ pub fn run_check(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo check` and `cargo clippy --all-targets -D warnings` of `sdm` for macOS on Apple silicon.
+/// `cargo clippy --all-targets -D warnings` of `sdm` for macOS on Apple silicon: the type-check and the lints in one pass.
 pub fn check_macos() -> Result<()> {
     ensure_target(MACOS_TARGET)?;
     ensure_apt("clang", "clang")?;
@@ -100,12 +100,7 @@ pub fn check_macos() -> Result<()> {
             ),
         );
     };
-    let mut check = cargo();
-    check
-        .current_dir(root())
-        .args(["check", "--target", MACOS_TARGET, "-p", "sdm"]);
-    darwin(&mut check);
-    run(&mut check)?;
+    // clippy is `cargo check` with the lints on top: one pass over every target instead of two.
     let mut clippy = cargo();
     clippy.current_dir(root()).args([
         "clippy",

@@ -92,7 +92,7 @@ pub fn run(args: &[String]) -> Result<()> {
             );
             step(
                 &mut steps,
-                "macos: cargo check and clippy (aarch64-apple-darwin)",
+                "macos: type-check and clippy (aarch64-apple-darwin)",
                 crate::check::check_macos,
             );
         }
