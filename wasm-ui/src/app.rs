@@ -349,39 +349,24 @@ fn wire(doc: &Document) {
     });
     // One listener for every row's buttons: rows come and go, the list stays.
     dom::listen(&by_id(doc, "downloads"), "click", |e| {
-        let Some(target) = e.target().and_then(|t| t.dyn_into::<Element>().ok()) else {
-            return;
-        };
-        let Some(button) = target.closest("button[data-action]").ok().flatten() else {
-            return;
-        };
-        let action = button
-            .get_attribute("data-action")
-            .and_then(|a| Action::parse(&a));
-        let id = button
-            .closest("li[data-id]")
-            .ok()
-            .flatten()
-            .and_then(|li| li.get_attribute("data-id"))
-            .and_then(|id| id.parse().ok());
-        if let (Some(action), Some(id)) = (action, id) {
+        if let Some((button, _, id)) = clicked_in_row(&e, "button[data-action]")
+            && let Some(action) = button
+                .get_attribute("data-action")
+                .and_then(|a| Action::parse(&a))
+        {
             dispatch(Message::Row(id, action));
         }
     });
     dom::listen(&by_id(doc, "downloads"), "click", |e| {
-        let Some(target) = e.target().and_then(|t| t.dyn_into::<Element>().ok()) else {
+        let Some((button, li, id)) = clicked_in_row(&e, "button[data-op]") else {
             return;
         };
-        let Some(button) = target.closest("button[data-op]").ok().flatten() else {
-            return;
-        };
-        let Some(li) = button.closest("li[data-id]").ok().flatten() else {
-            return;
-        };
-        let op = button
+        let Some(op) = button
             .get_attribute("data-op")
-            .and_then(|o| RowOp::parse(&o));
-        let id = li.get_attribute("data-id").and_then(|id| id.parse().ok());
+            .and_then(|o| RowOp::parse(&o))
+        else {
+            return;
+        };
         let typed = |selector: &str| {
             dom::child(&li, selector)
                 .dyn_into::<web_sys::HtmlInputElement>()
@@ -393,27 +378,14 @@ fn wire(doc: &Document) {
             speed_kib: typed(".m-speed"),
             threads: typed(".m-threads"),
         };
-        if let (Some(op), Some(id)) = (op, id) {
-            dispatch(Message::RowOp(id, op, form));
-        }
+        dispatch(Message::RowOp(id, op, form));
     });
     dom::listen(&by_id(doc, "downloads"), "click", |e| {
-        let Some(target) = e.target().and_then(|t| t.dyn_into::<Element>().ok()) else {
-            return;
-        };
-        let Some(button) = target.closest("button[data-offer]").ok().flatten() else {
-            return;
-        };
-        let answer = button
-            .get_attribute("data-offer")
-            .and_then(|a| Answer::parse(&a));
-        let id = button
-            .closest("li[data-id]")
-            .ok()
-            .flatten()
-            .and_then(|li| li.get_attribute("data-id"))
-            .and_then(|id| id.parse().ok());
-        if let (Some(answer), Some(id)) = (answer, id) {
+        if let Some((button, _, id)) = clicked_in_row(&e, "button[data-offer]")
+            && let Some(answer) = button
+                .get_attribute("data-offer")
+                .and_then(|a| Answer::parse(&a))
+        {
             dispatch(Message::Offer(id, answer));
         }
     });
@@ -843,4 +815,14 @@ impl App {
     fn notice(&self, text: &str) {
         by_id(&self.doc, "notice").set_text_content(Some(text));
     }
+}
+
+/// The element matching `selector` that a click in the list landed in, the row (`li[data-id]`) holding it, and that
+/// row's download id.
+fn clicked_in_row(e: &web_sys::Event, selector: &str) -> Option<(Element, Element, DownloadId)> {
+    let target = e.target()?.dyn_into::<Element>().ok()?;
+    let found = target.closest(selector).ok().flatten()?;
+    let row = found.closest("li[data-id]").ok().flatten()?;
+    let id = row.get_attribute("data-id")?.parse().ok()?;
+    Some((found, row, id))
 }
