@@ -6,6 +6,7 @@ One panel per scenario that has numbers: bars are medians, whiskers span min to 
 """
 
 import json
+import re
 import sys
 
 import matplotlib
@@ -16,6 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {
     "sdm": "#d9480f",
     "sdm serve": "#d9480f",
+    "sdm (baseline)": "#ffa94d",
+    "sdm --no-splice": "#ffa94d",
+    "link bound": "#7048e8",
+    "aria2c -x N": "#343a40",
     "aria2c (defaults)": "#868e96",
     "aria2c (matched)": "#495057",
     "aria2c -j 5": "#495057",
@@ -97,8 +102,15 @@ def main():
         panels.append(lambda ax: bars(ax, sc["latency"]["rows"], "speed", "MiB/s", "100 ms RTT + 0.1 % loss", False))
     if "tail" in sc:
         panels.append(lambda ax: bars(ax, sc["tail"]["rows"], "wall", "s", "one slow range: wall"))
+    if "https" in sc:
+        panels.append(lambda ax: bars(ax, sc["https"]["rows"], "wall", "s", "https: wall"))
+        panels.append(lambda ax: bars(ax, sc["https"]["rows"], "cpu", "s", "https: user+sys CPU"))
+        panels.append(lambda ax: bars(ax, sc["https"]["rows"], "rss", "MB", "https: peak RSS"))
     if "queue" in sc:
-        panels.append(lambda ax: bars(ax, sc["queue"]["rows"], "wall", "s", "200 x 1 MiB queue: wall"))
+        # The title says how many files of what size ("200 files of 256 KiB through a queue, ...").
+        m = re.match(r"(\d+) files of (\d+ \w+)", sc["queue"]["title"])
+        what = f"{m.group(1)} x {m.group(2)} queue" if m else "queue"
+        panels.append(lambda ax: bars(ax, sc["queue"]["rows"], "wall", "s", what + ": wall"))
     if "cap" in sc:
         panels.append(
             lambda ax: bars(ax, sc["cap"]["rows"], "max 1 s", "% over cap", "speed cap: largest 1 s window", clip=120)
@@ -106,6 +118,8 @@ def main():
     if "service" in sc:
         svc = [r for r in sc["service"]["rows"] if "rss" in r["metrics"]]
         panels.append(lambda ax: bars(ax, svc, "rss", "MB", "service RSS"))
+    if not panels:
+        sys.exit("no scenario with numbers to draw")
     cols = 3
     nrows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.8 * nrows), squeeze=False)

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use sdm_tests::{FileSpec, NoLength, TestServer};
 
 use crate::support::{
-    assert_exact, bounded, fetch_exact, fetch_exact_or_clean_error, get, on_both_body_paths,
+    assert_exact, bounded, fetch_exact, fetch_exact_or_clean_error, get, on_every_body_path,
     serve_and_fetch_exact, spec, tempdir,
 };
 
@@ -299,7 +299,7 @@ async fn ranges_advertised_but_ignored_fall_back_to_one_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
-    on_both_body_paths(30, "/capped.bin", async |server, path, splice| {
+    on_every_body_path(30, "/capped.bin", async |server, path, splice| {
         // Every ranged answer stops after 256 KiB, with an honest `Content-Range` saying so.
         let file = server.serve(path, FileSpec::new(4 * MIB).seed(11).max_range(256 * 1024));
 

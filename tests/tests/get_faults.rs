@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use sdm_tests::server::{TlsFront, test_ca_der};
 use sdm_tests::{ALWAYS, FileSpec, NoLength, TestServer};
 
 use crate::support::{
-    bounded, fetch, fetch_exact, fetch_exact_or_clean_error, finished_files_in, on_both_body_paths,
+    bounded, fetch, fetch_exact, fetch_exact_or_clean_error, finished_files_in, on_every_body_path,
     serve_and_fetch_exact, serve_and_fetch_exact_or_clean_error,
 };
 
@@ -15,7 +16,7 @@ const MIB: u64 = 1024 * 1024;
 /// Serve `spec` (a file that answers 503 with `Retry-After: 1` a few times), download it over both body paths, and
 /// check each download came out exact and waited the second it was told to.
 async fn busy_503_is_retried_after_retry_after(path: &str, spec: FileSpec) {
-    on_both_body_paths(30, path, async |server, path, splice| {
+    on_every_body_path(30, path, async |server, path, splice| {
         let file = server.serve(path, spec.clone());
         let started = Instant::now();
 
@@ -87,7 +88,7 @@ async fn connections_cut_mid_body_are_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_single_connection_download_resumes() {
-    on_both_body_paths(30, "/cut1.bin", async |server, path, splice| {
+    on_every_body_path(30, "/cut1.bin", async |server, path, splice| {
         let file = server.serve(
             path,
             FileSpec::new(4 * MIB).seed(14).cut_after(1_000_000, 2),
@@ -301,7 +302,7 @@ async fn an_html_error_page_never_lands_in_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_always_cuts_ends_in_a_clean_error() {
-    on_both_body_paths(60, "/hopeless.bin", async |server, path, splice| {
+    on_every_body_path(60, "/hopeless.bin", async |server, path, splice| {
         let file = server.serve(
             path,
             FileSpec::new(4 * MIB).seed(21).short_body(4 * MIB, ALWAYS),
@@ -318,6 +319,33 @@ async fn a_server_that_always_cuts_ends_in_a_clean_error() {
             finished_files_in(dir.path()).is_empty(),
             "a failed download left a file behind: {err:#}"
         );
+    })
+    .await;
+}
+
+/// Over https on the own-socket path, a body cut without TLS's `close_notify` (the TCP connection just ends, as when
+/// a server crashes) is a network error retried from where it stopped: the file comes out exact, never short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_body_cut_without_close_notify_is_resumed() {
+    sdm::engine::probe::trust_extra_roots(vec![test_ca_der()]);
+    bounded(60, async {
+        let server = TestServer::start().await;
+        let front = TlsFront::start_abrupt(&server).await;
+        for threads in [1, 4] {
+            let file = server
+                .serve(
+                    &format!("/abrupt{threads}.bin"),
+                    FileSpec::new(4 * MIB).seed(31).cut_after(1_000_000, 2),
+                )
+                .via(&front);
+
+            fetch_exact(&file, |s| s.threads = threads, "download succeeds").await;
+
+            assert!(
+                file.gets().iter().any(|r| r.range_start() > Some(0)),
+                "{threads} connections: after a cut the download did not resume"
+            );
+        }
     })
     .await;
 }

@@ -2,7 +2,7 @@
 
 use sdm_tests::{ALWAYS, FileSpec, ServedFile, sha256_file};
 
-use crate::support::{finished_files_in, on_both_body_paths, spec, tempdir, until};
+use crate::support::{finished_files_in, on_every_body_path, spec, tempdir, until};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -56,7 +56,7 @@ async fn change_midway(
 /// Serve `spec` at `path`, change it once 1.5 MiB have been sent, and check the result is not a splice, over both
 /// body paths.
 async fn changed_midway_is_never_spliced(path: &str, spec: FileSpec) {
-    on_both_body_paths(60, path, async |server, path, splice| {
+    on_every_body_path(60, path, async |server, path, splice| {
         let file = server.serve(path, spec.clone());
         let dir = tempdir();
 
@@ -96,7 +96,7 @@ async fn a_new_last_modified_mid_download_is_never_spliced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_requests_carry_the_validator_in_if_range() {
-    on_both_body_paths(30, "/tagged.bin", async |server, path, splice| {
+    on_every_body_path(30, "/tagged.bin", async |server, path, splice| {
         let file = server.serve(
             path,
             FileSpec::new(4 * MIB).seed(33).etag().cut_after(MIB, 2),

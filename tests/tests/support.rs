@@ -7,6 +7,7 @@ use std::time::Duration;
 use protocol::{AddRequest, DownloadId, DownloadInfo, Settings, SettingsPatch, Status};
 use sdm::engine::oneshot::GetSpec;
 use sdm::engine::{Engine, EngineConfig};
+use sdm_tests::server::{Cert, TlsFront, test_ca_der};
 use sdm_tests::{FileSpec, ServedFile, TestServer, sha256_file};
 
 /// Run `fut`, failing the test if it takes longer than `secs`.
@@ -73,7 +74,7 @@ pub async fn fetch_exact_or_clean_error(
 
 /// The whole of the simplest `oneshot::get` test, bounded by `secs`: serve `spec` at `path` on a fresh server,
 /// download it with the test spec changed by `tweak`, expect success (`why` otherwise) and an exact file, over both
-/// body paths ([`on_both_body_paths`]).
+/// body paths ([`on_every_body_path`]).
 pub async fn serve_and_fetch_exact(
     secs: u64,
     path: &str,
@@ -81,7 +82,7 @@ pub async fn serve_and_fetch_exact(
     tweak: impl Fn(&mut GetSpec),
     why: &str,
 ) {
-    on_both_body_paths(secs, path, async |server, path, splice| {
+    on_every_body_path(secs, path, async |server, path, splice| {
         let file = server.serve(path, spec.clone());
         fetch_exact(&file, |s| both(s, &tweak, splice), why).await;
     })
@@ -95,30 +96,59 @@ pub async fn serve_and_fetch_exact_or_clean_error(
     spec: FileSpec,
     tweak: impl Fn(&mut GetSpec),
 ) {
-    on_both_body_paths(secs, path, async |server, path, splice| {
+    on_every_body_path(secs, path, async |server, path, splice| {
         let file = server.serve(path, spec.clone());
         let _ = fetch_exact_or_clean_error(&file, |s| both(s, &tweak, splice)).await;
     })
     .await;
 }
 
-/// Run `case` on a fresh server once per body path, bodies spliced and then read by reqwest, both within `secs`.
-/// Each run serves its own copy of the file (at `path`, then at `/reqwest{path}`) so faults counted per file start
-/// afresh; `case` gets the server, that path and the `splice` to set in its spec. The path under way is printed, so
-/// a failure says which one failed.
-pub async fn on_both_body_paths(
+/// Run `case` on a fresh server once per body path, all within `secs`: bodies spliced over http, read by reqwest over
+/// http, then over https on the own-socket path (`splice` on, through a [`TlsFront`] whose CA this process trusts).
+/// Each run serves its own copy of the file (at `path`, `/reqwest{path}`, `/tls{path}`) so faults counted per file
+/// start afresh; `case` gets the [`Site`] to serve it from, that path and the `splice` to set in its spec. The path
+/// under way is printed, so a failure says which one failed.
+pub async fn on_every_body_path(
     secs: u64,
     path: &str,
-    mut case: impl AsyncFnMut(&TestServer, &str, bool),
+    mut case: impl AsyncFnMut(&Site<'_>, &str, bool),
 ) {
+    sdm::engine::probe::trust_extra_roots(vec![test_ca_der()]);
     bounded(secs, async {
         let server = TestServer::start().await;
-        for (path, splice) in [(path.to_string(), true), (format!("/reqwest{path}"), false)] {
-            eprintln!("body path: {}", if splice { "splice" } else { "reqwest" });
-            case(&server, &path, splice).await;
+        let front = TlsFront::start(&server, Cert::Good).await;
+        let runs = [
+            ("splice", path.to_string(), None, true),
+            ("reqwest", format!("/reqwest{path}"), None, false),
+            ("tls", format!("/tls{path}"), Some(&front), true),
+        ];
+        for (name, path, front, splice) in runs {
+            eprintln!("body path: {name}");
+            let site = Site {
+                server: &server,
+                front,
+            };
+            case(&site, &path, splice).await;
         }
     })
     .await;
+}
+
+/// Where [`on_every_body_path`] serves a case's files: the test server, over http or through an https front.
+pub struct Site<'a> {
+    server: &'a TestServer,
+    front: Option<&'a TlsFront>,
+}
+
+impl Site<'_> {
+    /// [`TestServer::serve`], its URL through the front when there is one.
+    pub fn serve(&self, path: &str, spec: FileSpec) -> ServedFile {
+        let file = self.server.serve(path, spec);
+        match self.front {
+            Some(front) => file.via(front),
+            None => file,
+        }
+    }
 }
 
 fn both(s: &mut GetSpec, tweak: &impl Fn(&mut GetSpec), splice: bool) {

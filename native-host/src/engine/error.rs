@@ -156,7 +156,7 @@ impl TransferError {
 
 /// What is wrong with the server's certificate, in words for the user, when `e` is rustls refusing it: itself, or
 /// wrapped in `io::Error`s (the connector wraps it twice), whose `source` skips the error they wrap.
-fn certificate_problem(mut e: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(crate) fn certificate_problem(mut e: &(dyn std::error::Error + 'static)) -> Option<String> {
     use rustls::CertificateError as C;
     while let Some(inner) = e
         .downcast_ref::<std::io::Error>()

@@ -13,7 +13,8 @@
 //! - [`plan`]: where a transfer stands: the [`plan::Plan`] saved in `state.json` and the [`plan::Live`] state around it.
 //! - [`response`]: a request for part of a file and the judgement of its answer, with no I/O.
 //! - [`body`]: a response body on its way into the part file, over either path.
-//! - [`splice`]: the fast path for ranged bodies over plain HTTP: socket, pipe, part file with `splice(2)`.
+//! - [`splice`]: the fast path for ranged bodies over our own socket: over plain HTTP socket, pipe, part file with
+//!   `splice(2)`; over https rustls on that socket (`tls`), plaintext gathered and written with one `pwrite`.
 //! - [`part`]: the `.part` file: reserved, sized, synced, checked and placed at the final path.
 //! - [`dirfd`]: files inside a folder opened once, by names no symbolic link can redirect (the platform-specific part).
 //! - [`probe`]: the HTTP client, and what the server says about a URL before anything is downloaded.
@@ -45,6 +46,9 @@ pub mod segments;
 #[cfg_attr(not(target_os = "linux"), path = "splice_off.rs")]
 pub mod splice;
 pub mod state;
+// The own-socket path's TLS, used only where that path exists.
+#[cfg(target_os = "linux")]
+mod tls;
 pub mod transfer;
 
 pub use ops::NewAddress;

@@ -9,7 +9,7 @@ use reqwest::{Client, Method, Response, StatusCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use url::{Origin, Url};
 
 use super::error::TransferError;
@@ -21,19 +21,9 @@ use super::response::{content_length, parse_content_range};
 /// hop carries only the caller's headers that belong to its origin. Its TLS verifier reads the system's CA store at
 /// the first certificate it checks ([`LazyRoots`]), not here: a plain-http download never pays for it.
 pub fn client() -> Result<Client, TransferError> {
-    // Several crypto providers may be compiled in; pick ring once. A second call finds one installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TransferError::Network(format!("TLS setup: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(LazyRoots::new(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Client::builder()
         .http1_only()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(ClientConfig::clone(&*tls_config()?))
         .connect_timeout(Duration::from_secs(15))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
@@ -43,10 +33,45 @@ pub fn client() -> Result<Client, TransferError> {
         .map_err(TransferError::Client)
 }
 
+/// The TLS configuration of every https connection, reqwest's and the own-socket path's (`splice` over https): ring,
+/// the platform's verifier built lazily ([`LazyRoots`]), ALPN `http/1.1` only. One per process, so the CA store is
+/// read at most once whichever path meets the first certificate.
+pub(crate) fn tls_config() -> Result<Arc<ClientConfig>, TransferError> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            // Several crypto providers may be compiled in; pick ring once. A second call finds one installed, which is
+            // fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut tls = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(LazyRoots::new(provider)))
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Arc::new(tls))
+        })
+        .clone()
+        .map_err(|e| TransferError::Network(format!("TLS setup: {e}")))
+}
+
+/// Roots trusted besides the system's, for this process: see [`trust_extra_roots`].
+static EXTRA_ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+
+/// Trust `roots` besides the system's CA store, in this whole process. For tests, which run the engine in their own
+/// process and cannot give it an `SSL_CERT_FILE`: call it before the first certificate is checked; only the first
+/// call counts.
+#[doc(hidden)]
+pub fn trust_extra_roots(roots: Vec<CertificateDer<'static>>) {
+    let _ = EXTRA_ROOTS.set(roots);
+}
+
 /// The platform's certificate verifier (what reqwest uses by default), built at the first certificate to check, once
-/// per client (the engine and `sdm get` each make one): building it reads and parses every CA certificate of the system (about 150 files on Debian, some
-/// milliseconds), which a plain-http `sdm get` does not need. Signatures of the handshake itself need no roots and
-/// are checked with the provider's algorithms, as the platform verifier does.
+/// per process ([`tls_config`]): building it reads and parses every CA certificate of the system (about 150 files on
+/// Debian, some milliseconds), which a plain-http `sdm get` does not need. Signatures of the handshake itself need no
+/// roots and are checked with the provider's algorithms, as the platform verifier does.
 #[derive(Debug)]
 struct LazyRoots {
     provider: Arc<CryptoProvider>,
@@ -63,7 +88,13 @@ impl LazyRoots {
 
     fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
         self.verifier
-            .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
+            .get_or_init(|| match EXTRA_ROOTS.get() {
+                Some(roots) => rustls_platform_verifier::Verifier::new_with_extra_roots(
+                    roots.iter().cloned(),
+                    self.provider.clone(),
+                ),
+                None => rustls_platform_verifier::Verifier::new(self.provider.clone()),
+            })
             .as_ref()
             .map_err(Clone::clone)
     }

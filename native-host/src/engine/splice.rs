@@ -1,13 +1,16 @@
-//! Ranged GETs over plain HTTP whose bodies never enter the process: socket → pipe → file with splice(2).
+//! Ranged GETs over our own socket: over plain HTTP the bodies never enter the process (socket → pipe → file with
+//! splice(2)); over https they are decrypted by [`super::tls`] into a buffer of ours and written from there.
 //!
 //! On a fast link most of a download's CPU is the kernel copying bytes, once from the socket into the process and
 //! once from the process into the page cache. splice(2) hands the socket's pages to a pipe and copies them from the
 //! pipe into the file, so the first copy and the syscalls that go with it disappear (BENCHMARKS.md has the numbers).
+//! TLS bodies must pass through the process to be decrypted; owning the socket saves them reqwest's second copy and
+//! its record-at-a-time reads.
 //!
-//! This path is taken only where it is plainly the same as reqwest's: an `http://` URL, no proxy in the environment,
-//! and an answer that is a `206` framed by `Content-Length`. Every other answer is read the same way as reqwest's
-//! (status, headers) and judged by the same code; what this path cannot carry (a redirect, a chunked or unframed
-//! body, an interim 1xx) is reported as [`Answer::NotHere`], and the transfer goes back to reqwest for good.
+//! This path is taken only where it is plainly the same as reqwest's: an `http://` or `https://` URL, no proxy in the
+//! environment, and an answer that is a `206` framed by `Content-Length`. Every other answer is read the same way as
+//! reqwest's (status, headers) and judged by the same code; what this path cannot carry (a redirect, a chunked or
+//! unframed body, an interim 1xx) is reported as [`Answer::NotHere`], and the transfer goes back to reqwest for good.
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -20,13 +23,16 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use rustix::pipe::{PipeFlags, SpliceFlags};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use url::{Host, Position, Url};
 
+use super::probe;
 use super::response::content_length;
+use super::tls::Tls;
 
 /// The largest response head read; a longer one is malformed.
 const MAX_HEAD: usize = 64 * 1024;
@@ -36,12 +42,18 @@ const PIPE_SIZE: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const USER_AGENT: &str = concat!("sdm/", env!("CARGO_PKG_VERSION"));
 
-/// Whether requests for `url` may take this path: plain HTTP and no proxy configured (reqwest would use one).
+/// Whether requests for `url` may take this path: HTTP or https, and no proxy configured for its scheme (reqwest
+/// would use one).
 pub fn eligible(url: &Url) -> bool {
-    let proxied = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+    let proxies: &[&str] = match url.scheme() {
+        "http" => &["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"],
+        "https" => &["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"],
+        _ => return false,
+    };
+    let proxied = proxies
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-    url.scheme() == "http" && url.host().is_some() && !proxied
+    url.host().is_some() && !proxied
 }
 
 /// One transfer's use of this path: whether it is still on, and the connections it opened ahead of its first requests.
@@ -96,12 +108,14 @@ impl Route {
     }
 }
 
-/// A kept-alive connection and its pipe, reused by the next request to the same host and port.
+/// A kept-alive connection, reused by the next request to the same scheme, host and port: its pipe over HTTP, its
+/// TLS session over https.
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
-    authority: (String, u16),
+    authority: (String, String, u16),
     pipe: Option<(OwnedFd, OwnedFd)>,
+    tls: Option<Box<Tls>>,
 }
 
 /// What the server answered.
@@ -132,24 +146,46 @@ pub async fn get(reuse: Option<Conn>, url: &Url, headers: &HeaderMap) -> io::Res
     exchange(open(url).await?, &request).await
 }
 
-/// A new connection to `url`'s host and port, for [`get`] to send on.
+/// A new connection to `url`'s host and port, its TLS handshake done over https, for [`get`] to send on.
 pub async fn open(url: &Url) -> io::Result<Conn> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(url))
-        .await
-        .map_err(|_| io::Error::new(ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
+    let (stream, tls) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let stream = connect(url).await?;
+        stream.set_nodelay(true)?;
+        let tls = match url.scheme() {
+            "https" => Some(Box::new(handshake(&stream, url).await?)),
+            _ => None,
+        };
+        Ok::<_, io::Error>((stream, tls))
+    })
+    .await
+    .map_err(|_| io::Error::new(ErrorKind::TimedOut, "connect timed out"))??;
     Ok(Conn {
         stream,
         authority: authority(url),
         pipe: None,
+        tls,
     })
 }
 
-fn authority(url: &Url) -> (String, u16) {
+fn authority(url: &Url) -> (String, String, u16) {
     (
+        url.scheme().to_string(),
         url.host_str().unwrap_or_default().to_string(),
         url.port_or_known_default().unwrap_or(80),
     )
+}
+
+/// The TLS session with `url`'s host on `stream`, with the configuration reqwest's client has.
+async fn handshake(stream: &TcpStream, url: &Url) -> io::Result<Tls> {
+    let name = match url.host() {
+        Some(Host::Domain(d)) => ServerName::try_from(d.to_string())
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?,
+        Some(Host::Ipv4(a)) => ServerName::IpAddress(std::net::IpAddr::V4(a).into()),
+        Some(Host::Ipv6(a)) => ServerName::IpAddress(std::net::IpAddr::V6(a).into()),
+        None => return Err(io::Error::new(ErrorKind::InvalidInput, "URL has no host")),
+    };
+    let config = probe::tls_config().map_err(io::Error::other)?;
+    Tls::connect(stream, config, name).await
 }
 
 async fn connect(url: &Url) -> io::Result<TcpStream> {
@@ -189,16 +225,29 @@ fn request_head(url: &Url, headers: &HeaderMap) -> Vec<u8> {
 
 /// Send `request` on `conn` and read the answer's head.
 async fn exchange(mut conn: Conn, request: &[u8]) -> io::Result<Answer> {
-    conn.stream.write_all(request).await?;
+    match &mut conn.tls {
+        Some(tls) => tls.send(&conn.stream, request).await?,
+        None => conn.stream.write_all(request).await?,
+    }
     let mut buf = Vec::with_capacity(4096);
     loop {
+        if buf.len() >= MAX_HEAD {
+            return Err(malformed("response head over 64 KiB"));
+        }
         if buf.len() == buf.capacity() {
-            if buf.len() >= MAX_HEAD {
-                return Err(malformed("response head over 64 KiB"));
-            }
             buf.reserve(buf.len());
         }
-        if conn.stream.read_buf(&mut buf).await? == 0 {
+        let got = match &mut conn.tls {
+            // A record at a time, so what comes after the head mostly stays in the session for the body.
+            Some(tls) => {
+                let n = tls.fill(&conn.stream, 1).await?;
+                buf.extend_from_slice(tls.plain());
+                tls.consume(n);
+                n
+            }
+            None => conn.stream.read_buf(&mut buf).await?,
+        };
+        if got == 0 {
             return Err(io::Error::new(
                 ErrorKind::UnexpectedEof,
                 "connection closed before a response",
@@ -309,6 +358,12 @@ impl Body {
         if want == 0 {
             return Ok(0);
         }
+        if let Some(tls) = &mut self.conn.tls {
+            let n = tls.fill(&self.conn.stream, want).await?.min(want);
+            self.staged = n;
+            self.left -= n as u64;
+            return Ok(n);
+        }
         if self.conn.pipe.is_none() {
             let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
             // A bigger pipe means fewer, larger moves; the default (64 KiB) still works if the system refuses.
@@ -343,6 +398,14 @@ impl Body {
             self.staged = 0;
             return Ok(());
         }
+        if let Some(tls) = &mut self.conn.tls {
+            file.write_all_at(&tls.plain()[..n], at)?;
+            // What a short commit leaves staged is dropped with the body, as below.
+            tls.consume(self.staged);
+            self.whole &= self.staged == n;
+            self.staged = 0;
+            return Ok(());
+        }
         let (r, _) = self
             .conn
             .pipe
@@ -373,9 +436,12 @@ impl Body {
         Ok(())
     }
 
-    /// The connection, for the next request, when this body was read to its end and the server keeps it open.
+    /// The connection, for the next request, when this body was read to its end, nothing came after it, and the
+    /// server keeps it open.
     pub fn into_conn(self) -> Option<Conn> {
-        (self.keep_alive && self.whole && self.left == 0 && self.staged == 0).then_some(self.conn)
+        let after = self.conn.tls.as_ref().is_some_and(|t| t.has_more());
+        (self.keep_alive && self.whole && self.left == 0 && self.staged == 0 && !after)
+            .then_some(self.conn)
     }
 }
 
@@ -502,8 +568,122 @@ mod tests {
         assert!(b.into_conn().is_none());
     }
 
+    /// Read `b` to its end into `file` at `at`; where it stopped.
+    async fn drain(b: &mut Body, file: &File, mut at: u64) -> u64 {
+        loop {
+            let n = b.stage(1 << 20).await.unwrap();
+            if n == 0 {
+                return at;
+            }
+            b.commit(file, at, n).unwrap();
+            at += n as u64;
+        }
+    }
+
+    fn ranged(from: u64, to: u64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let range = format!("bytes={from}-{to}");
+        h.insert(header::RANGE, HeaderValue::from_str(&range).unwrap());
+        h
+    }
+
+    fn trust_test_ca() {
+        probe::trust_extra_roots(vec![sdm_tests::server::test_ca_der()]);
+    }
+
+    #[tokio::test]
+    async fn a_tls_body_is_written_whole_and_its_connection_kept() {
+        trust_test_ca();
+        let server = sdm_tests::TestServer::start().await;
+        let file = server.serve("/f", sdm_tests::FileSpec::new(3 << 20).seed(3));
+        let front =
+            sdm_tests::server::TlsFront::start(&server, sdm_tests::server::Cert::Good).await;
+        let url = Url::parse(&front.url("/f")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = File::create(dir.path().join("out")).unwrap();
+        let mut conn = None;
+        for (from, to) in [(0, (1 << 20) - 1), (1 << 20, (3 << 20) - 1)] {
+            let Answer::Body(status, _, mut b) =
+                get(conn.take(), &url, &ranged(from, to)).await.unwrap()
+            else {
+                panic!("not a body");
+            };
+            assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+            assert_eq!(drain(&mut b, &out, from).await, to + 1);
+            conn = b.into_conn();
+            assert!(
+                conn.is_some(),
+                "a body read to its end keeps its connection"
+            );
+        }
+        assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), file.bytes());
+        assert_eq!(file.gets().len(), 2);
+        assert_eq!(
+            server.requests().len(),
+            2,
+            "both requests went over one connection"
+        );
+    }
+
+    /// A TLS body cut without `close_notify` (the TCP connection just ends) ends short: only authenticated bytes are
+    /// written, the body reports its end (the transfer then sees an early end and retries), and the connection is
+    /// not kept.
+    #[tokio::test]
+    async fn a_tls_body_cut_without_close_notify_ends_short_and_is_not_kept() {
+        trust_test_ca();
+        let server = sdm_tests::TestServer::start().await;
+        let file = server.serve(
+            "/f",
+            sdm_tests::FileSpec::new(2 << 20)
+                .seed(5)
+                .cut_after(700_000, 1),
+        );
+        let front = sdm_tests::server::TlsFront::start_abrupt(&server).await;
+        let url = Url::parse(&front.url("/f")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = File::create(dir.path().join("out")).unwrap();
+        let Answer::Body(_, _, mut b) = get(None, &url, &ranged(0, (2 << 20) - 1)).await.unwrap()
+        else {
+            panic!("not a body");
+        };
+        let end = drain(&mut b, &out, 0).await;
+        assert!(end < 2 << 20, "the cut body came whole");
+        assert!(b.into_conn().is_none());
+        let got = std::fs::read(dir.path().join("out")).unwrap();
+        assert_eq!(got[..end as usize], file.bytes()[..end as usize]);
+    }
+
+    /// A bad certificate is refused on this path with the words reqwest's refusal gets.
+    #[tokio::test]
+    async fn a_bad_certificate_is_refused_here_as_by_reqwest() {
+        use sdm_tests::server::{Cert, TlsFront};
+        trust_test_ca();
+        let server = sdm_tests::TestServer::start().await;
+        server.serve("/f", sdm_tests::FileSpec::new(1000));
+        let client = probe::client().unwrap();
+        for cert in [Cert::SelfSigned, Cert::WrongHost, Cert::Expired] {
+            let front = TlsFront::start(&server, cert).await;
+            let url = Url::parse(&front.url("/f")).unwrap();
+            let Err(own) = get(None, &url, &ranged(0, 9)).await else {
+                panic!("{cert:?}: the own path took the certificate");
+            };
+            let own = super::super::error::certificate_problem(&own);
+            let theirs = client.get(url.as_str()).send().await.unwrap_err();
+            let super::super::error::TransferError::Certificate(theirs) =
+                super::super::error::TransferError::from_reqwest(theirs)
+            else {
+                panic!("{cert:?}: reqwest's error is not about the certificate");
+            };
+            assert_eq!(own.as_deref(), Some(theirs.as_str()), "{cert:?}");
+        }
+        assert!(
+            server.requests().is_empty(),
+            "a request went past a bad certificate"
+        );
+    }
+
     #[test]
-    fn only_plain_http_is_eligible() {
+    fn only_http_and_https_are_eligible() {
         let ok = |u: &str| eligible(&Url::parse(u).unwrap());
         if ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
             .iter()
@@ -511,7 +691,12 @@ mod tests {
         {
             assert!(ok("http://example.com/f"));
         }
-        assert!(!ok("https://example.com/f"));
+        if ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]
+            .iter()
+            .all(|v| std::env::var_os(v).is_none())
+        {
+            assert!(ok("https://example.com/f"));
+        }
         assert!(!ok("ftp://example.com/f"));
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::body::{Body, STAGE_MAX};
-use super::error::TransferError;
+use super::error::{self, TransferError};
 use super::filename;
 use super::part;
 use super::plan::{Dest, Live, Plan};
@@ -41,7 +41,8 @@ pub struct Options {
     pub stall_timeout: Duration,
     /// Expected sha256 of the whole file, lowercase hex.
     pub sha256: Option<String>,
-    /// Move plain-HTTP ranged bodies with splice(2) (see [`splice`]); off, every byte goes through reqwest.
+    /// Carry ranged bodies over our own socket (see [`splice`]): with splice(2) over http, decrypted into a buffer of
+    /// ours over https; off, every byte goes through reqwest.
     pub splice: bool,
 }
 
@@ -549,7 +550,13 @@ impl Transfer {
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     return Err(TransferError::Malformed(e.to_string()));
                 }
-                Err(e) => return Err(TransferError::Network(e.to_string())),
+                // Over https: rustls refusing the certificate, as reqwest would report it.
+                Err(e) => {
+                    return Err(match error::certificate_problem(&e) {
+                        Some(problem) => TransferError::Certificate(problem),
+                        None => TransferError::Network(e.to_string()),
+                    });
+                }
             }
         }
         let resp = probe::send(&self.client, Method::GET, url, &caller, own).await?;

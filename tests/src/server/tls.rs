@@ -12,6 +12,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     date_time_ymd,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -19,7 +20,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::TestServer;
+use super::{ServedFile, TestServer};
 
 /// The certificate a [`TlsFront`] shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,7 @@ pub enum Cert {
 struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
+    der: CertificateDer<'static>,
 }
 
 fn ca() -> &'static TestCa {
@@ -53,6 +55,7 @@ fn ca() -> &'static TestCa {
         let cert = params.self_signed(&key).expect("CA certificate");
         TestCa {
             pem: cert.pem(),
+            der: cert.der().clone(),
             issuer: Issuer::new(params, key),
         }
     })
@@ -61,6 +64,11 @@ fn ca() -> &'static TestCa {
 /// The test CA's certificate in PEM: the one root that makes [`Cert::Good`] trusted.
 pub fn test_ca_pem() -> &'static str {
     &ca().pem
+}
+
+/// The test CA's certificate in DER, for a client in the test's own process (`sdm::engine::probe::trust_extra_roots`).
+pub fn test_ca_der() -> CertificateDer<'static> {
+    ca().der.clone()
 }
 
 /// A certificate of kind `cert` and its key.
@@ -105,6 +113,16 @@ impl TlsFront {
     /// Listen on `127.0.0.1:0`, show `cert` in each handshake, and pass each connection that completes one on to
     /// `backend`. A client that refuses the certificate never reaches `backend` (its request log stays empty).
     pub async fn start(backend: &TestServer, cert: Cert) -> TlsFront {
+        TlsFront::start_with(backend, cert, false).await
+    }
+
+    /// A front with a [`Cert::Good`] certificate that, when the backend closes a connection (a cut body, say),
+    /// closes its own without TLS's `close_notify`: as a crashed server or a cut link would.
+    pub async fn start_abrupt(backend: &TestServer) -> TlsFront {
+        TlsFront::start_with(backend, Cert::Good, true).await
+    }
+
+    async fn start_with(backend: &TestServer, cert: Cert, abrupt: bool) -> TlsFront {
         let (chain, key) = make(cert);
         let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -117,7 +135,7 @@ impl TlsFront {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn(accept_loop(listener, acceptor, backend.addr()));
+        let task = tokio::spawn(accept_loop(listener, acceptor, backend.addr(), abrupt));
         TlsFront { addr, task }
     }
 
@@ -131,14 +149,19 @@ impl TlsFront {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, backend: SocketAddr) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    backend: SocketAddr,
+    abrupt: bool,
+) {
     // Owning the connections here means aborting this task (on drop) aborts them all.
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                conns.spawn(relay(acceptor.clone(), stream, backend));
+                conns.spawn(relay(acceptor.clone(), stream, backend, abrupt));
             }
             Some(_) = conns.join_next() => {}
         }
@@ -146,8 +169,8 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, backend: Sock
 }
 
 /// One connection: the handshake (unless the client speaks plain HTTP), then bytes both ways between the client and
-/// `backend` until either side closes.
-async fn relay(acceptor: TlsAcceptor, stream: TcpStream, backend: SocketAddr) {
+/// `backend` until either side closes; `abrupt`: the TLS side is then dropped without `close_notify`.
+async fn relay(acceptor: TlsAcceptor, stream: TcpStream, backend: SocketAddr, abrupt: bool) {
     // A TLS connection opens with a handshake record, content type 22.
     let mut first = [0u8; 1];
     let Ok(1) = stream.peek(&mut first).await else {
@@ -163,8 +186,39 @@ async fn relay(acceptor: TlsAcceptor, stream: TcpStream, backend: SocketAddr) {
     let Ok(mut tls) = acceptor.accept(stream).await else {
         return;
     };
-    if let Some(mut plain) = connect(backend).await {
+    let Some(mut plain) = connect(backend).await else {
+        return;
+    };
+    if !abrupt {
         let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+        return;
+    }
+    let (mut tls_in, mut tls_out) = tokio::io::split(tls);
+    let (mut plain_in, mut plain_out) = plain.split();
+    let up = tokio::io::copy(&mut tls_in, &mut plain_out);
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = plain_in.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            tls_out.write_all(&buf[..n]).await?;
+            tls_out.flush().await?;
+        }
+    };
+    // Whichever side ends first, both are dropped: no `close_notify` is sent.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+impl ServedFile {
+    /// The same file, its URL through `front` (https, the front's port).
+    pub fn via(mut self, front: &TlsFront) -> ServedFile {
+        self.url = front.url(&self.path);
+        self
     }
 }
 
