@@ -37,7 +37,7 @@ pub struct GetArgs {
     /// Fail unless the file's sha256 is this (64 hex digits)
     #[arg(long, value_name = "HEX", value_parser = parse::sha256)]
     sha256: Option<String>,
-    /// Read every body through memory, not with splice(2) (for comparison, or a file system that mishandles it)
+    /// Send every body through reqwest, not over SDM's own socket (splice(2) for http, its own TLS reads for https)
     #[arg(long)]
     no_splice: bool,
     /// Drop and retry a connection that sends nothing for this long
