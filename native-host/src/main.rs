@@ -18,7 +18,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sdm::{paths, relay};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use cli::{Cli, Cmd};
 
@@ -33,24 +35,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Serve => {
-            init_logging(None, "info");
+            init_logging(None, LevelFilter::INFO);
             runtime(true).and_then(|rt| rt.block_on(cli::serve::run()))
         }
         Cmd::Relay => return run_relay(&args),
         Cmd::Get(get_args) => {
-            init_logging(None, "warn");
+            init_logging(None, LevelFilter::WARN);
             runtime(false).and_then(|rt| rt.block_on(cli::get::run(get_args)))
         }
         Cmd::Install(install_args) => {
-            init_logging(None, "warn");
+            init_logging(None, LevelFilter::WARN);
             cli::install::run(install_args)
         }
         Cmd::Lifecycle(command) => {
-            init_logging(None, "warn");
+            init_logging(None, LevelFilter::WARN);
             runtime(false).and_then(|rt| rt.block_on(cli::lifecycle::run(command)))
         }
         Cmd::Remote(command) => {
-            init_logging(None, "warn");
+            init_logging(None, LevelFilter::WARN);
             runtime(false).and_then(|rt| rt.block_on(cli::remote(command)))
         }
     };
@@ -76,19 +78,28 @@ fn runtime(multi: bool) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Log to `file` when given (and writable), else stderr; never stdout. `SDM_LOG` overrides the level.
-fn init_logging(file: Option<PathBuf>, default: &str) {
-    let filter = EnvFilter::try_from_env("SDM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+/// Log to `file` when given (and writable), else stderr; never stdout. `SDM_LOG` overrides the level: `debug`, or per
+/// target, `sdm=trace,reqwest=debug` (`Targets`, not `EnvFilter`: that one's regex engine was a twentieth of the
+/// binary's code, and every process mapped it).
+fn init_logging(file: Option<PathBuf>, default: LevelFilter) {
+    let filter = std::env::var("SDM_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(default));
     let file = file.and_then(|path| sdm::client::open_log(&path).ok());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt();
     match file {
         Some(file) => builder
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(file))
+            .finish()
+            .with(filter)
             .init(),
         None => builder
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
             .init(),
     }
 }
@@ -100,7 +111,7 @@ fn run_relay(args: &[String]) -> ExitCode {
         Some(dir.join(paths::RELAY_LOG))
     });
     // The relay's log is a file of its own, and its argv is worth having: each browser passes different ones.
-    init_logging(log, "info");
+    init_logging(log, LevelFilter::INFO);
     tracing::info!(argv = ?args, caller = %relay::caller(args), pid = std::process::id(), "relay started");
     let data_dir = match data_dir {
         Ok(dir) => dir,
