@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use sdm_tests::server::{Cert, TlsFront, test_ca_der};
 use sdm_tests::{FileSpec, NoLength, TestServer};
 
 use crate::support::{
@@ -498,6 +499,47 @@ async fn progress_reports_climb_towards_the_total() {
         let last = seen.last().unwrap();
         assert_eq!(last.total, Some(file.len()));
         assert_eq!(last.filename, "watched.bin");
+    })
+    .await;
+}
+
+/// Over https the own path costs a TLS handshake of its own, where reqwest's first request reuses the probe's
+/// connection: a small file goes through reqwest on that one connection; from `OWN_TLS_MIN` on, the own path opens
+/// its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_a_small_file_reuses_the_probes_connection_and_a_large_one_takes_the_own_path() {
+    sdm::engine::probe::trust_extra_roots(vec![test_ca_der()]);
+    bounded(60, async {
+        let server = TestServer::start().await;
+        let front = TlsFront::start(&server, Cert::Good).await;
+        let min = sdm::engine::transfer::OWN_TLS_MIN;
+        for (name, len, own) in [("small", min - 1, false), ("large", min, true)] {
+            let file = server
+                .serve(&format!("/{name}.bin"), FileSpec::new(len))
+                .via(&front);
+            fetch_exact(
+                &file,
+                |s| {
+                    s.threads = 1;
+                    s.own_tls_min = min;
+                },
+                "download succeeds",
+            )
+            .await;
+            let requests = file.requests();
+            let probe = requests.first().expect("a probe").conn;
+            let get = file.gets().last().expect("a GET").conn;
+            assert_eq!(
+                get != probe,
+                own,
+                "{name} file ({len} bytes): {}",
+                if own {
+                    "its body should come over a connection of the own path"
+                } else {
+                    "its body should come over the probe's connection, through reqwest"
+                }
+            );
+        }
     })
     .await;
 }

@@ -17,7 +17,9 @@ pub async fn bounded<T>(secs: u64, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("test timed out after {secs} s"))
 }
 
-/// A `sdm get` spec with test defaults: 8 connections, 5 retries, no cap, a 5 s stall timeout.
+/// A `sdm get` spec with test defaults: 8 connections, 5 retries, no cap, a 5 s stall timeout, and https bodies on the
+/// own path at any size (the product takes it from [`sdm::engine::transfer::OWN_TLS_MIN`] on), so the small files of
+/// the faulty-body tests exercise it.
 pub fn spec(url: &str, output: &Path) -> GetSpec {
     GetSpec {
         url: url.to_string(),
@@ -29,6 +31,7 @@ pub fn spec(url: &str, output: &Path) -> GetSpec {
         stall_timeout: Duration::from_secs(5),
         sha256: None,
         splice: true,
+        own_tls_min: 0,
     }
 }
 

@@ -62,6 +62,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         stall_timeout: Duration::from_secs(args.stall_timeout),
         sha256: args.sha256,
         splice: !args.no_splice,
+        own_tls_min: sdm::engine::transfer::OWN_TLS_MIN,
     };
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())

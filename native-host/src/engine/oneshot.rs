@@ -33,6 +33,8 @@ pub struct GetSpec {
     pub sha256: Option<String>,
     /// Move plain-HTTP ranged bodies with splice(2) (see [`super::splice`]); off, every byte goes through reqwest.
     pub splice: bool,
+    /// The smallest file whose https bodies take the own path ([`super::transfer::OWN_TLS_MIN`]).
+    pub own_tls_min: u64,
 }
 
 /// The live numbers of a transfer, for a progress bar.
@@ -97,6 +99,7 @@ fn transfer_for(spec: &GetSpec, live: Arc<Live>) -> Result<Transfer, TransferErr
             stall_timeout: spec.stall_timeout,
             sha256: spec.sha256.clone(),
             splice: spec.splice,
+            own_tls_min: spec.own_tls_min,
         },
         limiters: vec![Arc::new(RateLimiter::new(spec.limit))],
         cancel: CancellationToken::new(),

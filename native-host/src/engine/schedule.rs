@@ -92,6 +92,7 @@ impl Engine {
                 stall_timeout: stall,
                 sha256: None,
                 splice: true,
+                own_tls_min: super::transfer::OWN_TLS_MIN,
             },
             limiters: vec![e.limiter.clone(), self.inner.global.clone()],
             cancel,

@@ -62,6 +62,8 @@ pub struct Route {
     /// The server answered with something only reqwest carries (a redirect, a chunked body): every later request of
     /// the transfer goes through reqwest.
     off: AtomicBool,
+    /// Whether https goes this way too: decided once the file's size is known ([`Route::allow_tls`]).
+    tls: AtomicBool,
     /// Connections opened while the probe was out, one for the first request of each of the transfer's connections.
     spare: Mutex<Vec<JoinHandle<io::Result<Conn>>>>,
 }
@@ -73,6 +75,16 @@ impl Route {
 
     pub fn turn_off(&self) {
         self.off.store(true, Ordering::Relaxed);
+    }
+
+    /// Let https bodies take this path (or not): the transfer decides by the file's size.
+    pub fn allow_tls(&self, on: bool) {
+        self.tls.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether this route carries `url`'s scheme now: plain http always, https once allowed.
+    pub fn carries(&self, url: &Url) -> bool {
+        url.scheme() != "https" || self.tls.load(Ordering::Relaxed)
     }
 
     fn spare(&self) -> MutexGuard<'_, Vec<JoinHandle<io::Result<Conn>>>> {

@@ -25,6 +25,12 @@ impl Route {
 
     pub fn turn_off(&self) {}
 
+    pub fn allow_tls(&self, _on: bool) {}
+
+    pub fn carries(&self, _url: &Url) -> bool {
+        false
+    }
+
     pub fn open_spares(&self, _url: &Url, _n: u32) {}
 
     pub fn keep_spares(&self, _n: usize) {}
