@@ -87,7 +87,8 @@ fn init_logging(file: Option<PathBuf>, default: LevelFilter) {
         .and_then(|v| v.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(default));
     let file = file.and_then(|path| sdm::client::open_log(&path).ok());
-    let builder = tracing_subscriber::fmt();
+    // The builder's own filter stays open (its default is INFO); `filter` decides.
+    let builder = tracing_subscriber::fmt().with_max_level(LevelFilter::TRACE);
     match file {
         Some(file) => builder
             .with_ansi(false)
