@@ -912,6 +912,13 @@ impl Service {
         self.child.id()
     }
 
+    /// The queue scenarios' settings: five downloads at a time, into `out`.
+    fn queue_into(&self, out: &Path) -> Result<()> {
+        let dir = format!("download_dir={}", out.display());
+        self.cli(&["settings", "--set", "max_concurrent=5", "--set", &dir])
+            .map(drop)
+    }
+
     fn cli(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.sdm)
             .args(args)
@@ -1060,14 +1067,7 @@ fn queue_sdm_run(
     lab.clear_out()?;
     row.runs += 1;
     let svc = Service::start(&sdm.program, &lab.dir.join("home-queue"), ca)?;
-    let out = lab.out.display().to_string();
-    svc.cli(&[
-        "settings",
-        "--set",
-        "max_concurrent=5",
-        "--set",
-        &format!("download_dir={out}"),
-    ])?;
+    svc.queue_into(&lab.out)?;
     let list = list.display().to_string();
     let cpu0 = measure::children_cpu();
     let svc_cpu0 = measure::proc_cpu(svc.pid()).unwrap_or(0.0);
@@ -1395,14 +1395,7 @@ fn service(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
         let svc = Service::start(&sdm.program, &lab.dir.join("home-svc"), None)?;
         std::thread::sleep(Duration::from_secs(2));
         idle.push_opt("rss", "MB", measure::proc_mem_mb(svc.pid(), "VmRSS"));
-        let out = lab.out.display().to_string();
-        svc.cli(&[
-            "settings",
-            "--set",
-            "max_concurrent=5",
-            "--set",
-            &format!("download_dir={out}"),
-        ])?;
+        svc.queue_into(&lab.out)?;
         let cpu0 = measure::proc_cpu(svc.pid()).unwrap_or(0.0);
         let start = Instant::now();
         for (i, url) in urls.iter().enumerate() {
