@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use spec::{FileSpec, NoLength};
-pub use tls::{Cert, TlsFront, test_ca_der, test_ca_pem};
+pub use tls::{Cert, FrontLog, FrontSpec, TlsFront, test_ca_der, test_ca_pem};
 
 mod spec;
 mod tls;

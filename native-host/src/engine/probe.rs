@@ -51,6 +51,9 @@ pub(crate) fn tls_config() -> Result<Arc<ClientConfig>, TransferError> {
                 .with_custom_certificate_verifier(Arc::new(LazyRoots::new(provider)))
                 .with_no_client_auth();
             tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            // The own-socket path takes the traffic keys over once rustls has done the handshake (`tls.rs`); a
+            // connection of reqwest's never hands them out.
+            tls.enable_secret_extraction = true;
             Ok(Arc::new(tls))
         })
         .clone()

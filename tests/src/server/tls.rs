@@ -5,8 +5,9 @@
 //! as its only root (`SSL_CERT_FILE`), and leaves signed by it or by themselves. Nothing depends on the machine's CA
 //! store or on the internet.
 
+use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -16,9 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{HandshakeKind, ServerConfig, SupportedCipherSuite, version};
+use tokio_rustls::server::TlsStream;
 
 use super::{ServedFile, TestServer};
 
@@ -95,12 +97,49 @@ fn make(cert: Cert) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     (signed.der().clone(), der)
 }
 
+/// How a [`TlsFront`] behaves: its certificate, and the unusual things a server may do.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontSpec {
+    pub cert: Cert,
+    /// When the backend closes a connection (a cut body, say), close the TLS side without `close_notify`, as a
+    /// crashed server or a cut link would.
+    pub abrupt: bool,
+    /// Agree to this cipher suite only (and so to its protocol version only).
+    pub suite: Option<SupportedCipherSuite>,
+    /// After every this many bytes sent, refresh the keys: a TLS 1.3 `KeyUpdate` that asks the client for its own.
+    pub key_update_every: Option<usize>,
+}
+
+impl FrontSpec {
+    /// A front showing `cert`, otherwise ordinary.
+    pub fn new(cert: Cert) -> FrontSpec {
+        FrontSpec {
+            cert,
+            abrupt: false,
+            suite: None,
+            key_update_every: None,
+        }
+    }
+}
+
+/// What a [`TlsFront`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct FrontLog {
+    /// Each handshake's kind (full, or resumed from a ticket), in order.
+    pub handshakes: Vec<HandshakeKind>,
+    /// Key updates sent.
+    pub key_updates: usize,
+    /// TLS errors on connections past their handshake: records the client sent that did not open, say.
+    pub errors: Vec<String>,
+}
+
 /// An https listener on `127.0.0.1:0` in front of a [`TestServer`]. A connection that does not open with a TLS
 /// handshake is passed on as it is, so the same port serves http too and a test can redirect between the schemes
 /// with host and port unchanged. Dropping it closes the listener and every connection.
 pub struct TlsFront {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    log: Arc<Mutex<FrontLog>>,
 }
 
 impl Drop for TlsFront {
@@ -113,19 +152,31 @@ impl TlsFront {
     /// Listen on `127.0.0.1:0`, show `cert` in each handshake, and pass each connection that completes one on to
     /// `backend`. A client that refuses the certificate never reaches `backend` (its request log stays empty).
     pub async fn start(backend: &TestServer, cert: Cert) -> TlsFront {
-        TlsFront::start_with(backend, cert, false).await
+        TlsFront::start_spec(backend, FrontSpec::new(cert)).await
     }
 
-    /// A front with a [`Cert::Good`] certificate that, when the backend closes a connection (a cut body, say),
-    /// closes its own without TLS's `close_notify`: as a crashed server or a cut link would.
+    /// A front with a [`Cert::Good`] certificate that closes abruptly ([`FrontSpec::abrupt`]).
     pub async fn start_abrupt(backend: &TestServer) -> TlsFront {
-        TlsFront::start_with(backend, Cert::Good, true).await
+        let spec = FrontSpec {
+            abrupt: true,
+            ..FrontSpec::new(Cert::Good)
+        };
+        TlsFront::start_spec(backend, spec).await
     }
 
-    async fn start_with(backend: &TestServer, cert: Cert, abrupt: bool) -> TlsFront {
-        let (chain, key) = make(cert);
-        let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
+    /// A front as `spec` says.
+    pub async fn start_spec(backend: &TestServer, spec: FrontSpec) -> TlsFront {
+        let (chain, key) = make(spec.cert);
+        let mut provider = ring::default_provider();
+        let versions = match spec.suite {
+            Some(suite) => {
+                provider.cipher_suites = vec![suite];
+                vec![suite.version()]
+            }
+            None => vec![&version::TLS13, &version::TLS12],
+        };
+        let config = ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&versions)
             .expect("TLS versions")
             .with_no_client_auth()
             .with_single_cert(vec![chain], key)
@@ -135,8 +186,15 @@ impl TlsFront {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn(accept_loop(listener, acceptor, backend.addr(), abrupt));
-        TlsFront { addr, task }
+        let log = Arc::new(Mutex::new(FrontLog::default()));
+        let front = Front {
+            acceptor,
+            backend: backend.addr(),
+            spec,
+            log: log.clone(),
+        };
+        let task = tokio::spawn(accept_loop(listener, Arc::new(front)));
+        TlsFront { addr, task, log }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -147,21 +205,35 @@ impl TlsFront {
     pub fn url(&self, path: &str) -> String {
         format!("https://{}{}", self.addr, path)
     }
+
+    /// What this front saw so far.
+    pub fn log(&self) -> FrontLog {
+        self.log.lock().expect("front log").clone()
+    }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every connection of one front shares.
+struct Front {
     acceptor: TlsAcceptor,
     backend: SocketAddr,
-    abrupt: bool,
-) {
+    spec: FrontSpec,
+    log: Arc<Mutex<FrontLog>>,
+}
+
+impl Front {
+    fn note(&self, f: impl FnOnce(&mut FrontLog)) {
+        f(&mut self.log.lock().expect("front log"));
+    }
+}
+
+async fn accept_loop(listener: TcpListener, front: Arc<Front>) {
     // Owning the connections here means aborting this task (on drop) aborts them all.
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                conns.spawn(relay(acceptor.clone(), stream, backend, abrupt));
+                conns.spawn(relay(front.clone(), stream));
             }
             Some(_) = conns.join_next() => {}
         }
@@ -169,8 +241,8 @@ async fn accept_loop(
 }
 
 /// One connection: the handshake (unless the client speaks plain HTTP), then bytes both ways between the client and
-/// `backend` until either side closes; `abrupt`: the TLS side is then dropped without `close_notify`.
-async fn relay(acceptor: TlsAcceptor, stream: TcpStream, backend: SocketAddr, abrupt: bool) {
+/// the backend until either side closes.
+async fn relay(front: Arc<Front>, stream: TcpStream) {
     // A TLS connection opens with a handshake record, content type 22.
     let mut first = [0u8; 1];
     let Ok(1) = stream.peek(&mut first).await else {
@@ -178,21 +250,41 @@ async fn relay(acceptor: TlsAcceptor, stream: TcpStream, backend: SocketAddr, ab
     };
     if first[0] != 22 {
         let mut stream = stream;
-        if let Some(mut plain) = connect(backend).await {
+        if let Some(mut plain) = connect(front.backend).await {
             let _ = tokio::io::copy_bidirectional(&mut stream, &mut plain).await;
         }
         return;
     }
-    let Ok(mut tls) = acceptor.accept(stream).await else {
+    let Ok(tls) = front.acceptor.accept(stream).await else {
         return;
     };
-    let Some(mut plain) = connect(backend).await else {
-        return;
-    };
-    if !abrupt {
-        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-        return;
+    if let Some(kind) = tls.get_ref().1.handshake_kind() {
+        front.note(|log| log.handshakes.push(kind));
     }
+    let Some(plain) = connect(front.backend).await else {
+        return;
+    };
+    let relayed = match (front.spec.abrupt, front.spec.key_update_every) {
+        (true, _) => relay_abrupt(tls, plain).await,
+        (false, Some(every)) => relay_updating(&front, tls, plain, every).await,
+        (false, None) => {
+            let (mut tls, mut plain) = (tls, plain);
+            tokio::io::copy_bidirectional(&mut tls, &mut plain)
+                .await
+                .map(|_| ())
+        }
+    };
+    // A client may drop a connection without `close_notify` (sdm does, once it has what it asked for); what counts
+    // is a TLS error: a record that did not open, a message out of place.
+    if let Err(e) = relayed
+        && e.kind() == ErrorKind::InvalidData
+    {
+        front.note(|log| log.errors.push(e.to_string()));
+    }
+}
+
+/// Relay until either side ends; the TLS side is then dropped without `close_notify`.
+async fn relay_abrupt(tls: TlsStream<TcpStream>, mut plain: TcpStream) -> io::Result<()> {
     let (mut tls_in, mut tls_out) = tokio::io::split(tls);
     let (mut plain_in, mut plain_out) = plain.split();
     let up = tokio::io::copy(&mut tls_in, &mut plain_out);
@@ -201,7 +293,7 @@ async fn relay(acceptor: TlsAcceptor, stream: TcpStream, backend: SocketAddr, ab
         loop {
             let n = plain_in.read(&mut buf).await?;
             if n == 0 {
-                return Ok::<_, std::io::Error>(());
+                return Ok::<_, io::Error>(());
             }
             tls_out.write_all(&buf[..n]).await?;
             tls_out.flush().await?;
@@ -209,8 +301,47 @@ async fn relay(acceptor: TlsAcceptor, stream: TcpStream, backend: SocketAddr, ab
     };
     // Whichever side ends first, both are dropped: no `close_notify` is sent.
     tokio::select! {
-        _ = up => {}
-        _ = down => {}
+        r = up => r.map(|_| ()),
+        r = down => r,
+    }
+}
+
+/// Relay until either side ends, refreshing the keys after every `every` bytes sent to the client.
+async fn relay_updating(
+    front: &Front,
+    mut tls: TlsStream<TcpStream>,
+    mut plain: TcpStream,
+    every: usize,
+) -> io::Result<()> {
+    let mut up = vec![0u8; 16 * 1024];
+    let mut down = vec![0u8; 64 * 1024];
+    let mut since = 0;
+    loop {
+        tokio::select! {
+            n = tls.read(&mut up) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                plain.write_all(&up[..n]).await?;
+            }
+            n = plain.read(&mut down) => {
+                let n = n?;
+                if n == 0 {
+                    return tls.shutdown().await;
+                }
+                for piece in down[..n].chunks(every) {
+                    tls.write_all(piece).await?;
+                    since += piece.len();
+                    if since >= every {
+                        since = 0;
+                        tls.get_mut().1.refresh_traffic_keys().map_err(io::Error::other)?;
+                        front.note(|log| log.key_updates += 1);
+                    }
+                }
+                tls.flush().await?;
+            }
+        }
     }
 }
 
