@@ -226,9 +226,16 @@ async fn serve_connection(engine: Engine, control: Control, stream: ipc::Stream)
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
         let mut sink = FramedWrite::new(write, protocol::codec::codec(MAX_OUTGOING_FRAME));
-        while let Some(frame) = rx.recv().await {
-            if sink.send(bytes::Bytes::from(frame)).await.is_err() {
-                break;
+        let mut frames = Vec::with_capacity(WRITE_QUEUE);
+        // Frames queued together (a download's end is three events) go out in one write, not one write each.
+        while rx.recv_many(&mut frames, WRITE_QUEUE).await > 0 {
+            for frame in frames.drain(..) {
+                if sink.feed(bytes::Bytes::from(frame)).await.is_err() {
+                    return;
+                }
+            }
+            if SinkExt::<bytes::Bytes>::flush(&mut sink).await.is_err() {
+                return;
             }
         }
     });
@@ -318,7 +325,14 @@ fn forward_events(
     tokio::spawn(async move {
         loop {
             let batch = match events.recv().await {
-                Ok(event) => vec![event],
+                // With the events that came with it, so the writer takes them in one go.
+                Ok(event) => {
+                    let mut batch = vec![event];
+                    while let Ok(event) = events.try_recv() {
+                        batch.push(event);
+                    }
+                    batch
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(
                         skipped = n,

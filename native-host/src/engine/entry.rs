@@ -27,6 +27,9 @@ pub(super) struct Entry {
     /// `update` or `set_url` stopped the running task to start it again: when it reports back still running, the
     /// plan it leaves is changed by this and a new task starts from it at once (see `Engine::finished`).
     pub(super) restart: Option<Restart>,
+    /// Completed, but not yet on disk as such (its history line, see `Engine::announce`): until then it shows as
+    /// downloading and holds its slot, so no one is told of a completion that a crash could still undo.
+    pub(super) unannounced: bool,
 }
 
 /// How a running download's plan changes before its transfer starts again.
@@ -93,13 +96,15 @@ impl Entry {
             meter: SpeedMeter::default(),
             speed: 0,
             restart: None,
+            unannounced: false,
         }
     }
 
     pub(super) fn path(&self) -> Option<PathBuf> {
         self.live
-            .snapshot()
-            .map(|p| p.path)
+            .plan()
+            .as_ref()
+            .map(|p| p.path.clone())
             .or_else(|| self.rec.path.clone())
     }
 
@@ -119,13 +124,20 @@ impl Entry {
         }
     }
 
+    /// How the download is shown. It runs for every event and every row of a list, so the live plan is read under
+    /// its lock for the two things wanted of it, not cloned whole.
     pub(super) fn info(&self) -> DownloadInfo {
-        let plan = self.live.snapshot();
-        let path = self.path();
-        let running = self.rec.status == Status::Downloading;
-        let total = plan
-            .as_ref()
-            .and_then(|p| p.total)
+        let (live_total, live_path) = match self.live.plan().as_ref() {
+            Some(p) => (p.total, Some(p.path.clone())),
+            None => (None, None),
+        };
+        let path = live_path.or_else(|| self.rec.path.clone());
+        let status = match self.unannounced {
+            true => Status::Downloading,
+            false => self.rec.status,
+        };
+        let running = status == Status::Downloading;
+        let total = live_total
             .or(self.rec.plan.as_ref().and_then(|p| p.total))
             .or(self.rec.size);
         let downloaded = self.live.downloaded.load(Ordering::Relaxed);
@@ -140,7 +152,7 @@ impl Entry {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| self.rec.filename.clone()),
             path: path.map(|p| p.display().to_string()).unwrap_or_default(),
-            status: self.rec.status,
+            status,
             total,
             downloaded,
             speed,
@@ -170,7 +182,8 @@ impl Entry {
             url: info.url,
             filename: info.filename,
             path: info.path,
-            status: info.status,
+            // How it ended, even before that is announced.
+            status: self.rec.status,
             total: info.total,
             downloaded: info.downloaded,
             error: info.error,

@@ -8,6 +8,9 @@
 //! snapshot of the queue never lands after a newer one, and an id reservation is on disk before any state that uses
 //! its ids. Jobs that pile up during a write are done together, with one state write for all who asked for one.
 //!
+//! A completion is told of once its history line is synced (`Engine::announce`), one small append rather than a state
+//! write per completion; start-up reads such a line as the completion `state.json` may not hold yet.
+//!
 //! **Invariant:** saved progress never exceeds what is on disk. A checkpoint reads each running download's segment
 //! marks, then `fdatasync`s its part file ([`Live::durable_plan`]), then writes `state.json`.
 
@@ -71,7 +74,11 @@ enum Chore {
         settings: Box<Settings>,
         done: Ack,
     },
-    AppendHistory(Box<HistoryItem>),
+    /// Append to history; with an acknowledgement, the line is synced to disk before it is sent.
+    AppendHistory {
+        item: Box<HistoryItem>,
+        done: Option<Ack>,
+    },
     ClearHistory {
         done: Ack,
     },
@@ -170,7 +177,22 @@ impl Disk {
 
     /// Append to history; a failure is logged, as the item stays in memory.
     pub(super) fn append_history(&self, item: HistoryItem) {
-        self.send(Job::Chore(Chore::AppendHistory(Box::new(item))));
+        let item = Box::new(item);
+        self.send(Job::Chore(Chore::AppendHistory { item, done: None }));
+    }
+
+    /// Append to history and sync the line to disk; the future completes once it is there.
+    pub(super) fn append_history_synced(
+        &self,
+        item: HistoryItem,
+    ) -> impl Future<Output = io::Result<()>> + use<> {
+        let (done, answer) = ack();
+        let item = Box::new(item);
+        self.send(Job::Chore(Chore::AppendHistory {
+            item,
+            done: Some(done),
+        }));
+        answer
     }
 
     pub(super) fn clear_history(&self) -> impl Future<Output = io::Result<()>> + use<> {
@@ -232,9 +254,16 @@ impl Writer {
             Chore::Settings { settings, done } => {
                 let _ = done.send(state::save_settings(&self.dir, &settings));
             }
-            Chore::AppendHistory(item) => {
-                if let Err(e) = state::append_history(&self.dir, &item) {
+            Chore::AppendHistory { item, done } => {
+                let appended = state::append_history(&self.dir, &item, done.is_some());
+                if let Err(e) = &appended {
                     warn!(cause = %e, "cannot append to history");
+                }
+                let ok = appended.is_ok();
+                if let Some(done) = done {
+                    let _ = done.send(appended);
+                }
+                if !ok {
                     return;
                 }
                 self.history_lines += 1;
@@ -246,6 +275,9 @@ impl Writer {
                 }
             }
             Chore::ClearHistory { done } => {
+                // A completion told of but not yet in `state.json` is known by its history line only: written
+                // there first, it does not go with the history.
+                self.write_state(false, u64::MAX);
                 let cleared = state::clear_history(&self.dir);
                 if cleared.is_ok() {
                     self.history_lines = 0;

@@ -5,7 +5,7 @@
 //! are written by the writer thread of [`super::persist`]; a command changes memory under the lock, then awaits the
 //! writer with the lock released, and answers only once its change is in `state.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use protocol::{
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::add::Verifications;
@@ -116,6 +117,9 @@ pub(super) struct Inner {
     /// Settings changes take turns, so each is checked, written and applied over the one before it.
     settings_turn: tokio::sync::Mutex<()>,
     pub(super) stopping: CancellationToken,
+    /// Completions waiting for their history line to be on disk to be announced (`Engine::announce`); shutdown
+    /// waits for them.
+    pub(super) announcing: TaskTracker,
     warnings: Vec<String>,
     pub(super) verify: Verifications,
 }
@@ -126,8 +130,9 @@ pub(super) struct Core {
     /// Ids below this are reserved on disk (`ids.json`); reaching it reserves the next block first.
     pub(super) reserved_ids: DownloadId,
     pub(super) downloads: BTreeMap<DownloadId, Entry>,
-    /// The newest [`state::MAX_HISTORY`] finished downloads, oldest first.
-    history: Vec<HistoryItem>,
+    /// The newest [`state::MAX_HISTORY`] finished downloads, oldest first. A deque: once it is full, each download
+    /// that ends drops the oldest, which a `Vec` would pay for by moving all the others.
+    history: VecDeque<HistoryItem>,
     /// How many items were ever recorded in `history`, so a clear knows which came after it was asked for.
     history_recorded: u64,
 }
@@ -182,8 +187,8 @@ impl Core {
 }
 
 /// What start-up reads from the data directory.
-struct Loaded {
-    core: Core,
+pub(super) struct Loaded {
+    pub(super) core: Core,
     warnings: Vec<String>,
     /// Lines in `history.jsonl`, for the writer's rotation.
     history_lines: usize,
@@ -191,7 +196,7 @@ struct Loaded {
 
 impl Loaded {
     /// Read settings, state, history and the id reservation (blocking).
-    fn read(dir: &Path) -> Result<Loaded, StartError> {
+    pub(super) fn read(dir: &Path) -> Result<Loaded, StartError> {
         state::ensure_dir(dir).map_err(|source| StartError::DataDir {
             dir: dir.to_path_buf(),
             source,
@@ -210,11 +215,12 @@ impl Loaded {
                 settings.download_dir.clear();
             }
         }
-        let loaded = state::load_state(dir, &mut warnings);
+        let mut loaded = state::load_state(dir, &mut warnings);
         let state::LoadedHistory {
             items: history,
             lines: history_lines,
         } = state::load_history(dir, &mut warnings);
+        state::completed_since_saved(&mut loaded.downloads, &history);
         // Ids are never reused: not those of finished downloads in history, nor (when the state file was damaged)
         // those of downloads lost with it, which the reservation on disk covers.
         let reserved = state::load_reserved_ids(dir, &mut warnings);
@@ -247,7 +253,7 @@ impl Loaded {
             next_id,
             reserved_ids,
             downloads,
-            history,
+            history: history.into(),
             history_recorded: 0,
         };
         Ok(Loaded {
@@ -282,6 +288,7 @@ impl Engine {
             saved: AtomicU64::new(0),
             settings_turn: tokio::sync::Mutex::new(()),
             stopping: CancellationToken::new(),
+            announcing: TaskTracker::new(),
             warnings,
             verify: Verifications::default(),
         });
@@ -493,7 +500,12 @@ impl Engine {
 
     pub(super) fn record_history(&self, core: &mut Core, item: HistoryItem) {
         self.inner.disk.append_history(item.clone());
-        core.history.push(item);
+        self.show_history(core, item);
+    }
+
+    /// [`Engine::record_history`] for an item already appended to `history.jsonl`.
+    pub(super) fn show_history(&self, core: &mut Core, item: HistoryItem) {
+        core.history.push_back(item);
         core.history_recorded += 1;
         let over = core.history.len().saturating_sub(state::MAX_HISTORY);
         core.history.drain(..over);
@@ -566,6 +578,14 @@ impl Engine {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Completions told of now, with their history items, are in the last checkpoint's batch.
+        self.inner.announcing.close();
+        if tokio::time::timeout_at(deadline, self.inner.announcing.wait())
+            .await
+            .is_err()
+        {
+            warn!("completions were not announced within 10 s");
         }
         self.checkpoint().await;
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use protocol::{DownloadId, Event, Progress, Status};
+use protocol::{DownloadId, Event, HistoryItem, Progress, Status};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -27,40 +27,41 @@ impl Engine {
 
     /// Start queued downloads in the queue's order (see `Core::ordered`), up to `max_concurrent`; send the last ones
     /// back to the queue when there are more running than that (after the setting was lowered).
+    ///
+    /// This runs each time a download ends, so the usual case (a slot is free, the queue is long) is one pass over the
+    /// queue with no sort: only the next few queued downloads are picked out (`Core::first_where`).
     pub(super) fn schedule(&self, core: &mut Core) {
         if self.inner.stopping.is_cancelled() {
             return;
         }
         let max = core.settings.max_concurrent as usize;
-        let order =
-            core.ordered_where(|e| matches!(e.rec.status, Status::Queued | Status::Downloading));
-        let running: Vec<DownloadId> = order
-            .iter()
-            .copied()
-            .filter(|id| core.downloads[id].rec.status == Status::Downloading)
-            .collect();
-        for id in running.iter().skip(max).rev() {
-            let e = core.downloads.get_mut(id).expect("listed");
-            e.rec.status = Status::Queued;
-            if let Some(t) = &e.task {
-                t.cancel();
+        // A completion not yet announced still holds its slot (see `announce`).
+        let running = core
+            .downloads
+            .values()
+            .filter(|e| e.rec.status == Status::Downloading || e.unannounced)
+            .count();
+        if running > max {
+            let order = core.ordered_where(|e| e.rec.status == Status::Downloading);
+            for id in order.iter().skip(max).rev() {
+                let e = core.downloads.get_mut(id).expect("listed");
+                e.rec.status = Status::Queued;
+                if let Some(t) = &e.task {
+                    t.cancel();
+                }
+                self.changed(e);
             }
-            self.changed(e);
+            return;
         }
-        let mut slots = max.saturating_sub(running.len());
+        let slots = max - running;
+        if slots == 0 {
+            return;
+        }
         let stall = Duration::from_secs(core.settings.stall_timeout_secs);
-        let ids: Vec<DownloadId> = order
-            .into_iter()
-            .filter(|id| {
-                let e = &core.downloads[id];
-                e.rec.status == Status::Queued && e.task.is_none()
-            })
-            .collect();
-        for id in ids {
-            if slots == 0 {
-                break;
-            }
-            slots -= 1;
+        let next = core.first_where(slots, |e| {
+            e.rec.status == Status::Queued && e.task.is_none()
+        });
+        for id in next {
             let e = core.downloads.get_mut(&id).expect("listed");
             self.spawn(e, stall);
         }
@@ -192,7 +193,6 @@ impl Engine {
                 e.rec.size = Some(e.live.downloaded.load(Ordering::Relaxed));
                 e.rec.finished_at = Some(now_ms());
                 e.rec.error = None;
-                history = true;
             }
             Err(TransferError::Cancelled) => match e.rec.status {
                 Status::Cancelled => {
@@ -219,6 +219,12 @@ impl Engine {
         }
         if e.rec.status == Status::Completed {
             e.rec.plan = None;
+            // Told once it is on disk, by a task of its own, which then gives its slot to the next download.
+            let item = e.history_item();
+            e.unannounced = true;
+            self.touch();
+            self.inner.announcing.spawn(self.clone().announce(id, item));
+            return leftover;
         }
         let item = history.then(|| e.history_item());
         self.changed(e);
@@ -227,6 +233,30 @@ impl Engine {
         }
         self.schedule(&mut core);
         leftover
+    }
+
+    /// Tell of a completed download once its completion is on disk: its history line, synced (a restart reads a
+    /// download that history says completed as completed, whatever `state.json` still says: see
+    /// [`super::state::completed_since_saved`]); one small append, where a state write costs the whole queue. Then its
+    /// `state` event goes out, its history item is shown (even if it was removed meanwhile: it did complete), and its
+    /// slot goes to the next download. Until then it shows as downloading and holds its slot, so neither a
+    /// subscriber nor a list (`sdm wait`) is told of a completion that a crash would undo (the download would start
+    /// again, its file already at the final path), and no more than `max_concurrent` downloads ever show as running.
+    async fn announce(self, id: DownloadId, item: HistoryItem) {
+        if let Err(e) = self.inner.disk.append_history_synced(item.clone()).await {
+            // Then it is told once `state.json` holds it.
+            warn!(id, cause = %e, "cannot record the completion in history; saving the state instead");
+            self.persist().await;
+        }
+        let mut core = lock(&self.inner.core);
+        if let Some(e) = core.downloads.get_mut(&id)
+            && e.unannounced
+        {
+            e.unannounced = false;
+            self.emit(Event::State { download: e.info() });
+        }
+        self.show_history(&mut core, item);
+        self.schedule(&mut core);
     }
 
     /// Every 200 ms: speeds, a `progress` event while anything runs, and a checkpoint mark.
@@ -321,6 +351,39 @@ mod tests {
         let history = engine.history(protocol::PageRequest::default()).unwrap();
         let statuses: Vec<Status> = history.items.iter().map(|h| h.status).collect();
         assert_eq!(statuses, [Status::Cancelled]);
+    }
+
+    /// The status of download `id` as start-up would read it from the data folder now.
+    fn status_after_restart(data: &std::path::Path, id: DownloadId) -> Option<Status> {
+        let loaded = crate::engine::queue::Loaded::read(data).unwrap();
+        loaded.core.downloads.get(&id).map(|e| e.rec.status)
+    }
+
+    #[tokio::test]
+    async fn a_completion_is_told_only_once_a_restart_would_find_it() {
+        let (tmp, engine, id, file) = finishing().await;
+        let mut events = engine.subscribe();
+        let _ = engine.finished(id, Ok(file), None);
+        assert_eq!(
+            engine.get(id).unwrap().status,
+            Status::Downloading,
+            "shown completed before the completion is on disk"
+        );
+        loop {
+            match events.recv().await.unwrap() {
+                Event::State { download } if download.status == Status::Completed => break,
+                _ => {}
+            }
+        }
+        // A restart now, from `state.json` or else from the history line, must find it completed.
+        assert_eq!(
+            status_after_restart(&tmp.path().join("data"), id),
+            Some(Status::Completed),
+            "told of a completion that a crash now would undo"
+        );
+        let history = engine.history(protocol::PageRequest::default()).unwrap();
+        let statuses: Vec<Status> = history.items.iter().map(|h| h.status).collect();
+        assert_eq!(statuses, [Status::Completed]);
     }
 
     #[tokio::test]

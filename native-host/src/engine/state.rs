@@ -470,14 +470,53 @@ pub fn rotate_history(dir: &Path, keep: usize) -> io::Result<usize> {
     Ok(kept.len())
 }
 
-pub fn append_history(dir: &Path, item: &HistoryItem) -> io::Result<()> {
+/// Append `item` to `history.jsonl`; `sync`: and make it durable before returning (a completion is told of once its
+/// line is on disk, see [`completed_since_saved`]).
+pub fn append_history(dir: &Path, item: &HistoryItem, sync: bool) -> io::Result<()> {
     let mut line = serde_json::to_vec(item).map_err(io::Error::other)?;
     line.push(b'\n');
     let mut f = private_file()
         .create(true)
         .append(true)
         .open(dir.join(HISTORY))?;
-    f.write_all(&line)
+    f.write_all(&line)?;
+    if sync {
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Mark completed every download of `downloads` that `history` says completed while the state file still shows it
+/// otherwise (running, or failed before a resume). The engine tells of a completion once its history line is on
+/// disk, and `state.json` follows at the next write: a crash between the two must not undo a completion already
+/// told (the download would start again, with its file already at the final path). A completed download never
+/// changes status again, and ids are never reused, so such a line is the last word on its download.
+pub fn completed_since_saved(downloads: &mut [DownloadRecord], history: &[HistoryItem]) {
+    let not_completed: std::collections::HashMap<DownloadId, usize> = downloads
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status != Status::Completed)
+        .map(|(i, r)| (r.id, i))
+        .collect();
+    if not_completed.is_empty() {
+        return;
+    }
+    for item in history.iter().filter(|h| h.status == Status::Completed) {
+        let Some(&i) = not_completed.get(&item.id) else {
+            continue;
+        };
+        let rec = &mut downloads[i];
+        let planned = rec.plan.take().map(|p| p.path);
+        rec.path = rec
+            .path
+            .take()
+            .or(planned)
+            .or_else(|| Some(PathBuf::from(&item.path)));
+        rec.status = Status::Completed;
+        rec.size = Some(item.downloaded);
+        rec.finished_at = Some(item.finished_at);
+        rec.error = None;
+    }
 }
 
 pub fn clear_history(dir: &Path) -> io::Result<()> {
@@ -647,7 +686,7 @@ mod tests {
     fn truncated_history_keeps_good_lines() {
         let dir = tempfile::tempdir().unwrap();
         let item = item(1);
-        append_history(dir.path(), &item).unwrap();
+        append_history(dir.path(), &item, false).unwrap();
         let mut f = OpenOptions::new()
             .append(true)
             .open(dir.path().join(HISTORY))
@@ -775,6 +814,38 @@ mod tests {
             created_at: 0,
             finished_at: id,
         }
+    }
+
+    #[test]
+    fn a_completion_in_history_that_state_json_does_not_hold_yet_is_read_as_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut running = record(1);
+        running.status = Status::Downloading;
+        running.path = Some("/tmp/1.bin".into());
+        let mut failed = record(2);
+        failed.status = Status::Failed;
+        let queued = record(3);
+        save_state(dir.path(), 4, &[running, failed, queued.clone()]).unwrap();
+        // Download 1 completed (its line is on disk), then the service died before the next state write; download
+        // 2 failed before, and was resumed and completed since.
+        let mut failed_before = item(2);
+        failed_before.status = Status::Failed;
+        for line in [item(1), failed_before, item(2)] {
+            append_history(dir.path(), &line, true).unwrap();
+        }
+        let mut w = vec![];
+        let mut state = load_state(dir.path(), &mut w);
+        let history = load_history(dir.path(), &mut w);
+        completed_since_saved(&mut state.downloads, &history.items);
+        assert!(w.is_empty(), "{w:?}");
+        let by_id = |id| state.downloads.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(by_id(1).status, Status::Completed);
+        assert_eq!(by_id(1).path.as_deref(), Some(Path::new("/tmp/1.bin")));
+        assert_eq!(by_id(1).size, Some(1));
+        assert_eq!(by_id(1).plan, None);
+        assert_eq!(by_id(2).status, Status::Completed);
+        assert_eq!(by_id(2).path.as_deref(), Some(Path::new("/p")));
+        assert_eq!(*by_id(3), queued, "nothing in history: as saved");
     }
 
     fn write_history(dir: &Path, ids: std::ops::RangeInclusive<DownloadId>) {
