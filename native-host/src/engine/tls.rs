@@ -14,7 +14,7 @@
 //! The configuration is reqwest's ([`super::probe::tls_config`]): the same verifier, whose CA store is read once per
 //! process, so a bad certificate is refused here with the same error; ALPN offers `http/1.1` only. What rustls
 //! refuses is an error of kind `Other` wrapping the `rustls::Error` (a certificate's problem is told apart by the
-//! caller). A connection that ends without `close_notify` ends its plaintext there: a body cut short that way is
+//! caller), and so is what the record layer here refuses (an alert, a record out of place). A connection that ends without `close_notify` ends its plaintext there: a body cut short that way is
 //! short, never filled with unauthenticated bytes, and the caller retries it.
 
 use std::io::{self, ErrorKind};
@@ -249,7 +249,7 @@ impl Tls {
         let version = ProtocolVersion::from(u16::from_be_bytes([header[1], header[2]]));
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
         if len > MAX_RECORD {
-            return Err(invalid(
+            return Err(broken(
                 "the server sent a TLS record over its maximum length",
             ));
         }
@@ -262,7 +262,7 @@ impl Tls {
         if typ != ContentType::ApplicationData
             && (keys.tls13 || typ == ContentType::ChangeCipherSpec)
         {
-            return Err(invalid(
+            return Err(broken(
                 "the server sent an unprotected TLS record after the handshake",
             ));
         }
@@ -291,18 +291,18 @@ impl Tls {
                 // Another warning, which TLS 1.2 allows (TLS 1.3 has none).
                 [1, _] if !keys.tls13 => {}
                 [_, what] => {
-                    return Err(invalid(&format!("the server sent TLS alert {what}")));
+                    return Err(broken(&format!("the server sent TLS alert {what}")));
                 }
-                _ => return Err(invalid("the server sent a malformed TLS alert")),
+                _ => return Err(broken("the server sent a malformed TLS alert")),
             },
             ContentType::Handshake => {
                 if self.message.len() + plain.payload.len() > MAX_MESSAGE {
-                    return Err(invalid("a TLS message over 64 KiB"));
+                    return Err(broken("a TLS message over 64 KiB"));
                 }
                 self.message.extend_from_slice(plain.payload);
                 self.messages()?;
             }
-            _ => return Err(invalid("the server sent an unexpected TLS record")),
+            _ => return Err(broken("the server sent an unexpected TLS record")),
         }
         Ok(true)
     }
@@ -331,7 +331,7 @@ impl Tls {
                 // TLS 1.2's renegotiation request, which a client may ignore (RFC 5246 §7.4.1.1).
                 (HandshakeType::HelloRequest, []) if !keys.tls13 => {}
                 (other, _) => {
-                    return Err(invalid(&format!(
+                    return Err(broken(&format!(
                         "the server sent a TLS {other:?} message after the handshake"
                     )));
                 }
@@ -395,7 +395,7 @@ impl Wire {
                 ));
             }
             // Application data before our request (no HTTP/1.1 server sends any), or early data, which we never offer.
-            _ => return Err(invalid("unexpected TLS state during the handshake")),
+            _ => return Err(broken("unexpected TLS state during the handshake")),
         };
         self.start += discard;
         Ok(step)
@@ -427,7 +427,10 @@ impl Wire {
         }
         if self.filled == self.buf.len() {
             if self.buf.len() >= INCOMING_MAX {
-                return Err(invalid("a TLS message over 256 KiB"));
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    "a TLS message over 256 KiB",
+                ));
             }
             self.buf.resize(self.buf.len() * 2, 0);
         }
@@ -509,8 +512,10 @@ fn key_and_iv(
     }
 }
 
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(ErrorKind::InvalidData, what.to_string())
+/// The peer broke the TLS protocol: an error of kind `Other`, as rustls's own errors are, so the transfer treats it as
+/// it treats them (a network error, tried again), not as a malformed HTTP answer.
+fn broken(what: &str) -> io::Error {
+    io::Error::other(what.to_string())
 }
 
 fn closed(what: &str) -> io::Error {
