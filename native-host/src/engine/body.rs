@@ -1,5 +1,5 @@
 //! A response body on its way into the part file, over either path: reqwest's chunks, or [`splice`]'s own socket (its
-//! pipe over http, its TLS session's plaintext buffer over https).
+//! pipe over http, its TLS session's decrypted records over https).
 //!
 //! A body moves in two steps, [`Body::stage`] (take up to N bytes off the network) and [`Body::commit`] (write them at
 //! an offset), so the rate limiters are charged in between whichever path carries it.

@@ -14,7 +14,7 @@
 //! - [`response`]: a request for part of a file and the judgement of its answer, with no I/O.
 //! - [`body`]: a response body on its way into the part file, over either path.
 //! - [`splice`]: the fast path for ranged bodies over our own socket: over plain HTTP socket, pipe, part file with
-//!   `splice(2)`; over https rustls on that socket (`tls`), plaintext gathered and written with one `pwrite`.
+//!   `splice(2)`; over https each record decrypted where it arrived (`tls`) and written from there with `pwritev`.
 //! - [`part`]: the `.part` file: reserved, sized, synced, checked and placed at the final path.
 //! - [`dirfd`]: files inside a folder opened once, by names no symbolic link can redirect (the platform-specific part).
 //! - [`probe`]: the HTTP client, and what the server says about a URL before anything is downloaded.

@@ -4,8 +4,8 @@
 //! On a fast link most of a download's CPU is the kernel copying bytes, once from the socket into the process and
 //! once from the process into the page cache. splice(2) hands the socket's pages to a pipe and copies them from the
 //! pipe into the file, so the first copy and the syscalls that go with it disappear (BENCHMARKS.md has the numbers).
-//! TLS bodies must pass through the process to be decrypted; owning the socket saves them reqwest's second copy and
-//! its record-at-a-time reads.
+//! TLS bodies must pass through the process to be decrypted; owning the socket saves them reqwest's and rustls's
+//! copies and their record-at-a-time reads.
 //!
 //! This path is taken only where it is plainly the same as reqwest's: an `http://` or `https://` URL, no proxy in the
 //! environment, and an answer that is a `206` framed by `Content-Length`. Every other answer is read the same way as
@@ -189,15 +189,19 @@ fn authority(url: &Url) -> (String, String, u16) {
 
 /// The TLS session with `url`'s host on `stream`, with the configuration reqwest's client has.
 async fn handshake(stream: &TcpStream, url: &Url) -> io::Result<Tls> {
-    let name = match url.host() {
+    let config = probe::tls_config().map_err(io::Error::other)?;
+    Tls::connect(stream, config, server_name(url)?).await
+}
+
+/// The name a certificate for `url`'s host must carry.
+fn server_name(url: &Url) -> io::Result<ServerName<'static>> {
+    Ok(match url.host() {
         Some(Host::Domain(d)) => ServerName::try_from(d.to_string())
             .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?,
         Some(Host::Ipv4(a)) => ServerName::IpAddress(std::net::IpAddr::V4(a).into()),
         Some(Host::Ipv6(a)) => ServerName::IpAddress(std::net::IpAddr::V6(a).into()),
         None => return Err(io::Error::new(ErrorKind::InvalidInput, "URL has no host")),
-    };
-    let config = probe::tls_config().map_err(io::Error::other)?;
-    Tls::connect(stream, config, name).await
+    })
 }
 
 async fn connect(url: &Url) -> io::Result<TcpStream> {
@@ -498,6 +502,11 @@ fn write_pieces_at<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use rustls::HandshakeKind;
+    use sdm_tests::server::{Cert, FrontSpec, TlsFront};
+
     use super::*;
 
     #[test]
@@ -642,11 +651,6 @@ mod tests {
         probe::trust_extra_roots(vec![sdm_tests::server::test_ca_der()]);
     }
 
-    use std::sync::Arc;
-
-    use rustls::HandshakeKind;
-    use sdm_tests::server::{Cert, FrontSpec, TlsFront};
-
     #[tokio::test]
     async fn a_tls_body_is_written_whole_and_its_connection_kept() {
         let server = sdm_tests::TestServer::start().await;
@@ -654,8 +658,9 @@ mod tests {
         two_bodies_on_one_connection(&server, &front).await;
     }
 
-    /// Each of the twelve cipher suites rustls offers with ring, TLS 1.3's and 1.2's: bodies written whole, and a
-    /// second request on the same connection (the sequence numbers carry on in both directions).
+    /// Each cipher suite rustls offers with ring that fits the test certificate (TLS 1.3's three, TLS 1.2's three
+    /// ECDSA ones): bodies written whole, and a second request on the same connection (the sequence numbers carry on
+    /// in both directions).
     #[tokio::test]
     async fn every_cipher_suite_of_both_versions_carries_bodies_on_one_connection() {
         let mut carried = Vec::new();
@@ -712,7 +717,7 @@ mod tests {
         let out = File::create(dir.path().join("out")).unwrap();
         for _ in 0..2 {
             let stream = connect(&url).await.unwrap();
-            let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+            let name = server_name(&url).unwrap();
             let tls = Tls::connect(&stream, config.clone(), name).await.unwrap();
             let conn = Conn {
                 stream,
