@@ -130,6 +130,12 @@ impl Request {
     pub fn range_start(&self) -> Option<u64> {
         self.range().map(|(a, _)| a)
     }
+
+    /// A GET for the first byte alone (`bytes=0-0`): the engine's look at a file (a verified add, a new address),
+    /// not a fetch of its bytes.
+    pub fn is_look(&self) -> bool {
+        self.method == "GET" && self.range() == Some((0, Some(0)))
+    }
 }
 
 enum ByteRange {

@@ -187,7 +187,7 @@ impl Engine {
             }
         } else {
             let plan = plan.expect("has bytes");
-            let found = probe::probe(&self.inner.client, &url, &headers, timeout, false)
+            let (found, _) = probe::probe(&self.inner.client, &url, &headers, timeout, true)
                 .await
                 .map_err(|e| {
                     ApiError::new(

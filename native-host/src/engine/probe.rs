@@ -1,6 +1,7 @@
 //! What a server says about a URL before anything is downloaded: final URL after redirects, size, whether it serves
 //! ranges, the validators that tell one version of the file from another, and the name it suggests.
 
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use url::{Origin, Url};
 
 use super::error::TransferError;
 use super::filename;
-use super::response::{content_length, parse_content_range};
+use super::response::{self, Asked, content_length, parse_content_range};
+use super::segments::OPEN_END;
 
 /// The HTTP client every transfer shares: HTTP/1.1 only (over HTTP/2 all ranges would share one TCP connection),
 /// no compression (it breaks ranges), a connect timeout. It follows no redirect itself: [`send`] does, so that each
@@ -268,58 +270,101 @@ pub struct ProbeResult {
     pub name: Option<String>,
 }
 
-/// HEAD the URL (`headers`: the caller's, given for its origin; see [`Caller`]); when HEAD fails, GET it with
-/// `Range: bytes=0-0`. `want_name`: the caller takes the server's name
-/// for the file, so when a successful HEAD carries no Content-Disposition, the first byte is also fetched with GET and
-/// its Content-Disposition is read (some servers name the file on GET only). A caller with a fixed name pays no
-/// second round trip.
+/// The file's first bytes, in the body of the probe's answer: bytes `range` of the file, not read yet, judged as
+/// every answer is ([`response::judge`]). The transfer writes them as the first piece of its first segment.
+pub struct FirstBody {
+    pub range: Range<u64>,
+    pub resp: Response,
+}
+
+/// GET the URL (with the caller's `headers`, given for its origin; see [`Caller`]) and read what the answer says of
+/// the file: its size, whether it serves ranges (`Accept-Ranges: bytes` on a 200, or a 206), its validators and
+/// name. One plain GET, as a browser sends it: some servers answer HEAD wrongly or not at all, name the file only on
+/// GET, or answer a ranged request with an error page. Its body, the file from byte 0, comes back for the transfer to
+/// write, so a small file costs one request.
+///
+/// `look`: only a look at the file is wanted (`Range: bytes=0-0`, the body dropped); an empty file's 416
+/// (`bytes */0`) then reads as a size of zero, and a 200 as a server that ignores ranges.
 pub async fn probe(
     client: &Client,
     url: &str,
     headers: &HeaderMap,
     timeout: Duration,
-    want_name: bool,
-) -> Result<ProbeResult, TransferError> {
-    let caller = Caller::new(headers, url);
-    let own = own_headers(|_| {});
-    let head = tokio::time::timeout(timeout, send(client, Method::HEAD, url, &caller, &own)).await;
-    if let Ok(Ok(resp)) = head
-        && resp.status().is_success()
-        && resp.headers().get(header::CONTENT_ENCODING).is_none()
-    {
-        let mut found = read(&resp, false);
-        let named = resp.headers().contains_key(header::CONTENT_DISPOSITION);
-        drop(resp);
-        if want_name && !named {
-            // Best effort: when this GET fails, the transfer's own requests will say why; the name stays the URL's.
-            if let Ok(get) = get_first_byte(client, url, headers, timeout).await
-                && get.status().is_success()
-                && let Some(name) = disposition_name(get.headers())
-            {
-                found.name = Some(name);
-            }
-        }
-        return Ok(found);
-    }
-    let resp = get_first_byte(client, url, headers, timeout).await?;
+    look: bool,
+) -> Result<(ProbeResult, Option<FirstBody>), TransferError> {
+    let resp = get(client, url, headers, timeout, look.then_some(FIRST_BYTE)).await?;
     let status = resp.status();
-    if status == StatusCode::PARTIAL_CONTENT || status.is_success() {
-        return Ok(read(&resp, status == StatusCode::PARTIAL_CONTENT));
+    if look
+        && status == StatusCode::RANGE_NOT_SATISFIABLE
+        && unsatisfiable_total(resp.headers()) == Some(0)
+    {
+        let found = ProbeResult {
+            total: Some(0),
+            ranges: false,
+            ..read(&resp, false)
+        };
+        return Ok((found, None));
     }
-    Err(TransferError::from_status(status, resp.headers()))
+    if !status.is_success() {
+        return Err(TransferError::from_status(status, resp.headers()));
+    }
+    let partial = status == StatusCode::PARTIAL_CONTENT;
+    let mut found = read(&resp, partial);
+    if look && !partial {
+        found.ranges = false;
+    }
+    if look {
+        return Ok((found, None));
+    }
+    let asked = Asked {
+        pos: 0,
+        end: OPEN_END,
+        ranges: partial,
+        total: found.total,
+        etag: None,
+        last_modified: None,
+    };
+    // An answer whose bytes are not the file's from byte 0 (a 2xx without the file) gives the plan what it says but
+    // none of its bytes: the transfer asks again and judges that answer.
+    let body = response::judge(&asked, status, resp.headers())
+        .ok()
+        .map(|range| FirstBody {
+            // A 200 of known size ends there: written to its end, its connection goes back to the pool.
+            range: range.start..found.total.map_or(range.end, |t| range.end.min(t)),
+            resp,
+        });
+    Ok((found, body))
 }
 
-/// GET the URL's first byte (`Range: bytes=0-0`) with the caller's `headers` (given for `url`'s origin); the
-/// response head must come within `timeout`. Redirects are followed. The body is not read: dropping the response
-/// closes its connection.
-async fn get_first_byte(
+/// The size in a 416's `Content-Range: bytes */N`.
+fn unsatisfiable_total(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    v.trim()
+        .strip_prefix("bytes")?
+        .trim()
+        .strip_prefix("*/")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The `Range` of a look at a file.
+const FIRST_BYTE: &str = "bytes=0-0";
+
+/// GET the URL (its `range`, when given) with the caller's `headers` (given for `url`'s origin); the response head
+/// must come within `timeout`. Redirects are followed. The body is not read: dropping the response closes its
+/// connection.
+async fn get(
     client: &Client,
     url: &str,
     headers: &HeaderMap,
     timeout: Duration,
+    range: Option<&'static str>,
 ) -> Result<Response, TransferError> {
     let own = own_headers(|h| {
-        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
+        if let Some(r) = range {
+            h.insert(header::RANGE, HeaderValue::from_static(r));
+        }
     });
     tokio::time::timeout(
         timeout,
@@ -356,7 +401,7 @@ pub async fn first_byte(
     headers: &HeaderMap,
     timeout: Duration,
 ) -> Result<FirstByte, TransferError> {
-    let resp = get_first_byte(client, url, headers, timeout).await?;
+    let resp = get(client, url, headers, timeout, Some(FIRST_BYTE)).await?;
     let status = resp.status();
     let h = resp.headers();
     let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
@@ -429,9 +474,10 @@ fn read(resp: &Response, partial: bool) -> ProbeResult {
             .and_then(|r| r.total);
         (total, total.is_some())
     } else {
-        let identity = h.get(header::CONTENT_ENCODING).is_none();
-        // The header itself: for a HEAD response the body's length (`content_length()`) is zero.
-        let total = if identity { content_length(h) } else { None };
+        let total = match h.get(header::CONTENT_ENCODING) {
+            None => content_length(h),
+            Some(_) => None,
+        };
         let ranges =
             text(header::ACCEPT_RANGES).is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
         (total, ranges && total.is_some())

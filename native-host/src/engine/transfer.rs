@@ -1,7 +1,8 @@
 //! One file, start to finish.
 //!
 //! A [`Transfer`] probes the URL (unless a saved [`Plan`] says where it stands), creates the `.part` file beside the
-//! final path, and runs up to N connections. Each connection owns a [`Segment`] and writes what it receives in place
+//! final path, and runs up to N connections. The probe is a plain GET whose body goes on as the first segment's first
+//! bytes ([`PROBE_FIRST`]), so a small file costs one request. Each connection owns a [`Segment`] and writes what it receives in place
 //! with positional writes; when its segment is done it takes another, or half of the largest one left (see
 //! [`segments`]). Every response is judged before a byte of it is written (see [`response`]): a ranged request must
 //! get 206 with exactly the range asked for, and a changed ETag or Last-Modified means the file changed on the server,
@@ -11,8 +12,8 @@
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protocol::validate::{self, Invalid};
@@ -27,10 +28,10 @@ use super::error::{self, TransferError};
 use super::filename;
 use super::part;
 use super::plan::{Dest, Live, Plan};
-use super::probe;
+use super::probe::{self, FirstBody};
 use super::ratelimit::{self, RateLimiter};
 use super::response::{self, Asked};
-use super::segments::{self, Segment};
+use super::segments::{self, OPEN_END, Segment};
 use super::splice;
 
 /// Per-transfer knobs.
@@ -72,6 +73,11 @@ pub struct Transfer {
 /// sixth of the CPU per byte, which repays that handshake from a few MiB on. (200 files of 256 KiB over the own path
 /// took 4x aria2c's time with eight spare connections a file, 2x with one.)
 pub const OWN_TLS_MIN: u64 = 4 << 20;
+/// How much of the probe's body is written when the own path carries the transfer's ranged requests: the first piece
+/// of the first segment, which is never smaller ([`segments::initial`]). The rest of that segment goes over the own
+/// path, whose bytes cost less CPU, and the probe's connection is dropped. Through reqwest, the probe's body carries
+/// its whole segment.
+const PROBE_FIRST: u64 = segments::MIN_SPLIT;
 /// How many times a file may change under a download before it fails.
 const MAX_RESTARTS: u32 = 3;
 /// Longest pause between retries.
@@ -94,9 +100,9 @@ impl Transfer {
             if this.cancel.is_cancelled() {
                 return Err(TransferError::Cancelled);
             }
-            let file = this.prepare().await?;
+            let (file, first) = this.prepare().await?;
             this.live.set_file(Some(file.clone()));
-            let result = this.clone().run_connections(file.clone()).await;
+            let result = this.clone().run_connections(file.clone(), first).await;
             match result {
                 Ok(()) => {
                     let path = this.finish(&file).await;
@@ -120,12 +126,13 @@ impl Transfer {
         }
     }
 
-    /// Probe if needed, fix the final path, and open the `.part` file.
-    async fn prepare(&self) -> Result<Arc<File>, TransferError> {
+    /// Probe if needed, fix the final path, and open the `.part` file; with the probe's answer's body, when it holds
+    /// the file's first bytes.
+    async fn prepare(&self) -> Result<(Arc<File>, Option<FirstBody>), TransferError> {
         let existing = self.live.snapshot();
         let needs_probe = existing.as_ref().is_none_or(|p| p.segments.is_empty());
-        let mut plan = match existing {
-            Some(plan) if !needs_probe => plan,
+        let (mut plan, first) = match existing {
+            Some(plan) if !needs_probe => (plan, None),
             previous => self.new_plan(previous).await?,
         };
         let part = filename::part_path(&plan.path);
@@ -148,22 +155,24 @@ impl Transfer {
         if let Some(cb) = &self.on_plan {
             cb(&plan);
         }
-        Ok(Arc::new(file))
+        Ok((Arc::new(file), first))
     }
 
     /// Probe the URL and plan the transfer from what the server says; `previous`: the plan of a file that changed.
-    async fn new_plan(&self, previous: Option<Plan>) -> Result<Plan, TransferError> {
+    /// The probe's body, when it holds the file's first bytes, comes back with the plan.
+    async fn new_plan(
+        &self,
+        previous: Option<Plan>,
+    ) -> Result<(Plan, Option<FirstBody>), TransferError> {
         self.preconnect();
-        // The server's name matters only to a new file whose name the caller left open.
-        let want_name = previous.is_none() && matches!(self.dest, Dest::Dir { name: None, .. });
-        let found = self.probe_with_retries(want_name).await?;
+        let (found, first) = self.probe_with_retries().await?;
         debug!(total = ?found.total, ranges = found.ranges, "probed");
         let path = match &previous {
             Some(p) => p.path.clone(),
             None => self.choose_path(found.name.as_deref())?,
         };
         let segments = segments::fresh(found.total, found.ranges, self.options.threads);
-        Ok(Plan {
+        let plan = Plan {
             final_url: found.final_url,
             total: found.total,
             ranges: found.ranges,
@@ -172,7 +181,8 @@ impl Transfer {
             path,
             segments,
             restarts: previous.map_or(0, |p| p.restarts),
-        })
+        };
+        Ok((plan, first))
     }
 
     /// The final path for a new transfer: never an existing file, and its `.part` file reserved at once.
@@ -199,8 +209,13 @@ impl Transfer {
         part::reserve(&dir, &name)
     }
 
-    /// Run the connections until every segment is written, one fails for good, or the transfer is cancelled.
-    async fn run_connections(self: Arc<Self>, file: Arc<File>) -> Result<(), TransferError> {
+    /// Run the connections until every segment is written, one fails for good, or the transfer is cancelled. `first`:
+    /// the probe's body, written by the connection that takes the segment it starts.
+    async fn run_connections(
+        self: Arc<Self>,
+        file: Arc<File>,
+        first: Option<FirstBody>,
+    ) -> Result<(), TransferError> {
         let ranges = self.live.plan().as_ref().is_some_and(|p| p.ranges);
         let total = self.live.plan().as_ref().and_then(|p| p.total);
         self.live
@@ -211,19 +226,35 @@ impl Transfer {
         } else {
             1
         };
-        // The connections opened during the probe that will carry a first request; only the splice path uses them.
+        let own_path = ranges
+            && (self.live.plan().as_ref()).is_some_and(|p| self.splice_url(&p.final_url).is_some());
+        let first = first.map(|mut f| {
+            if own_path {
+                f.range.end = f.range.end.min(PROBE_FIRST);
+            }
+            f
+        });
+        // The connections opened during the probe that will carry a first request; only the own path uses them. A
+        // segment the probe's body holds whole needs none.
         let usable = match self.live.plan().as_ref() {
-            Some(p) if ranges && self.splice_url(&p.final_url).is_some() => {
-                p.segments.iter().filter(|s| !s.is_done()).count()
+            Some(p) if own_path => {
+                let held = first.as_ref().is_some_and(|f| {
+                    (p.segments.first()).is_some_and(|s| {
+                        !s.is_done() && s.pos == f.range.start && s.end <= f.range.end
+                    })
+                });
+                p.segments.iter().filter(|s| !s.is_done()).count() - usize::from(held)
             }
             _ => 0,
         };
         self.live.splice.keep_spares(usable.min(count as usize));
         let stop = self.cancel.child_token();
+        let first = Arc::new(Mutex::new(first));
         let mut set = JoinSet::new();
         for _ in 0..count {
-            let (this, file, stop) = (self.clone(), file.clone(), stop.clone());
-            set.spawn(async move { this.connection(&file, &stop).await });
+            let (this, file, stop, first) =
+                (self.clone(), file.clone(), stop.clone(), first.clone());
+            set.spawn(async move { this.connection(&file, &stop, &first).await });
         }
         let mut first_err = None;
         while let Some(res) = set.join_next().await {
@@ -253,8 +284,14 @@ impl Transfer {
         Ok(())
     }
 
-    /// One connection: take segments until none is left, retrying each with backoff.
-    async fn connection(&self, file: &File, stop: &CancellationToken) -> Result<(), TransferError> {
+    /// One connection: take segments until none is left, retrying each with backoff. The one that takes the segment
+    /// the probe's body starts (`first`) writes that body first.
+    async fn connection(
+        &self,
+        file: &File,
+        stop: &CancellationToken,
+        first: &Mutex<Option<FirstBody>>,
+    ) -> Result<(), TransferError> {
         let mut conn = None;
         let mut fetched = false;
         loop {
@@ -272,10 +309,17 @@ impl Transfer {
             else {
                 return Ok(());
             };
+            let mut body = None;
             if !fetched {
-                conn = self.live.splice.take_spare(stop).await;
+                let pos = self.seg_pos(idx);
+                body = lock(first).take_if(|f| f.range.start == pos);
+                if body.is_none() {
+                    conn = self.live.splice.take_spare(stop).await;
+                }
             }
-            let result = self.fetch_with_retries(idx, file, stop, &mut conn).await;
+            let result = self
+                .fetch_with_retries(idx, file, stop, &mut conn, body)
+                .await;
             fetched = true;
             if let Some(p) = self.live.plan().as_mut() {
                 segments::release(&mut p.segments, idx, Instant::now());
@@ -295,17 +339,30 @@ impl Transfer {
         }
     }
 
+    /// Fetch what is left of segment `idx`, starting with `first` (the probe's body) when given.
     async fn fetch_with_retries(
         &self,
         idx: usize,
         file: &File,
         stop: &CancellationToken,
         conn: &mut Option<splice::Conn>,
+        mut first: Option<FirstBody>,
     ) -> Result<(), TransferError> {
         let mut attempt = 0u32;
         loop {
             let before = self.seg_pos(idx);
-            let err = match self.fetch(idx, file, stop, conn).await {
+            let result = match first.take() {
+                Some(body) => {
+                    let r = self.fetch_first(idx, file, stop, body).await;
+                    // The rest of the segment, if any, goes over a connection opened during the probe.
+                    if conn.is_none() && !self.seg_done(idx) {
+                        *conn = self.live.splice.take_spare(stop).await;
+                    }
+                    r
+                }
+                None => self.fetch(idx, file, stop, conn).await,
+            };
+            let err = match result {
                 Ok(()) if self.seg_done(idx) => return Ok(()),
                 // The server sent less than asked, honestly labelled (RFC 9110 §15.3.7): ask for the rest.
                 Ok(()) if self.seg_pos(idx) > before => {
@@ -354,13 +411,12 @@ impl Transfer {
 
     async fn probe_with_retries(
         &self,
-        want_name: bool,
-    ) -> Result<probe::ProbeResult, TransferError> {
+    ) -> Result<(probe::ProbeResult, Option<FirstBody>), TransferError> {
         let mut attempt = 0;
         loop {
             let err = tokio::select! {
                 _ = self.cancel.cancelled() => return Err(TransferError::Cancelled),
-                r = probe::probe(&self.client, &self.url, &self.headers, self.options.stall_timeout, want_name) => match r {
+                r = probe::probe(&self.client, &self.url, &self.headers, self.options.stall_timeout, false) => match r {
                     Ok(found) => return Ok(found),
                     Err(e) => e,
                 },
@@ -432,17 +488,67 @@ impl Transfer {
         );
         ask.asked.add_headers(&mut own);
         let stall = self.options.stall_timeout;
-        let (status, h, mut body) = tokio::select! {
+        let (status, h, body) = tokio::select! {
             _ = stop.cancelled() => return Err(TransferError::Cancelled),
             r = tokio::time::timeout(stall, self.send(&ask.url, &own, ask.asked.ranges, conn)) => r.map_err(|_| TransferError::Stalled)??,
         };
         let range = response::judge(&ask.asked, status, &h)?;
+        let answer = Judged {
+            body,
+            range,
+            whole: true,
+        };
+        self.consume(idx, file, stop, answer, &ask.path, conn).await
+    }
+
+    /// Write the probe's body, judged when it came, into segment `idx`, which starts where it does.
+    async fn fetch_first(
+        &self,
+        idx: usize,
+        file: &File,
+        stop: &CancellationToken,
+        first: FirstBody,
+    ) -> Result<(), TransferError> {
+        let Some(ask) = self.ask(idx) else {
+            return Ok(());
+        };
+        if ask.asked.pos != first.range.start {
+            return Err(TransferError::Internal(
+                "the probe's body is not where its segment stands",
+            ));
+        }
+        let answer = Judged {
+            whole: first.range.end == OPEN_END || Some(first.range.end) == ask.asked.total,
+            body: Body::reqwest(first.resp),
+            range: first.range,
+        };
+        self.consume(idx, file, stop, answer, &ask.path, &mut None)
+            .await
+    }
+
+    /// Write an answer's body into segment `idx`; `conn` receives the connection of a spliced body used up, for the
+    /// next request.
+    async fn consume(
+        &self,
+        idx: usize,
+        file: &File,
+        stop: &CancellationToken,
+        answer: Judged,
+        path: &Path,
+        conn: &mut Option<splice::Conn>,
+    ) -> Result<(), TransferError> {
+        let Judged {
+            mut body,
+            range,
+            whole,
+        } = answer;
         let _conn = ConnectionGuard::new(&self.live.connections);
         let at = self
-            .write_body(idx, file, stop, &mut body, range.clone(), &ask.path)
+            .write_body(idx, file, stop, &mut body, range.clone(), path)
             .await?;
         // Once the response's range is used up, its connection may serve the next request.
-        body.finish(conn, at == range.end, stall).await;
+        body.finish(conn, whole && at == range.end, self.options.stall_timeout)
+            .await;
         Ok(())
     }
 
@@ -626,6 +732,14 @@ pub fn caller_headers<'a>(
     Ok(map)
 }
 
+/// An answer judged fit to write: its body holds bytes `range` of the file.
+struct Judged {
+    body: Body,
+    range: Range<u64>,
+    /// `range` is all the body holds (the probe's may hold more than its segment takes).
+    whole: bool,
+}
+
 /// Counts a connection as open while it is alive.
 struct ConnectionGuard<'a>(&'a AtomicU32);
 
@@ -640,4 +754,9 @@ impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Poisoning is ignored: the probe's body is taken whole or not at all.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

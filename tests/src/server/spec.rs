@@ -34,8 +34,6 @@ pub struct FileSpec {
     pub(super) seed: u64,
     pub(super) ranges: bool,
     pub(super) head: bool,
-    /// How long HEAD waits for its answer.
-    pub(super) head_delay: Duration,
     /// How long GET waits for its answer.
     pub(super) get_delay: Duration,
     pub(super) accept_ranges_header: bool,
@@ -77,7 +75,6 @@ impl FileSpec {
             seed: len ^ 0x5D_5EED,
             ranges: true,
             head: true,
-            head_delay: Duration::ZERO,
             get_delay: Duration::ZERO,
             accept_ranges_header: true,
             no_length: None,
@@ -135,12 +132,6 @@ impl FileSpec {
     /// Answer HEAD with `405 Method Not Allowed`.
     pub fn no_head(mut self) -> Self {
         self.head = false;
-        self
-    }
-
-    /// Answer HEAD only after `delay`, like a server a long way off.
-    pub fn head_delay(mut self, delay: Duration) -> Self {
-        self.head_delay = delay;
         self
     }
 

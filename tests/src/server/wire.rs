@@ -270,13 +270,8 @@ async fn respond_file(
         return out.refuse(refusal).await;
     }
     let is_head = head.method == "HEAD";
-    let delay = if is_head {
-        spec.head_delay
-    } else {
-        spec.get_delay
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    if !is_head && !spec.get_delay.is_zero() {
+        tokio::time::sleep(spec.get_delay).await;
     }
     if let Some(refusal) = refuse_method(spec, head, is_head) {
         return out.refuse(refusal).await;
