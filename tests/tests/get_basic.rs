@@ -316,7 +316,8 @@ async fn a_server_that_caps_ranges_is_asked_for_the_rest() {
         // Each answer is read to its end, so its connection carries the next request (keep-alive): 4
         // connections and the probe's. hyper puts a connection back in its pool from a task of its own, so on a
         // busy machine a request may beat it there and open one more; without reuse there would be one per GET.
-        // The probe, unranged, brings the first MiB; the other three take twelve ranges.
+        // Through reqwest the probe's answer, unranged, carries the first MiB and the other three take twelve
+        // ranges; over the own path the four take sixteen.
         let gets = file.gets();
         let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
         let most = if splice { 5 } else { 8 };
@@ -341,8 +342,8 @@ async fn connections_open_while_the_probe_is_out() {
         fetch_exact(&file, |s| s.threads = 4, "download succeeds").await;
 
         // Each ranged GET goes out on a connection that was opened before the probe's answer came back, so on a long
-        // link it saves a round trip. Without that, every connection would be opened after the probe's answer. The probe
-        // is the one GET without a range; its body is the first segment (a quarter of the file), so three are ranged.
+        // link it saves a round trip. Without that, every connection would be opened after the probe's answer. The
+        // probe is the one GET without a range, dropped once it has told the size: the four connections carry the file.
         let (probe, gets): (Vec<_>, Vec<_>) =
             file.gets().into_iter().partition(|r| r.range().is_none());
         let answered = probe
@@ -351,7 +352,7 @@ async fn connections_open_while_the_probe_is_out() {
             .expect("a probe");
         let conns: BTreeSet<u64> = gets.iter().map(|r| r.conn).collect();
         assert!(
-            probe.len() == 1 && conns.len() == 3 && gets.iter().all(|r| r.accepted < answered),
+            probe.len() == 1 && conns.len() == 4 && gets.iter().all(|r| r.accepted < answered),
             "GETs over {} connections, accepted {:?} after the probe's answer",
             conns.len(),
             gets.iter()
@@ -438,8 +439,8 @@ async fn a_64_mib_file_over_16_connections_is_exact() {
 
         // A split leaves the victim's request asking for more than it will read: what the server pushed into the
         // socket buffers past the new end is wasted, a few MiB on loopback. Fetching the file twice is another matter.
-        // The probe's answer (the whole file, unranged) is dropped after its first MiB in the same way; its waste is
-        // bounded by the socket buffers, not by splits, so only the ranged answers are counted.
+        // The probe's answer (the whole file, unranged) is dropped in the same way, as soon as it has told the size;
+        // its waste is bounded by the socket buffers, not by splits, so only the ranged answers are counted.
         let served: u64 = (file.gets().iter())
             .filter(|r| r.range().is_some())
             .map(|r| r.body_bytes)

@@ -63,8 +63,8 @@ async fn busy_503_on_the_connections_is_retried_after_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_429_is_ridden_out() {
-    // The probe goes through, then nine requests in a row are refused without a hint of when to come back: three
-    // for each connection left (the probe's body is the first segment), whose backoffs add up to 7 s.
+    // The probe goes through, then nine requests in a row are refused without a hint of when to come back: about
+    // three for each connection, whose backoffs add up to 7 s.
     serve_and_fetch_exact(
         40,
         "/storm.bin",

@@ -1,19 +1,19 @@
 //! One file, start to finish.
 //!
 //! A [`Transfer`] probes the URL (unless a saved [`Plan`] says where it stands), creates the `.part` file beside the
-//! final path, and runs up to N connections. The probe is a plain GET whose body goes on as the first segment's first
-//! bytes ([`PROBE_FIRST`]), so a small file costs one request. Each connection owns a [`Segment`] and writes what it receives in place
-//! with positional writes; when its segment is done it takes another, or half of the largest one left (see
-//! [`segments`]). Every response is judged before a byte of it is written (see [`response`]): a ranged request must
-//! get 206 with exactly the range asked for, and a changed ETag or Last-Modified means the file changed on the server,
-//! so the transfer starts over rather than splice two versions. When all bytes are written and synced, the `.part`
-//! file is placed at the final path, never over an existing file (see [`part`]).
+//! final path, and runs up to N connections. The probe is a plain GET whose body goes on as the first segment (see
+//! [`PROBE_WHOLE`]), so a small file costs one request. Each connection owns a [`Segment`] and writes what it
+//! receives in place with positional writes; when its segment is done it takes another, or half of the largest one
+//! left (see [`segments`]). Every response is judged before a byte of it is written (see [`response`]): a ranged
+//! request must get 206 with exactly the range asked for, and a changed ETag or Last-Modified means the file changed
+//! on the server, so the transfer starts over rather than splice two versions. When all bytes are written and synced,
+//! the `.part` file is placed at the final path, never over an existing file (see [`part`]).
 
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protocol::validate::{self, Invalid};
@@ -31,7 +31,7 @@ use super::plan::{Dest, Live, Plan};
 use super::probe::{self, FirstBody};
 use super::ratelimit::{self, RateLimiter};
 use super::response::{self, Asked};
-use super::segments::{self, OPEN_END, Segment};
+use super::segments::{self, Segment};
 use super::splice;
 
 /// Per-transfer knobs.
@@ -73,11 +73,11 @@ pub struct Transfer {
 /// sixth of the CPU per byte, which repays that handshake from a few MiB on. (200 files of 256 KiB over the own path
 /// took 4x aria2c's time with eight spare connections a file, 2x with one.)
 pub const OWN_TLS_MIN: u64 = 4 << 20;
-/// How much of the probe's body is written when the own path carries the transfer's ranged requests: the first piece
-/// of the first segment, which is never smaller ([`segments::initial`]). The rest of that segment goes over the own
-/// path, whose bytes cost less CPU, and the probe's connection is dropped. Through reqwest, the probe's body carries
-/// its whole segment.
-const PROBE_FIRST: u64 = segments::MIN_SPLIT;
+/// The largest file whose probe's answer carries it when the own path carries the transfer's ranged requests. A
+/// larger one's bytes go over the own path, which costs less CPU, on connections opened while the probe was out: the
+/// probe's answer is dropped (a connection carrying the file besides the N would take a share of a long link from
+/// them: 5 % of the 100 ms RTT scenario's speed). Through reqwest, the probe's answer carries the first segment.
+const PROBE_WHOLE: u64 = segments::MIN_SPLIT;
 /// How many times a file may change under a download before it fails.
 const MAX_RESTARTS: u32 = 3;
 /// Longest pause between retries.
@@ -171,6 +171,12 @@ impl Transfer {
             Some(p) => p.path.clone(),
             None => self.choose_path(found.name.as_deref())?,
         };
+        // On the own path a larger file's body goes over the connections opened while the probe was out, and the
+        // probe's answer is dropped at once: it is then no more than a HEAD.
+        let first = first.filter(|_| {
+            found.total.is_some_and(|t| t <= PROBE_WHOLE)
+                || !self.own_path(&found.final_url, found.total, found.ranges)
+        });
         let segments = segments::fresh(found.total, found.ranges, self.options.threads);
         let plan = Plan {
             final_url: found.final_url,
@@ -210,51 +216,52 @@ impl Transfer {
     }
 
     /// Run the connections until every segment is written, one fails for good, or the transfer is cancelled. `first`:
-    /// the probe's body, written by the connection that takes the segment it starts.
+    /// the probe's body, written into the segment it starts by the first connection.
     async fn run_connections(
         self: Arc<Self>,
         file: Arc<File>,
         first: Option<FirstBody>,
     ) -> Result<(), TransferError> {
-        let ranges = self.live.plan().as_ref().is_some_and(|p| p.ranges);
-        let total = self.live.plan().as_ref().and_then(|p| p.total);
-        self.live
-            .splice
-            .allow_tls(total.is_some_and(|t| t >= self.options.own_tls_min));
-        let count = if ranges {
-            self.options.threads.max(1)
-        } else {
-            1
+        let (own_path, count) = match self.live.plan().as_ref() {
+            Some(p) => (
+                self.own_path(&p.final_url, p.total, p.ranges),
+                if p.ranges {
+                    self.options.threads.max(1)
+                } else {
+                    1
+                },
+            ),
+            None => (false, 1),
         };
-        let own_path = ranges
-            && (self.live.plan().as_ref()).is_some_and(|p| self.splice_url(&p.final_url).is_some());
-        let first = first.map(|mut f| {
-            if own_path {
-                f.range.end = f.range.end.min(PROBE_FIRST);
+        // The probe's body holds the start of the first segment, which its connection takes before any other.
+        let first = first.and_then(|f| {
+            let mut guard = self.live.plan();
+            let segs = &mut guard.as_mut()?.segments;
+            let idx = segments::take(segs, Instant::now(), true)?;
+            if segs[idx].pos == f.range.start {
+                return Some((idx, f));
             }
-            f
+            segments::release(segs, idx, Instant::now());
+            None
         });
-        // The connections opened during the probe that will carry a first request; only the own path uses them. A
-        // segment the probe's body holds whole needs none.
+        // The connections opened during the probe that will carry a first request; only the own path uses them.
         let usable = match self.live.plan().as_ref() {
-            Some(p) if own_path => {
-                let held = first.as_ref().is_some_and(|f| {
-                    (p.segments.first()).is_some_and(|s| {
-                        !s.is_done() && s.pos == f.range.start && s.end <= f.range.end
-                    })
-                });
-                p.segments.iter().filter(|s| !s.is_done()).count() - usize::from(held)
-            }
+            Some(p) if own_path => p
+                .segments
+                .iter()
+                .filter(|s| !s.is_done() && !s.busy)
+                .count(),
             _ => 0,
         };
         self.live.splice.keep_spares(usable.min(count as usize));
         let stop = self.cancel.child_token();
-        let first = Arc::new(Mutex::new(first));
         let mut set = JoinSet::new();
+        // The probe's connection is one of the N.
+        let mut first = first;
         for _ in 0..count {
             let (this, file, stop, first) =
-                (self.clone(), file.clone(), stop.clone(), first.clone());
-            set.spawn(async move { this.connection(&file, &stop, &first).await });
+                (self.clone(), file.clone(), stop.clone(), first.take());
+            set.spawn(async move { this.connection(&file, &stop, first).await });
         }
         let mut first_err = None;
         while let Some(res) = set.join_next().await {
@@ -284,39 +291,37 @@ impl Transfer {
         Ok(())
     }
 
-    /// One connection: take segments until none is left, retrying each with backoff. The one that takes the segment
-    /// the probe's body starts (`first`) writes that body first.
+    /// One connection: take segments until none is left, retrying each with backoff. `first`: a segment it owns
+    /// already and the probe's body for it, to start with.
     async fn connection(
         &self,
         file: &File,
         stop: &CancellationToken,
-        first: &Mutex<Option<FirstBody>>,
+        mut first: Option<(usize, FirstBody)>,
     ) -> Result<(), TransferError> {
         let mut conn = None;
         let mut fetched = false;
         loop {
-            // Warm: our spliced connection is still open, or (through reqwest, whose pool we cannot see) connections
-            // of this transfer have finished responses and are pooled.
-            let warm = conn.is_some()
-                || (fetched
-                    && (self.live.plan().as_ref())
-                        .is_none_or(|p| self.splice_url(&p.final_url).is_none()));
-            let Some(idx) = self
-                .live
-                .plan()
-                .as_mut()
-                .and_then(|p| segments::take(&mut p.segments, Instant::now(), warm))
-            else {
-                return Ok(());
-            };
-            let mut body = None;
-            if !fetched {
-                let pos = self.seg_pos(idx);
-                body = lock(first).take_if(|f| f.range.start == pos);
-                if body.is_none() {
-                    conn = self.live.splice.take_spare(stop).await;
+            let (idx, body) = match first.take() {
+                Some((idx, body)) => (idx, Some(body)),
+                None => {
+                    // Warm: our spliced connection is still open, or (through reqwest, whose pool we cannot see)
+                    // connections of this transfer have finished responses and are pooled.
+                    let warm = conn.is_some()
+                        || (fetched
+                            && (self.live.plan().as_ref())
+                                .is_none_or(|p| self.splice_url(&p.final_url).is_none()));
+                    let Some(idx) = (self.live.plan().as_mut())
+                        .and_then(|p| segments::take(&mut p.segments, Instant::now(), warm))
+                    else {
+                        return Ok(());
+                    };
+                    if !fetched {
+                        conn = self.live.splice.take_spare(stop).await;
+                    }
+                    (idx, None)
                 }
-            }
+            };
             let result = self
                 .fetch_with_retries(idx, file, stop, &mut conn, body)
                 .await;
@@ -326,6 +331,15 @@ impl Transfer {
             }
             result?;
         }
+    }
+
+    /// Whether the own path ([`splice`]) carries this transfer's ranged requests, for a file at `final_url` of `total`
+    /// bytes: over https only from [`Options::own_tls_min`] on.
+    fn own_path(&self, final_url: &str, total: Option<u64>, ranges: bool) -> bool {
+        self.live
+            .splice
+            .allow_tls(total.is_some_and(|t| t >= self.options.own_tls_min));
+        ranges && self.splice_url(final_url).is_some()
     }
 
     /// Open this transfer's connections while the probe is out, when its requests will go over the splice path:
@@ -493,11 +507,7 @@ impl Transfer {
             r = tokio::time::timeout(stall, self.send(&ask.url, &own, ask.asked.ranges, conn)) => r.map_err(|_| TransferError::Stalled)??,
         };
         let range = response::judge(&ask.asked, status, &h)?;
-        let answer = Judged {
-            body,
-            range,
-            whole: true,
-        };
+        let answer = Judged { body, range };
         self.consume(idx, file, stop, answer, &ask.path, conn).await
     }
 
@@ -518,7 +528,6 @@ impl Transfer {
             ));
         }
         let answer = Judged {
-            whole: first.range.end == OPEN_END || Some(first.range.end) == ask.asked.total,
             body: Body::reqwest(first.resp),
             range: first.range,
         };
@@ -537,17 +546,13 @@ impl Transfer {
         path: &Path,
         conn: &mut Option<splice::Conn>,
     ) -> Result<(), TransferError> {
-        let Judged {
-            mut body,
-            range,
-            whole,
-        } = answer;
+        let Judged { mut body, range } = answer;
         let _conn = ConnectionGuard::new(&self.live.connections);
         let at = self
             .write_body(idx, file, stop, &mut body, range.clone(), path)
             .await?;
         // Once the response's range is used up, its connection may serve the next request.
-        body.finish(conn, whole && at == range.end, self.options.stall_timeout)
+        body.finish(conn, at == range.end, self.options.stall_timeout)
             .await;
         Ok(())
     }
@@ -736,8 +741,6 @@ pub fn caller_headers<'a>(
 struct Judged {
     body: Body,
     range: Range<u64>,
-    /// `range` is all the body holds (the probe's may hold more than its segment takes).
-    whole: bool,
 }
 
 /// Counts a connection as open while it is alive.
@@ -754,9 +757,4 @@ impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Poisoning is ignored: the probe's body is taken whole or not at all.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
