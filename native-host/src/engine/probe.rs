@@ -310,10 +310,9 @@ pub async fn probe(
     }
     let partial = status == StatusCode::PARTIAL_CONTENT;
     let mut found = read(&resp, partial);
-    if look && !partial {
-        found.ranges = false;
-    }
     if look {
+        // A 200 to a ranged request: the server ignores ranges, whatever its Accept-Ranges says.
+        found.ranges &= partial;
         return Ok((found, None));
     }
     let asked = Asked {

@@ -234,7 +234,7 @@ impl Transfer {
             None => (false, 1),
         };
         // The probe's body holds the start of the first segment, which its connection takes before any other.
-        let first = first.and_then(|f| {
+        let mut first = first.and_then(|f| {
             let mut guard = self.live.plan();
             let segs = &mut guard.as_mut()?.segments;
             let idx = segments::take(segs, Instant::now(), true)?;
@@ -257,7 +257,6 @@ impl Transfer {
         let stop = self.cancel.child_token();
         let mut set = JoinSet::new();
         // The probe's connection is one of the N.
-        let mut first = first;
         for _ in 0..count {
             let (this, file, stop, first) =
                 (self.clone(), file.clone(), stop.clone(), first.take());
@@ -334,7 +333,7 @@ impl Transfer {
     }
 
     /// Whether the own path ([`splice`]) carries this transfer's ranged requests, for a file at `final_url` of `total`
-    /// bytes: over https only from [`Options::own_tls_min`] on.
+    /// bytes: over https only from [`Options::own_tls_min`] on, which this sets on the route as it asks.
     fn own_path(&self, final_url: &str, total: Option<u64>, ranges: bool) -> bool {
         self.live
             .splice
@@ -511,7 +510,8 @@ impl Transfer {
         self.consume(idx, file, stop, answer, &ask.path, conn).await
     }
 
-    /// Write the probe's body, judged when it came, into segment `idx`, which starts where it does.
+    /// Write the probe's body, judged when it came, into segment `idx`, which starts where it does (checked when the
+    /// segment was taken for it, in `run_connections`).
     async fn fetch_first(
         &self,
         idx: usize,
@@ -522,11 +522,6 @@ impl Transfer {
         let Some(ask) = self.ask(idx) else {
             return Ok(());
         };
-        if ask.asked.pos != first.range.start {
-            return Err(TransferError::Internal(
-                "the probe's body is not where its segment stands",
-            ));
-        }
         let answer = Judged {
             body: Body::reqwest(first.resp),
             range: first.range,
