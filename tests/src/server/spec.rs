@@ -40,6 +40,8 @@ pub struct FileSpec {
     pub(super) no_length: Option<NoLength>,
     pub(super) rate: u64,
     pub(super) slow_range: Option<(u64, u64)>,
+    /// Every body's last `.0` bytes are held back for `.1`.
+    pub(super) pause_before_last: Option<(u64, Duration)>,
     /// Requests `[from, to)` get this status.
     pub(super) status_window: Option<(u32, u32, u16)>,
     /// Requests `[from, to)` get no answer at all.
@@ -80,6 +82,7 @@ impl FileSpec {
             no_length: None,
             rate: 0,
             slow_range: None,
+            pause_before_last: None,
             status_window: None,
             hang_window: None,
             max_range: None,
@@ -150,6 +153,13 @@ impl FileSpec {
     /// Cap every response (so every connection) at `bytes_per_sec`.
     pub fn rate(mut self, bytes_per_sec: u64) -> Self {
         self.rate = bytes_per_sec;
+        self
+    }
+
+    /// Send each body at full speed up to its last `bytes`, and those only after `pause`: a server that stops short
+    /// of an answer's end for a while.
+    pub fn pause_before_last(mut self, bytes: u64, pause: Duration) -> Self {
+        self.pause_before_last = Some((bytes, pause));
         self
     }
 

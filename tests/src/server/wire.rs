@@ -624,8 +624,21 @@ async fn send_body(
     let began = tokio::time::Instant::now();
     let mut buf = vec![0u8; chunk];
     let mut sent = 0u64;
+    // Where the body stops for a while, and for how long.
+    let pause = file
+        .spec
+        .pause_before_last
+        .map(|(last, pause)| (len.saturating_sub(last), pause));
     while sent < len {
-        let n = chunk.min((len - sent) as usize);
+        let mut n = chunk.min((len - sent) as usize);
+        if let Some((at, pause)) = pause {
+            if sent == at && at > 0 {
+                out.wr.flush().await?;
+                tokio::time::sleep(pause).await;
+            } else if sent < at {
+                n = n.min((at - sent) as usize);
+            }
+        }
         if rate > 0 {
             let due = began + Duration::from_secs_f64(sent as f64 / rate as f64);
             tokio::time::sleep_until(due).await;
