@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -38,6 +38,13 @@ use super::tls::{MAX_PIECES, Tls};
 const MAX_HEAD: usize = 64 * 1024;
 /// How much a pipe holds; one stage moves at most this much.
 const PIPE_SIZE: usize = 1 << 20;
+/// While at least this much of a body is still to come and it comes fast, the socket wakes its reader only once this
+/// much has arrived (`SO_RCVLOWAT`): a reader faster than the server was woken for about every 16 KiB record, with a
+/// syscall that found nothing after each read. 64 KiB is one TLS read ([`super::tls`]); 256 KiB measured the same.
+const WAKE_AFTER: usize = 64 * 1024;
+/// "Fast": at the pace of the last read, [`WAKE_AFTER`] bytes come within this time. A slower connection is woken for
+/// every byte, so its progress shows as it comes and the stall timeout (1 s at least) never waits on a batch.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// Like reqwest's client (see [`super::probe::client`]).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const USER_AGENT: &str = concat!("sdm/", env!("CARGO_PKG_VERSION"));
@@ -128,6 +135,90 @@ pub struct Conn {
     authority: (String, String, u16),
     pipe: Option<(OwnedFd, OwnedFd)>,
     tls: Option<Box<Tls>>,
+    waking: Waking,
+}
+
+/// When a connection's socket wakes its reader: for every byte, or for a batch ([`WAKE_AFTER`]) while the body owes
+/// that much and comes fast.
+#[derive(Debug)]
+struct Waking {
+    /// The socket's receive low-water mark as last set (1, the system's default, or [`WAKE_AFTER`]).
+    mark: usize,
+    /// When the last read of a body returned (none before a body's first).
+    last_read: Option<Instant>,
+    /// The last read's pace would bring a batch within [`BATCH_WAIT`].
+    fast: bool,
+}
+
+impl Waking {
+    fn new() -> Waking {
+        Waking {
+            mark: 1,
+            last_read: None,
+            fast: false,
+        }
+    }
+}
+
+impl Conn {
+    /// Before reading an answer's head, whose length is not known: wake for every byte (the last body may have ended
+    /// in one read, its mark still up), and forget that body's pace.
+    fn before_head(&mut self) -> io::Result<()> {
+        self.waking.last_read = None;
+        self.waking.fast = false;
+        self.set_mark(1)
+    }
+
+    /// Before a read of a body of which the peer still owes at least `bytes`: wake for a batch only while that many
+    /// are still to come and they come fast, so the body's last bytes and a slow link wake the reader as they come.
+    fn before_read(&mut self, bytes: u64) -> io::Result<()> {
+        let batch = self.waking.fast && bytes >= WAKE_AFTER as u64;
+        self.set_mark(if batch { WAKE_AFTER } else { 1 })
+    }
+
+    fn set_mark(&mut self, mark: usize) -> io::Result<()> {
+        if mark != self.waking.mark {
+            set_rcvlowat(&self.stream, mark)?;
+            self.waking.mark = mark;
+        }
+        Ok(())
+    }
+
+    /// After a read of `n` bytes of a body.
+    fn after_read(&mut self, n: usize) {
+        let w = &mut self.waking;
+        let now = Instant::now();
+        // n bytes in `took`: a batch in `took` × WAKE_AFTER / n, fast if that is within BATCH_WAIT.
+        w.fast = w.last_read.is_some_and(|then| {
+            let took = now.duration_since(then);
+            took * WAKE_AFTER as u32 <= BATCH_WAIT * n as u32
+        });
+        w.last_read = Some(now);
+    }
+}
+
+/// Set `stream`'s `SO_RCVLOWAT` (neither rustix nor socket2 has it). Linux's epoll honours it for TCP, and a
+/// non-blocking read still returns whatever has arrived.
+fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the stream's own, open for as long as it is borrowed; the option's value is a C int
+    // that lives across the call, and its size is passed with it.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// What the server answered.
@@ -176,6 +267,7 @@ pub async fn open(url: &Url) -> io::Result<Conn> {
         authority: authority(url),
         pipe: None,
         tls,
+        waking: Waking::new(),
     })
 }
 
@@ -241,6 +333,7 @@ fn request_head(url: &Url, headers: &HeaderMap) -> Vec<u8> {
 
 /// Send `request` on `conn` and read the answer's head.
 async fn exchange(mut conn: Conn, request: &[u8]) -> io::Result<Answer> {
+    conn.before_head()?;
     match &mut conn.tls {
         Some(tls) => tls.send(&conn.stream, request).await?,
         None => conn.stream.write_all(request).await?,
@@ -374,8 +467,14 @@ impl Body {
         if want == 0 {
             return Ok(0);
         }
+        // Nothing is staged now (checked above): over plain HTTP the pipe is empty, over https the session holds
+        // what has come of the body beyond what was taken.
+        let here = self.conn.tls.as_ref().map_or(0, |t| t.here());
+        self.conn
+            .before_read(self.left.saturating_sub(here as u64))?;
         if let Some(tls) = &mut self.conn.tls {
             let n = tls.fill(&self.conn.stream, want).await?.min(want);
+            self.conn.after_read(n);
             self.staged = n;
             self.left -= n as u64;
             return Ok(n);
@@ -398,6 +497,7 @@ impl Body {
                 r => break r?,
             }
         };
+        self.conn.after_read(n);
         self.staged = n;
         self.left -= n as u64;
         Ok(n)
@@ -724,6 +824,7 @@ mod tests {
                 authority: authority(&url),
                 pipe: None,
                 tls: Some(Box::new(tls)),
+                waking: Waking::new(),
             };
             let request = request_head(&url, &ranged(0, 99_999));
             let Answer::Body(_, _, mut b) = exchange(conn, &request).await.unwrap() else {
@@ -774,6 +875,85 @@ mod tests {
             "both requests went over one connection"
         );
         true
+    }
+
+    /// The low-water mark ([`WAKE_AFTER`]), over plain HTTP and https, four answers on one connection: a fast one
+    /// whose server stops for a while before its last 30 KB (the mark is up while the body comes fast, and must come
+    /// down for those); a fast one read to its end (which can leave the mark up); a small one whose head comes late
+    /// (it must wake the reader); a slow one (100 KB/s: the mark stays at one byte, or the stall timeout could wait on a
+    /// batch).
+    #[tokio::test]
+    async fn the_wake_mark_is_up_only_while_a_fast_body_owes_a_batch() {
+        trust_test_ca();
+        let server = sdm_tests::TestServer::start().await;
+        let paused = server.serve(
+            "/paused",
+            sdm_tests::FileSpec::new(4 << 20)
+                .seed(6)
+                .pause_before_last(30_000, Duration::from_millis(300)),
+        );
+        let fast = server.serve("/fast", sdm_tests::FileSpec::new(2 << 20).seed(7));
+        let late = server.serve(
+            "/late",
+            sdm_tests::FileSpec::new(1000)
+                .seed(8)
+                .get_delay(Duration::from_millis(300)),
+        );
+        let slow = server.serve(
+            "/slow",
+            sdm_tests::FileSpec::new(100_000).seed(9).rate(100_000),
+        );
+        let front = TlsFront::start(&server, Cert::Good).await;
+        for base in [server.url(""), front.url("")] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut conn = None;
+            for (file, path) in [
+                (&paused, "/paused"),
+                (&fast, "/fast"),
+                (&late, "/late"),
+                (&slow, "/slow"),
+            ] {
+                let url = Url::parse(&format!("{base}{path}")).unwrap();
+                let out = File::create(dir.path().join(&path[1..])).unwrap();
+                let read = async {
+                    let Answer::Body(_, _, mut b) =
+                        get(conn.take(), &url, &ranged(0, file.len() - 1))
+                            .await
+                            .unwrap()
+                    else {
+                        panic!("not a body");
+                    };
+                    let mut marks = Vec::new();
+                    let mut at = 0;
+                    loop {
+                        // A batch at a time, so even a body that has all come already takes many reads.
+                        let n = b.stage(WAKE_AFTER).await.unwrap();
+                        marks.push(b.conn.waking.mark);
+                        if n == 0 {
+                            break;
+                        }
+                        b.commit(&out, at, n).unwrap();
+                        at += n as u64;
+                    }
+                    (at, marks, b.into_conn())
+                };
+                // Each answer takes about a second at most; a reader waiting for bytes that never come waits for ever.
+                let (end, marks, kept) = tokio::time::timeout(Duration::from_secs(20), read)
+                    .await
+                    .unwrap_or_else(|_| panic!("{url}: the body never ended"));
+                assert_eq!(end, file.len(), "{url}");
+                assert_eq!(
+                    std::fs::read(dir.path().join(&path[1..])).unwrap(),
+                    file.bytes()
+                );
+                match path {
+                    "/paused" | "/fast" => assert!(marks.contains(&WAKE_AFTER), "{url}: {marks:?}"),
+                    "/slow" => assert!(marks.iter().all(|&m| m == 1), "{url}: {marks:?}"),
+                    _ => {}
+                }
+                conn = Some(kept.expect("a body read to its end keeps its connection"));
+            }
+        }
     }
 
     /// A TLS body cut without `close_notify` (the TCP connection just ends) ends short: only authenticated bytes are

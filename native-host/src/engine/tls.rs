@@ -183,6 +183,12 @@ impl Tls {
         self.wire.flush(stream).await
     }
 
+    /// Bytes of the peer's already here: plaintext held and received bytes not decrypted yet (at least as many as
+    /// the plaintext they hold).
+    pub fn here(&self) -> usize {
+        self.held + (self.wire.filled - self.wire.start)
+    }
+
     /// Whether anything came after what was taken: plaintext, or received bytes not decrypted yet.
     pub fn has_more(&self) -> bool {
         self.held > 0 || self.wire.start < self.wire.filled || !self.message.is_empty()
