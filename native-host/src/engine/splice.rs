@@ -42,8 +42,8 @@ const PIPE_SIZE: usize = 1 << 20;
 /// much has arrived (`SO_RCVLOWAT`): a reader faster than the server was woken for about every 16 KiB record, with a
 /// syscall that found nothing after each read. 64 KiB is one TLS read ([`super::tls`]); 256 KiB measured the same.
 const WAKE_AFTER: usize = 64 * 1024;
-/// "Fast": at the pace of the last read, [`WAKE_AFTER`] bytes come within this time. A slower connection is woken for
-/// every byte, so its progress shows as it comes and the stall timeout (1 s at least) never waits on a batch.
+/// "Fast": a body's last [`WAKE_AFTER`] bytes were read within this time (1.3 MB/s and more). A slower connection is
+/// woken for every byte, so its progress shows as it comes and the stall timeout (1 s at least) never waits on a batch.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// Like reqwest's client (see [`super::probe::client`]).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -139,22 +139,26 @@ pub struct Conn {
 }
 
 /// When a connection's socket wakes its reader: for every byte, or for a batch ([`WAKE_AFTER`]) while the body owes
-/// that much and comes fast.
+/// that much and comes fast. The pace is judged a batch at a time, not a read at a time: a slow link's bytes come in
+/// bursts (a round trip's worth, a server catching up), and reads within a burst look fast.
 #[derive(Debug)]
 struct Waking {
-    /// The socket's receive low-water mark as last set (1, the system's default, or [`WAKE_AFTER`]).
-    mark: usize,
-    /// When the last read of a body returned (none before a body's first).
-    last_read: Option<Instant>,
-    /// The last read's pace would bring a batch within [`BATCH_WAIT`].
+    /// The socket's receive low-water mark as last set: [`WAKE_AFTER`], or one byte (the system's default).
+    batched: bool,
+    /// Since when the bytes of the batch being judged have come (none before a body's first read).
+    since: Option<Instant>,
+    /// Bytes read since then.
+    bytes: usize,
+    /// The last batch judged came within [`BATCH_WAIT`].
     fast: bool,
 }
 
 impl Waking {
     fn new() -> Waking {
         Waking {
-            mark: 1,
-            last_read: None,
+            batched: false,
+            since: None,
+            bytes: 0,
             fast: false,
         }
     }
@@ -164,36 +168,56 @@ impl Conn {
     /// Before reading an answer's head, whose length is not known: wake for every byte (the last body may have ended
     /// in one read, its mark still up), and forget that body's pace.
     fn before_head(&mut self) -> io::Result<()> {
-        self.waking.last_read = None;
-        self.waking.fast = false;
-        self.set_mark(1)
+        self.waking = Waking {
+            batched: self.waking.batched,
+            ..Waking::new()
+        };
+        self.set_batched(false)
     }
 
     /// Before a read of a body of which the peer still owes at least `bytes`: wake for a batch only while that many
     /// are still to come and they come fast, so the body's last bytes and a slow link wake the reader as they come.
     fn before_read(&mut self, bytes: u64) -> io::Result<()> {
-        let batch = self.waking.fast && bytes >= WAKE_AFTER as u64;
-        self.set_mark(if batch { WAKE_AFTER } else { 1 })
+        let batch = self.waking.fast && bytes >= WAKE_AFTER as u64 && self.roomy()?;
+        self.set_batched(batch)
     }
 
-    fn set_mark(&mut self, mark: usize) -> io::Result<()> {
-        if mark != self.waking.mark {
-            set_rcvlowat(&self.stream, mark)?;
-            self.waking.mark = mark;
+    /// Whether the receive buffer has room for several batches. Linux makes a mark that the buffer would barely hold
+    /// the window's clamp (`tcp_set_rcvlowat`), and the window could stay that small on a long link; from four batches
+    /// on (the buffer counts overhead too, usually under half of it) the mark leaves the window alone. Asked only
+    /// while the mark is down and would go up.
+    fn roomy(&self) -> io::Result<bool> {
+        if self.waking.batched {
+            return Ok(true);
+        }
+        Ok(rustix::net::sockopt::socket_recv_buffer_size(&self.stream)? >= 4 * WAKE_AFTER)
+    }
+
+    fn set_batched(&mut self, batched: bool) -> io::Result<()> {
+        if batched != self.waking.batched {
+            set_rcvlowat(&self.stream, if batched { WAKE_AFTER } else { 1 })?;
+            self.waking.batched = batched;
         }
         Ok(())
     }
 
-    /// After a read of `n` bytes of a body.
+    /// After a read of `n` bytes of a body: a batch is judged once it is whole, or once [`BATCH_WAIT`] has passed
+    /// without it.
     fn after_read(&mut self, n: usize) {
         let w = &mut self.waking;
         let now = Instant::now();
-        // n bytes in `took`: a batch in `took` × WAKE_AFTER / n, fast if that is within BATCH_WAIT.
-        w.fast = w.last_read.is_some_and(|then| {
-            let took = now.duration_since(then);
-            took * WAKE_AFTER as u32 <= BATCH_WAIT * n as u32
-        });
-        w.last_read = Some(now);
+        let Some(since) = w.since else {
+            // The body's first read: what came during the round trip says nothing of the pace.
+            w.since = Some(now);
+            return;
+        };
+        w.bytes += n;
+        let took = now.duration_since(since);
+        if w.bytes >= WAKE_AFTER || took > BATCH_WAIT {
+            w.fast = w.bytes >= WAKE_AFTER && took <= BATCH_WAIT;
+            w.since = Some(now);
+            w.bytes = 0;
+        }
     }
 }
 
@@ -928,7 +952,7 @@ mod tests {
                     loop {
                         // A batch at a time, so even a body that has all come already takes many reads.
                         let n = b.stage(WAKE_AFTER).await.unwrap();
-                        marks.push(b.conn.waking.mark);
+                        marks.push(b.conn.waking.batched);
                         if n == 0 {
                             break;
                         }
@@ -947,8 +971,8 @@ mod tests {
                     file.bytes()
                 );
                 match path {
-                    "/paused" | "/fast" => assert!(marks.contains(&WAKE_AFTER), "{url}: {marks:?}"),
-                    "/slow" => assert!(marks.iter().all(|&m| m == 1), "{url}: {marks:?}"),
+                    "/paused" | "/fast" => assert!(marks.contains(&true), "{url}: {marks:?}"),
+                    "/slow" => assert!(!marks.contains(&true), "{url}: {marks:?}"),
                     _ => {}
                 }
                 conn = Some(kept.expect("a body read to its end keeps its connection"));
