@@ -381,7 +381,10 @@ async fn rate_cap_paces_and_slow_range_only_slows_the_tail() {
 async fn pause_before_last_holds_back_each_bodys_end() {
     let server = TestServer::start().await;
     let pause = Duration::from_millis(300);
-    let file = server.serve("/p", FileSpec::new(200_000).pause_before_last(50_000, pause));
+    let file = server.serve(
+        "/p",
+        FileSpec::new(200_000).pause_before_last(50_000, pause),
+    );
     for (range, from) in [(None, 0), (Some("Range: bytes=100000-199999"), 100_000)] {
         let t = Instant::now();
         let r = get(&server, "/p", range.as_slice()).await;
