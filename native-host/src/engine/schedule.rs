@@ -399,7 +399,10 @@ mod tests {
     async fn a_report_after_the_completion_is_not_told_again() {
         let (_tmp, engine, id, file) = finishing().await;
         let _ = engine.finished(id, Ok(file), None);
-        assert_eq!(engine.finished(id, Err(TransferError::Cancelled), None), None);
+        assert_eq!(
+            engine.finished(id, Err(TransferError::Cancelled), None),
+            None
+        );
         engine.inner.announcing.close();
         engine.inner.announcing.wait().await;
         assert_eq!(engine.get(id).unwrap().status, Status::Completed);
