@@ -191,7 +191,7 @@ impl Tls {
 
     /// Whether anything came after what was taken: plaintext, or received bytes not decrypted yet.
     pub fn has_more(&self) -> bool {
-        self.held > 0 || self.wire.start < self.wire.filled || !self.message.is_empty()
+        self.here() > 0 || !self.message.is_empty()
     }
 
     /// The plaintext held, in order, a piece per record (at most [`MAX_PIECES`]).
