@@ -20,6 +20,9 @@ pub(super) struct Entry {
     pub(super) limiter: Arc<RateLimiter>,
     /// Set while a transfer task runs; cancelling it stops the task, which then reports back.
     pub(super) task: Option<CancellationToken>,
+    /// How many transfer tasks this download has started: the number of the one `task` stands for, which its report
+    /// carries back (`Engine::finished` hears only the current task).
+    pub(super) run: u64,
     /// `remove` was asked while the task ran: forget the download (deleting its file if `true`) when it stops.
     pub(super) removing: Option<bool>,
     pub(super) meter: SpeedMeter,
@@ -92,6 +95,7 @@ impl Entry {
             limiter: Arc::new(RateLimiter::new(rec.bandwidth_limit)),
             rec,
             task: None,
+            run: 0,
             removing: None,
             meter: SpeedMeter::default(),
             speed: 0,

@@ -78,6 +78,8 @@ impl Engine {
         e.speed = 0;
         let cancel = CancellationToken::new();
         e.task = Some(cancel.clone());
+        e.run += 1;
+        let run = e.run;
         let headers =
             transfer::caller_headers(e.rec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .unwrap_or_default();
@@ -127,28 +129,35 @@ impl Engine {
             };
             // Deleted here rather than by the writer, which may be busy syncing: the download already shows as
             // cancelled or is gone, so its file should be too.
-            if let Some(path) = engine.finished(id, result, plan) {
+            if let Some(path) = engine.finished(id, run, result, plan) {
                 let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
             }
         });
     }
 
-    /// A transfer task ended: record why, and start the next download. Returns a file the download leaves behind
-    /// (cancelled or removed), for the task to delete once the lock is released.
+    /// Transfer task number `run` of download `id` ended: record why, and start the next download. Returns a file the
+    /// download leaves behind (cancelled or removed), for the task to delete once the lock is released.
+    ///
+    /// Only the download's current task is heard. The engine runs one at a time per download, but a report from one
+    /// that no longer stands for it (a test stands one in for the real one, which still reports back) would otherwise
+    /// record its ending over the current task's: a completion would be told twice, a running download shown stopped.
     fn finished(
         &self,
         id: DownloadId,
+        run: u64,
         result: Result<PathBuf, TransferError>,
         plan: Option<Plan>,
     ) -> Option<PathBuf> {
         let mut core = lock(&self.inner.core);
         let stall = Duration::from_secs(core.settings.stall_timeout_secs);
         let e = core.downloads.get_mut(&id)?;
-        if e.rec.status == Status::Completed {
-            // A download completes once, and is told of once (`announce`). A report after that is from a task that
-            // no longer stands for it (the engine runs one per download; tests stand one in for the real one, which
-            // still reports back): told again, it would show in history twice.
-            warn!(id, "a report for a download already completed; ignored");
+        if e.task.is_none() || e.run != run {
+            warn!(
+                id,
+                run,
+                current = e.run,
+                "a report from a task that no longer runs the download; ignored"
+            );
             return None;
         }
         e.task = None;
@@ -310,9 +319,9 @@ mod tests {
     use super::*;
     use crate::engine::EngineConfig;
 
-    /// An engine with one download that looks as if its transfer is running, and the file that transfer just
-    /// finished: the moment between a transfer's last write and the engine hearing of it.
-    async fn finishing() -> (tempfile::TempDir, Engine, DownloadId, PathBuf) {
+    /// An engine with one download that looks as if its transfer is running, the number of that (stand-in) task, and
+    /// the file that transfer just finished: the moment between a transfer's last write and the engine hearing of it.
+    async fn finishing() -> (tempfile::TempDir, Engine, DownloadId, u64, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let engine = Engine::start(EngineConfig {
             data_dir: tmp.path().join("data"),
@@ -336,16 +345,18 @@ mod tests {
         if let Some(t) = e.task.replace(CancellationToken::new()) {
             t.cancel();
         }
+        e.run += 1;
+        let run = e.run;
         e.rec.status = Status::Downloading;
         drop(core);
-        (tmp, engine, added.id, file)
+        (tmp, engine, added.id, run, file)
     }
 
     #[tokio::test]
     async fn a_cancel_acknowledged_before_the_transfer_reports_back_wins() {
-        let (_tmp, engine, id, file) = finishing().await;
+        let (_tmp, engine, id, run, file) = finishing().await;
         engine.cancel(id).unwrap();
-        let leftover = engine.finished(id, Ok(file.clone()), None);
+        let leftover = engine.finished(id, run, Ok(file.clone()), None);
         assert_eq!(
             leftover,
             Some(file),
@@ -368,9 +379,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_completion_is_told_only_once_a_restart_would_find_it() {
-        let (tmp, engine, id, file) = finishing().await;
+        let (tmp, engine, id, run, file) = finishing().await;
         let mut events = engine.subscribe();
-        let _ = engine.finished(id, Ok(file), None);
+        let _ = engine.finished(id, run, Ok(file), None);
         assert_eq!(
             engine.get(id).unwrap().status,
             Status::Downloading,
@@ -393,14 +404,13 @@ mod tests {
         assert_eq!(statuses, [Status::Completed]);
     }
 
-    /// A report that comes after the completion (a task that no longer stands for the download, like the fixture's
-    /// real one, cancelled when it was stood in for) changes nothing and is not told again.
+    /// A report that comes after the completion changes nothing and is not told again.
     #[tokio::test]
     async fn a_report_after_the_completion_is_not_told_again() {
-        let (_tmp, engine, id, file) = finishing().await;
-        let _ = engine.finished(id, Ok(file), None);
+        let (_tmp, engine, id, run, file) = finishing().await;
+        let _ = engine.finished(id, run, Ok(file), None);
         assert_eq!(
-            engine.finished(id, Err(TransferError::Cancelled), None),
+            engine.finished(id, run, Err(TransferError::Cancelled), None),
             None
         );
         engine.inner.announcing.close();
@@ -411,12 +421,31 @@ mod tests {
         assert_eq!(statuses, [Status::Completed]);
     }
 
+    /// The task the fixture stood in for reports back while the download runs on: it is not the download's task, and
+    /// its ending (cancelled, or a failure) must not stop the download or reach history.
+    #[tokio::test]
+    async fn a_report_from_a_replaced_task_is_not_heard() {
+        let (_tmp, engine, id, run, _file) = finishing().await;
+        for result in [
+            Err(TransferError::Cancelled),
+            Err(TransferError::Internal("a stale task failed")),
+        ] {
+            assert_eq!(engine.finished(id, run - 1, result, None), None);
+            let core = lock(&engine.inner.core);
+            let e = &core.downloads[&id];
+            assert_eq!(e.rec.status, Status::Downloading);
+            assert!(e.task.is_some(), "the running task was forgotten");
+        }
+        let history = engine.history(protocol::PageRequest::default()).unwrap();
+        assert!(history.items.is_empty(), "{:?}", history.items);
+    }
+
     #[tokio::test]
     async fn a_remove_as_the_transfer_finishes_deletes_the_final_file_only_when_asked() {
         for delete_file in [false, true] {
-            let (_tmp, engine, id, file) = finishing().await;
+            let (_tmp, engine, id, run, file) = finishing().await;
             engine.remove(id, delete_file).unwrap();
-            let leftover = engine.finished(id, Ok(file.clone()), None);
+            let leftover = engine.finished(id, run, Ok(file.clone()), None);
             assert_eq!(
                 leftover,
                 delete_file.then_some(file),
