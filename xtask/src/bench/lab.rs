@@ -424,6 +424,14 @@ http {{
             .with_context(|| format!("cannot start {}", self.nginx_bin.display()))
     }
 
+    /// CPU seconds the loopback nginx (one worker, one process) has used so far, when `url` is one of its; read
+    /// before and after a run, it is what serving that run cost the server.
+    pub fn server_cpu(&self, url: &str) -> Option<f64> {
+        let base = |b: &str| !b.is_empty() && url.starts_with(b);
+        let ours = base(&self.base) || self.tls.as_ref().is_some_and(|t| base(&t.base));
+        super::measure::proc_cpu(self.nginx.first().filter(|_| ours)?.id())
+    }
+
     /// Remove every client output (between runs).
     pub fn clear_out(&self) -> Result<()> {
         let _ = fs::remove_dir_all(&self.out);

@@ -247,7 +247,12 @@ fn rounds(lab: &Lab, jobs: &[Job], runs: usize) -> Result<Vec<Row>> {
     for run in 1..=runs {
         for ((job, (argv, out)), row) in jobs.iter().zip(&argvs).zip(&mut rows) {
             lab.clear_out()?;
+            let served_before = lab.server_cpu(&job.url);
             let (s, status) = measure::timed(argv, job.timeout, &log)?;
+            let served = lab
+                .server_cpu(&job.url)
+                .zip(served_before)
+                .map(|(after, before)| after - before);
             row.runs += 1;
             // The bound writes no file: it checks its own status codes and byte counts.
             let outputs = if job.client.kind == Kind::Bound {
@@ -268,6 +273,7 @@ fn rounds(lab: &Lab, jobs: &[Job], runs: usize) -> Result<Vec<Row>> {
                     row.push_opt("user cpu", "s", s.user);
                     row.push_opt("rss", "MB", s.rss_mb);
                     row.push("speed", "MiB/s", speed);
+                    row.push_opt("nginx cpu", "s", served);
                     println!(
                         "{head}: {:.2} s, {} CPU, {} RSS, {speed:.1} MiB/s",
                         s.wall,
@@ -554,6 +560,21 @@ fn https(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Resul
         },
         None => unmeasured(name, goal),
     });
+    if let (Some(w), Some(served), Some(aw), Some(aserved)) = (
+        median("sdm", "N=8", "wall"),
+        median("sdm", "N=8", "nginx cpu"),
+        median(aria, "N=8", "wall"),
+        median(aria, "N=8", "nginx cpu"),
+    ) {
+        sc.notes.push(format!(
+            "The server's side: nginx's one worker spent {served:.2} s of CPU serving sdm -c 8 (sdm's wall \
+             {w:.2} s, ×{:.2} of it) and {aserved:.2} s serving aria2c matched (its wall {aw:.2} s, ×{:.2}). No \
+             client finishes before the server has encrypted and sent the file: a wall near ×1.0 of the server's CPU \
+             is the server's pace, not the client's.",
+            w / served,
+            aw / aserved
+        ));
+    }
     for n in ["N=8", "N=1"] {
         if let (Some(c), Some(bc), Some(w), Some(bw)) = (
             median("sdm", n, "cpu"),
