@@ -11,6 +11,7 @@
 //! - [`install`]: host manifests for each browser.
 //! - [`ipc`]: the service's transport: a Unix socket, a named pipe on Windows.
 //! - [`paths`]: where data, the socket and downloads live.
+//! - [`signals`]: the signals that stop a foreground process cleanly.
 
 pub mod client;
 pub mod engine;
@@ -19,3 +20,4 @@ pub mod ipc;
 pub mod paths;
 pub mod relay;
 pub mod service;
+pub mod signals;

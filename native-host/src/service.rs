@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{ApiError, Engine, EngineConfig, StartError};
 use crate::ipc::{self, Listener};
 use crate::paths::{self, LOCK_FILE};
+use crate::signals::Signals;
 
 /// Frames queued for one connection's writer. Replies wait for room; a subscriber that falls behind skips events.
 const WRITE_QUEUE: usize = 64;
@@ -114,7 +115,7 @@ pub async fn run(config: ServiceConfig) -> Result<(), ServiceError> {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            name = signals.recv() => { tracing::info!("{name}: shutting down"); break; }
+            stop = signals.recv() => { tracing::info!("{}: shutting down", stop.name); break; }
             _ = control.stop.cancelled() => { tracing::info!("asked to stop: shutting down"); break; }
         }
     }
@@ -148,66 +149,6 @@ fn take_lock(dir: &Path) -> Result<File, ServiceError> {
     file.set_len(0).map_err(lock_err)?;
     writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
     Ok(file)
-}
-
-/// The signals that stop the service as cleanly as `stop`: SIGTERM, SIGINT and SIGHUP (the terminal of a foreground
-/// `sdm serve` went away).
-#[cfg(unix)]
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-#[cfg(unix)]
-impl Signals {
-    fn new() -> io::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// The name of the next signal.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = self.hup.recv() => "SIGHUP",
-        }
-    }
-}
-
-/// The console events that stop the service as cleanly as `stop`: Ctrl-C, the console closing, the system shutting
-/// down.
-#[cfg(windows)]
-struct Signals {
-    ctrl_c: tokio::signal::windows::CtrlC,
-    close: tokio::signal::windows::CtrlClose,
-    shutdown: tokio::signal::windows::CtrlShutdown,
-}
-
-#[cfg(windows)]
-impl Signals {
-    fn new() -> io::Result<Signals> {
-        use tokio::signal::windows::{ctrl_c, ctrl_close, ctrl_shutdown};
-        Ok(Signals {
-            ctrl_c: ctrl_c()?,
-            close: ctrl_close()?,
-            shutdown: ctrl_shutdown()?,
-        })
-    }
-
-    /// The name of the next event.
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.ctrl_c.recv() => "Ctrl-C",
-            _ = self.close.recv() => "console closed",
-            _ = self.shutdown.recv() => "system shutdown",
-        }
-    }
 }
 
 /// What a connection needs of the service beyond the engine: for `status` and `stop`.
