@@ -16,6 +16,8 @@ mod get_validators;
 mod get_names;
 // Expected sha256 and the bandwidth cap.
 mod get_checks;
+// The `sdm get` binary interrupted or failed on the network keeps its bytes; the same command goes on from them.
+mod get_resume;
 // The `Engine` queue: concurrency cap, pause/resume/cancel/remove, live settings.
 mod queue;
 // A restarted `Engine` resumes an interrupted download from where it stopped.

@@ -179,11 +179,12 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The entries of `dir` that are not `.part` (or other in-progress) files: what a user would take for a download.
+/// The entries of `dir` that are not `.part` files or their `.sdm` control files (a `sdm get` that can go on): what a
+/// user would take for a download.
 pub fn finished_files_in(dir: &Path) -> Vec<String> {
     names_in(dir)
         .into_iter()
-        .filter(|n| !n.ends_with(".part"))
+        .filter(|n| !n.ends_with(".part") && !n.ends_with(".sdm"))
         .collect()
 }
 

@@ -9,10 +9,12 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::{DEFAULT_THREADS, Settings};
-use sdm::engine::oneshot::{self, GetSpec, Snapshot};
+use sdm::engine::oneshot::{self, GetSpec, Kept, Snapshot};
+use sdm::signals::Signals;
+use tokio_util::sync::CancellationToken;
 
 use super::parse;
-use super::print::out;
+use super::print::{out, warn};
 
 #[derive(Args)]
 pub struct GetArgs {
@@ -71,7 +73,22 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     };
     bar.set_style(spinner_style());
     bar.set_message(name_guess(&spec.url));
-    match oneshot::get(spec, progress(bar.clone())).await {
+    // Watch for signals before the first byte: one that came before the handlers would kill us, part file and all.
+    let mut signals = Signals::new().context("cannot watch for signals")?;
+    let stop = CancellationToken::new();
+    let mut get = std::pin::pin!(oneshot::get_until(
+        spec,
+        stop.clone(),
+        progress(bar.clone())
+    ));
+    let (result, stopped) = tokio::select! {
+        r = &mut get => (r, None),
+        signal = signals.recv() => {
+            stop.cancel();
+            (get.await, Some(signal))
+        }
+    };
+    match result {
         Ok(path) => {
             bar.finish_and_clear();
             out(path.display())?;
@@ -79,9 +96,32 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             bar.abandon();
-            Err(anyhow::Error::from(e).context("download failed"))
+            if let Some(kept) = &e.kept {
+                warn(kept_line(kept));
+            }
+            match stopped {
+                Some(signal) => {
+                    warn(format_args!("stopped by {}", signal.name));
+                    Ok(ExitCode::from(signal.exit_code))
+                }
+                None => Err(anyhow::Error::from(e.error).context("download failed")),
+            }
         }
     }
+}
+
+/// What a run that did not complete tells of the bytes it kept.
+fn kept_line(kept: &Kept) -> String {
+    let of = kept
+        .total
+        .map(|t| format!(" of {}", HumanBytes(t)))
+        .unwrap_or_default();
+    format!(
+        "{}{of} kept in {} (and {}): run the same command again to go on from there",
+        HumanBytes(kept.downloaded),
+        kept.part.display(),
+        kept.control.display()
+    )
 }
 
 /// The URL's last path segment: what the bar shows until the server names the file.

@@ -54,7 +54,7 @@ pub enum Cmd {
     /// Relay native messaging on stdin/stdout to the service (what a browser starts)
     #[command(hide = true)]
     Relay,
-    /// Download one URL now, with a progress bar, without the service
+    /// Download one URL now, with a progress bar, without the service; stopped (Ctrl-C) or failed on the network, it keeps its bytes, and the same command goes on from them
     Get(get::GetArgs),
     #[command(flatten)]
     Remote(Remote),

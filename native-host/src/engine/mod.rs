@@ -24,9 +24,11 @@
 //! - [`filename`]: Content-Disposition parsing and file-name sanitizing.
 //! - [`error`]: why a transfer stopped, and whether trying again can help.
 //! - [`oneshot`]: `sdm get`, one download without the queue, and the speed and time-left arithmetic.
+//! - [`control`]: what a `sdm get` that did not finish keeps for the next run: its plan, beside its part file.
 
 mod add;
 pub mod body;
+pub mod control;
 pub(crate) mod dirfd;
 mod entry;
 pub mod error;

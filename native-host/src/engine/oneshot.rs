@@ -8,10 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
+use super::control;
 use super::error::TransferError;
 use super::filename;
-use super::plan::{Dest, Live};
+use super::plan::{Dest, Live, Plan};
 use super::probe;
 use super::ratelimit::RateLimiter;
 use super::transfer::{self, Options, Transfer};
@@ -48,17 +50,59 @@ pub struct Snapshot {
     pub connections: u32,
 }
 
+/// What a `sdm get` that did not complete keeps for the next run of the same command ([`control`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// The part file, which holds the bytes.
+    pub part: PathBuf,
+    /// Its control file, which says which bytes they are.
+    pub control: PathBuf,
+    pub downloaded: u64,
+    pub total: Option<u64>,
+}
+
+/// How a `sdm get` ended without its file: why, and what it kept for the next run.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct GetError {
+    pub error: TransferError,
+    pub kept: Option<Kept>,
+}
+
 /// Download `spec.url` to its final path and return that path. On any error nothing is left at the final path, and
-/// the `.part` file is removed (a one-shot download has no later resume). `on_progress` is called 5 times a second.
+/// the `.part` file is removed. `on_progress` is called 5 times a second.
 pub async fn get(
     spec: GetSpec,
-    mut on_progress: impl FnMut(&Snapshot) + Send,
+    on_progress: impl FnMut(&Snapshot) + Send,
 ) -> Result<PathBuf, TransferError> {
-    let live = Live::new(None);
-    let transfer = transfer_for(&spec, live.clone())?;
+    get_until(spec, CancellationToken::new(), on_progress)
+        .await
+        .map_err(|e| e.error)
+}
+
+/// [`get`], stopped when `stop` is cancelled (the user interrupted it), and resumable: a run that was stopped, or
+/// failed in a way a later try may not (the network, the server's 5xx, a full disk), keeps its part file and writes
+/// a control file beside it ([`control`]); the next run of the same URL into the same place goes on from there. On a
+/// failure that trying again would repeat (the file is gone, it changed, a wrong checksum) the part file is removed.
+pub async fn get_until(
+    spec: GetSpec,
+    stop: CancellationToken,
+    mut on_progress: impl FnMut(&Snapshot) + Send,
+) -> Result<PathBuf, GetError> {
+    let transfer =
+        transfer_for(&spec, stop.clone()).map_err(|error| GetError { error, kept: None })?;
+    let resumed = control::claim(&spec.url, &transfer.dest);
+    if let Some(plan) = &resumed {
+        debug!(path = %plan.path.display(), downloaded = plan.downloaded(), "going on from a kept part file");
+    }
+    let live = Live::new(resumed);
+    let transfer = Transfer {
+        live: live.clone(),
+        ..transfer
+    };
     let mut run = std::pin::pin!(transfer.run());
     let mut meter = SpeedMeter::default();
-    meter.start(0);
+    meter.start(live.downloaded.load(Ordering::Relaxed));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let result = loop {
         tokio::select! {
@@ -66,15 +110,51 @@ pub async fn get(
             _ = tick.tick() => on_progress(&snapshot(&live, &mut meter)),
         }
     };
-    if result.is_err()
+    let error = match result {
+        Ok(path) => return Ok(path),
+        Err(e) => e,
+    };
+    let keep = match &error {
+        TransferError::Cancelled => stop.is_cancelled(),
+        e => e.is_retryable() || e.is_disk_full(),
+    };
+    let kept = match live.snapshot() {
+        Some(plan) if keep && control::resumable(&plan) => {
+            let live = live.clone();
+            tokio::task::spawn_blocking(move || keep_for_later(&spec.url, &live))
+                .await
+                .ok()
+                .flatten()
+        }
+        _ => None,
+    };
+    if kept.is_none()
         && let Some(plan) = live.snapshot()
     {
         let _ = std::fs::remove_file(filename::part_path(&plan.path));
     }
-    result
+    Err(GetError { error, kept })
 }
 
-fn transfer_for(spec: &GetSpec, live: Arc<Live>) -> Result<Transfer, TransferError> {
+/// Sync the part file and write the control file for the progress on disk; `None` when either fails (the bytes
+/// cannot be vouched for: the part file is removed, as without a control file).
+fn keep_for_later(url: &str, live: &Live) -> Option<Kept> {
+    let plan: Plan = live.durable_plan()?;
+    match control::keep(url, &plan) {
+        Ok(control) => Some(Kept {
+            part: filename::part_path(&plan.path),
+            control,
+            downloaded: plan.downloaded(),
+            total: plan.total,
+        }),
+        Err(e) => {
+            warn!(path = %plan.path.display(), cause = %e, "cannot keep the progress for a later run");
+            None
+        }
+    }
+}
+
+fn transfer_for(spec: &GetSpec, stop: CancellationToken) -> Result<Transfer, TransferError> {
     let headers =
         transfer::caller_headers(spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let dest = if spec.output.is_dir() {
@@ -102,8 +182,8 @@ fn transfer_for(spec: &GetSpec, live: Arc<Live>) -> Result<Transfer, TransferErr
             own_tls_min: spec.own_tls_min,
         },
         limiters: vec![Arc::new(RateLimiter::new(spec.limit))],
-        cancel: CancellationToken::new(),
-        live,
+        cancel: stop,
+        live: Live::new(None),
         on_plan: None,
     })
 }
