@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use super::dirfd::{Access, Dir};
+use super::error::TransferError;
 use super::filename;
+use super::part;
 use super::plan::{Dest, Plan};
 use super::segments::Segment;
 
@@ -50,39 +52,35 @@ pub fn resumable(plan: &Plan) -> bool {
 
 /// Write `plan` (of `url`) to its control file, beside its part file; replaces one that is there. Its bytes are
 /// synced: the part file's are already (the plan comes from [`super::plan::Live::durable_plan`]).
-pub fn keep(url: &str, plan: &Plan) -> io::Result<PathBuf> {
+pub fn keep(url: &str, plan: &Plan) -> Result<PathBuf, TransferError> {
     let control = control_path(&plan.path);
-    let (dir, name) = open_parent(&control)?;
+    let (dir, name) = part::open_parent(&control)?;
+    write(&dir, &name, url, plan).map_err(|e| TransferError::io(&control, e))?;
+    Ok(control)
+}
+
+fn write(dir: &Dir, name: &OsStr, url: &str, plan: &Plan) -> io::Result<()> {
     let text = serde_json::to_vec(&Control {
         sdm_get: VERSION,
         url: url.to_owned(),
         plan: plan.clone(),
     })
     .map_err(io::Error::other)?;
-    match dir.remove(&name) {
+    match dir.remove(name) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
     // Private: a URL may carry a token.
-    let mut file = dir.create_new(&name, Access::Private)?;
+    let mut file = dir.create_new(name, Access::Private)?;
     file.write_all(&text)?;
-    file.sync_all()?;
-    Ok(control)
+    file.sync_all()
 }
 
 /// The plan an earlier `sdm get` of `url` into `dest` kept, claimed for this run (its control file is deleted), with
 /// its path set to the file it sits beside. `None` when there is none that fits.
 pub fn claim(url: &str, dest: &Dest) -> Option<Plan> {
-    let (dir, wanted) = match dest {
-        Dest::Dir { dir, name } => (dir.as_path(), name.as_deref().map(filename::sanitize)),
-        Dest::File(path) => (
-            path.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-            path.file_name()
-                .map(|n| filename::sanitize(&n.to_string_lossy())),
-        ),
-    };
+    let (dir, wanted) = dest.folder_and_name();
+    let wanted = wanted.as_deref().map(filename::sanitize);
     let folder = Dir::open(dir).ok()?;
     let entries = std::fs::read_dir(dir).ok()?;
     for entry in entries.flatten() {
@@ -145,18 +143,6 @@ fn fits(plan: &Plan, folder: &Dir, stem: &str) -> bool {
         && folder
             .is_taken(&OsString::from(stem))
             .is_ok_and(|taken| !taken)
-}
-
-/// The folder of `path`, open, and its last component.
-fn open_parent(path: &Path) -> io::Result<(Dir, OsString)> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    Ok((Dir::open(dir)?, name.to_owned()))
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn write_at(file: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
 }
 
 /// The folder of `path`, opened, and the last component of `path`.
-fn open_parent(path: &Path) -> Result<(Dir, OsString), TransferError> {
+pub(super) fn open_parent(path: &Path) -> Result<(Dir, OsString), TransferError> {
     let name = path.file_name().ok_or_else(|| {
         TransferError::io(
             path,

@@ -5,7 +5,7 @@
 //! file is synced, so a saved plan never claims bytes that are not on disk.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +22,21 @@ pub enum Dest {
     Dir { dir: PathBuf, name: Option<String> },
     /// At this path (or `path (1)` if it exists).
     File(PathBuf),
+}
+
+impl Dest {
+    /// The folder the file goes in, and the name asked for (the server's is used when there is none).
+    pub fn folder_and_name(&self) -> (&Path, Option<String>) {
+        match self {
+            Dest::Dir { dir, name } => (dir, name.clone()),
+            Dest::File(path) => (
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+                path.file_name().map(|n| n.to_string_lossy().into_owned()),
+            ),
+        }
+    }
 }
 
 /// The durable description of a transfer in progress: enough to resume it after a restart.

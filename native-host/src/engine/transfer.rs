@@ -193,26 +193,9 @@ impl Transfer {
 
     /// The final path for a new transfer: never an existing file, and its `.part` file reserved at once.
     fn choose_path(&self, server_name: Option<&str>) -> Result<PathBuf, TransferError> {
-        let (dir, name) = match &self.dest {
-            Dest::Dir { dir, name } => {
-                let name = name
-                    .clone()
-                    .unwrap_or_else(|| filename::sanitize(server_name.unwrap_or("download")));
-                (dir.clone(), name)
-            }
-            Dest::File(path) => {
-                let dir = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (dir.to_path_buf(), name)
-            }
-        };
-        part::reserve(&dir, &name)
+        let (dir, name) = self.dest.folder_and_name();
+        let name = name.unwrap_or_else(|| filename::sanitize(server_name.unwrap_or("download")));
+        part::reserve(dir, &name)
     }
 
     /// Run the connections until every segment is written, one fails for good, or the transfer is cancelled. `first`:
