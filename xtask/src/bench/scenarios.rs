@@ -709,10 +709,6 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
             "≥ 0.95× the bound's throughput",
         ),
         (
-            "100 ms RTT: sdm vs aria2c -x 8 -s 8",
-            "≥ 1.3× aria2c matched's throughput",
-        ),
-        (
             "100 ms RTT: sdm vs aria2c -x 8 (Hydra's command)",
             "≥ 1.3× its throughput",
         ),
@@ -778,11 +774,21 @@ fn latency(lab: &Lab, clients: &Clients, opts: &Options, file: &TestFile) -> Res
         "`aria2c -x {n}` is the command of Hydra's published benchmark (its `--split` stays 5, so it opens 5 \
          connections); `aria2c -x {n} -s {n}` is the matched row (also `-k 1M --file-allocation=none`)."
     ));
-    let against = [
-        ("link bound", 0.95),
-        ("aria2c (matched)", 1.3),
-        ("aria2c -x N", 1.3),
-    ];
+    if let (Some(s), Some(m), Some(b)) = (
+        sdm,
+        overall_of("aria2c (matched)"),
+        overall_of("link bound"),
+    ) {
+        sc.notes.push(format!(
+            "Against `aria2c -x {n} -s {n}` (matched) sdm reached {:.2}× its throughput over all runs. That is not \
+             a target since issue 18: issue 4 asked for 1.3×, but the link's own bound is {:.2}× aria2c matched \
+             here, and 1.3× is beyond the link whenever aria2c matched reaches {:.0} % of the bound.",
+            s / m,
+            b / m,
+            100.0 / 1.3
+        ));
+    }
+    let against = [("link bound", 0.95), ("aria2c -x N", 1.3)];
     for ((name, goal), (who, min)) in targets.into_iter().zip(against) {
         sc.targets.push(match (sdm, overall_of(who)) {
             (Some(s), Some(a)) if a > 0.0 => Target {
