@@ -180,9 +180,11 @@ async fn a_control_file_never_leads_a_write_outside_its_folder() {
             "path": "q.bin", "segments": [{"start": 0, "pos": MIB, "end": 2 * MIB}]}});
         std::fs::write(&planted, serde_json::to_vec(&fake).unwrap()).unwrap();
         std::os::unix::fs::symlink(&planted, downloads.join("q.bin.sdm")).unwrap();
+        // With a part file beside it, as a real one has: followed, it would resume into that (empty) file.
+        std::fs::write(downloads.join("q.bin.part"), b"").unwrap();
         let third = get(&sdm, &["-o", out.as_str(), other.url()]);
         assert!(third.status.success(), "{}", stderr(&third));
-        assert_exact(&downloads.join("q.bin"), &other);
+        assert_exact(&downloads.join("q (1).bin"), &other);
         assert_eq!(
             std::fs::read_link(downloads.join("q.bin.sdm")).unwrap(),
             planted

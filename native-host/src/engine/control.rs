@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::dirfd::{Access, Dir};
 use super::error::TransferError;
@@ -97,6 +97,11 @@ pub fn claim(url: &str, dest: &Dest) -> Option<Plan> {
         }) {
             continue;
         }
+        // Without its part file a control file holds nothing to go on from (and `NAME.sdm` may be another program's).
+        let part = format!("{stem}{}", filename::PART_SUFFIX);
+        if !folder.is_taken(OsStr::new(&part)).unwrap_or(false) {
+            continue;
+        }
         let Some(mut plan) = read(&folder, &name, url) else {
             continue;
         };
@@ -125,7 +130,7 @@ fn read(folder: &Dir, name: &OsStr, url: &str) -> Option<Plan> {
         Ok(c) if c.sdm_get == VERSION && c.url == url => Some(c.plan),
         Ok(_) => None,
         Err(e) => {
-            warn!(control = %folder.join(name).display(), cause = %e, "an unreadable control file; left alone");
+            debug!(control = %folder.join(name).display(), cause = %e, "not a control file of ours; left alone");
             None
         }
     }
@@ -164,6 +169,12 @@ mod tests {
         }
     }
 
+    /// Keep `plan` as an interrupted run would: its part file, then its control file.
+    fn kept(plan: &Plan) {
+        std::fs::write(filename::part_path(&plan.path), b"").unwrap();
+        keep(URL, plan).unwrap();
+    }
+
     fn half() -> Vec<Segment> {
         let mut s = Segment::new(0, 100);
         s.pos = 50;
@@ -177,7 +188,7 @@ mod tests {
             dir: tmp.path().to_path_buf(),
             name: None,
         };
-        keep(URL, &plan(&tmp.path().join("f.bin"), half())).unwrap();
+        kept(&plan(&tmp.path().join("f.bin"), half()));
         assert_eq!(claim("http://127.0.0.1:9/other.bin", &dir), None);
         assert_eq!(claim(URL, &Dest::File(tmp.path().join("g.bin"))), None);
         let got = claim(URL, &Dest::File(tmp.path().join("f.bin"))).expect("claimed");
@@ -187,7 +198,7 @@ mod tests {
         assert!(!control_path(&got.path).exists());
 
         // "f (1).bin" is a name `-o f.bin` may have got.
-        keep(URL, &plan(&tmp.path().join("f (1).bin"), half())).unwrap();
+        kept(&plan(&tmp.path().join("f (1).bin"), half()));
         assert!(claim(URL, &Dest::File(tmp.path().join("f.bin"))).is_some());
     }
 
@@ -201,15 +212,23 @@ mod tests {
         let mut outside = Segment::new(0, 200);
         outside.pos = 10;
         for (name, segments) in [("a.bin", vec![outside]), ("b.bin", vec![])] {
-            keep(URL, &plan(&tmp.path().join(name), segments)).unwrap();
+            kept(&plan(&tmp.path().join(name), segments));
         }
         // The final name is taken: a finished file is there.
-        keep(URL, &plan(&tmp.path().join("c.bin"), half())).unwrap();
+        kept(&plan(&tmp.path().join("c.bin"), half()));
         std::fs::write(tmp.path().join("c.bin"), b"done").unwrap();
         // A name sanitizing would change.
-        keep(URL, &plan(&tmp.path().join(".hidden"), half())).unwrap();
+        kept(&plan(&tmp.path().join(".hidden"), half()));
+        // No part file: nothing to go on from.
+        keep(URL, &plan(&tmp.path().join("d.bin"), half())).unwrap();
         assert_eq!(claim(URL, &dir), None);
-        for name in ["a.bin.sdm", "b.bin.sdm", "c.bin.sdm", ".hidden.sdm"] {
+        for name in [
+            "a.bin.sdm",
+            "b.bin.sdm",
+            "c.bin.sdm",
+            ".hidden.sdm",
+            "d.bin.sdm",
+        ] {
             assert!(tmp.path().join(name).exists(), "{name} was taken");
         }
     }
